@@ -1,0 +1,78 @@
+"""batcher: LiteLLM-style batch completion as a durable, distributed service.
+
+The public surface is everything in ``__all__``; modules starting with ``_`` are internal.
+"""
+
+from batcher._batch import batch_completion, batch_completion_models, batch_completion_models_all_responses
+from batcher._client import Client, Job
+from batcher._config import Settings, get_settings
+from batcher._exceptions import (
+    AllModelsFailedError,
+    AuthenticationError,
+    BadRequestError,
+    BatcherError,
+    ConfigurationError,
+    ContextWindowExceededError,
+    InvalidRequestError,
+    JobNotFoundError,
+    MalformedResponseError,
+    MissingAPIKeyError,
+    ProviderConnectionError,
+    ProviderError,
+    ProviderServerError,
+    ProviderTimeoutError,
+    RateLimitError,
+    RequestCancelledError,
+    RequestError,
+    RequestExpiredError,
+    UnknownModelError,
+    UnsupportedParamsError,
+    WaitTimeoutError,
+)
+from batcher._jobs import JobStatus, Result
+from batcher._response import ModelResponse
+from batcher._retry import RetryPolicy
+from batcher._states import JobKind, JobState, RequestState
+from batcher._submit import RequestSpec
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AllModelsFailedError",
+    "AuthenticationError",
+    "BadRequestError",
+    "BatcherError",
+    "Client",
+    "ConfigurationError",
+    "ContextWindowExceededError",
+    "InvalidRequestError",
+    "Job",
+    "JobKind",
+    "JobNotFoundError",
+    "JobState",
+    "JobStatus",
+    "MalformedResponseError",
+    "MissingAPIKeyError",
+    "ModelResponse",
+    "ProviderConnectionError",
+    "ProviderError",
+    "ProviderServerError",
+    "ProviderTimeoutError",
+    "RateLimitError",
+    "RequestCancelledError",
+    "RequestError",
+    "RequestExpiredError",
+    "RequestSpec",
+    "RequestState",
+    "Result",
+    "RetryPolicy",
+    "Settings",
+    "UnknownModelError",
+    "UnsupportedParamsError",
+    "WaitTimeoutError",
+    "__version__",
+    "batch_completion",
+    "batch_completion_models",
+    "batch_completion_models_all_responses",
+    "get_settings",
+]

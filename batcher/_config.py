@@ -1,0 +1,91 @@
+"""Settings: typed, with every default in one place, read from ``BATCHER_*`` variables and ``.env``.
+
+Provider credentials are *not* settings: they keep the names users already export for
+the providers' own SDKs (``OPENAI_API_KEY``, ``ANTHROPIC_API_KEY``, ...), see ``batcher._providers``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/batcher"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_WORKER_CONCURRENCY = 100
+DEFAULT_REQUEST_TIMEOUT_S = 600.0  # LiteLLM's default
+DEFAULT_MAX_PROMPTS_PER_JOB = 200_000
+DEFAULT_MAX_REQUEST_BYTES = 1_000_000
+DEFAULT_LEASE_MARGIN_S = 30.0
+DEFAULT_BROKER_VISIBILITY_TIMEOUT_S = 7_200
+DEFAULT_RECOVERY_INTERVAL_S = 60.0
+DEFAULT_QUEUED_GRACE_S = 120.0
+DEFAULT_QUEUE = "batcher"
+DEFAULT_RACE_QUEUE = "batcher.race"
+
+
+class Settings(BaseSettings):
+    """Everything an operator can tune. Each field maps to ``BATCHER_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="BATCHER_", env_file=".env", extra="ignore")
+
+    database_url: str = DEFAULT_DATABASE_URL
+    """SQLAlchemy URL of the Postgres database that is the source of truth."""
+    redis_url: str = DEFAULT_REDIS_URL
+    """Redis: Celery's broker and the coordination store (race keys, wake-ups, rate limits)."""
+
+    worker_concurrency: int = Field(DEFAULT_WORKER_CONCURRENCY, ge=1, le=2_000)
+    """Threads per worker process; each holds one in-flight provider call."""
+    request_timeout_s: float = Field(DEFAULT_REQUEST_TIMEOUT_S, gt=0)
+    """Default timeout of one provider call (``timeout=`` per call overrides it)."""
+    lease_margin_s: float = Field(DEFAULT_LEASE_MARGIN_S, ge=0)
+    """A running request's lease is its timeout plus this margin; past it, recovery re-runs it."""
+
+    max_attempts: int = Field(5, ge=1, le=50)
+    """Attempts per request for retryable failures (429, 5xx, timeouts, malformed replies)."""
+    backoff_base_s: float = Field(1.0, gt=0)
+    backoff_max_s: float = Field(60.0, gt=0)
+
+    max_prompts_per_job: int = Field(DEFAULT_MAX_PROMPTS_PER_JOB, ge=1)
+    max_request_bytes: int = Field(DEFAULT_MAX_REQUEST_BYTES, ge=1_000)
+    """Largest JSON size of one request's messages + parameters."""
+
+    queue: str = DEFAULT_QUEUE
+    """Queue of batch and gather-all requests."""
+    race_queue: str = DEFAULT_RACE_QUEUE
+    """Queue of fastest-response races, so a race never waits behind a large batch."""
+    broker_visibility_timeout_s: int = Field(DEFAULT_BROKER_VISIBILITY_TIMEOUT_S, ge=60)
+    """Redis redelivers an unacknowledged message after this long; must exceed any task's run + retry delay."""
+
+    recovery_interval_s: float = Field(DEFAULT_RECOVERY_INTERVAL_S, gt=0)
+    queued_grace_s: float = Field(DEFAULT_QUEUED_GRACE_S, ge=0)
+    """A job stored but not marked enqueued after this long is re-published by recovery."""
+
+    secret_key: SecretStr | None = None
+    """Fernet key shared by submitters and workers; needed only to pass ``api_key=`` per call."""
+
+    log_format: Literal["json", "text"] = "text"
+    log_level: str = "INFO"
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_is_sqlalchemy(cls, value: str) -> str:
+        if value.startswith("postgres://"):
+            raise ValueError(
+                "BATCHER_DATABASE_URL must be a SQLAlchemy URL such as "
+                "postgresql+psycopg://user@host:5432/batcher (not postgres://)"
+            )
+        return value
+
+    @property
+    def db_pool_size(self) -> int:
+        """One connection per worker thread plus a few for the submitter and recovery."""
+        return self.worker_concurrency + 4
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

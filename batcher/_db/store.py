@@ -1,0 +1,487 @@
+"""The statements of a job's life, each one round trip and each idempotent.
+
+Workers and clients share these. Every state change is guarded by the state it expects
+(``WHERE state = 'running'``), and a response is inserted with ``ON CONFLICT DO NOTHING``:
+a redelivered task, a re-run after a lost lease or a recovery re-enqueue can never store a
+second response nor count a request twice. Counters change in the same statement as the
+request row they count, so Postgres holds no lock across round trips on the hot job row.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, text
+
+from batcher._states import ACTIVE_JOB_STATES, JobState, RequestState
+
+_ACTIVE = ", ".join(f"'{s.value}'" for s in ACTIVE_JOB_STATES)
+
+
+@dataclass(frozen=True, slots=True)
+class NewRequest:
+    """A validated request, ready to be stored."""
+
+    idx: int
+    model: str
+    provider: str
+    messages: list[dict[str, Any]]
+    params: dict[str, Any] | None = None
+    custom_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedRequest:
+    """What a worker needs to make one provider call, read in the claim's round trip."""
+
+    request_id: int
+    job_id: uuid.UUID
+    idx: int
+    kind: str
+    model: str
+    provider: str
+    messages: list[dict[str, Any]]
+    job_params: dict[str, Any]
+    """The job's options and provider parameters (see ``batcher._submit.job_params``)."""
+    request_params: dict[str, Any] | None
+    """Provider parameters of this request alone, overriding the job's."""
+    attempts: int
+    deadline_at: datetime | None
+    credentials: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """The job row's counters after a request reached a final state."""
+
+    total: int
+    done: int
+
+    @property
+    def complete(self) -> bool:
+        return self.done >= self.total
+
+
+# --- submission -------------------------------------------------------------------------------
+
+
+def insert_job(
+    conn: Connection,
+    *,
+    job_id: uuid.UUID,
+    kind: str,
+    total: int,
+    params: dict[str, Any],
+    deadline_at: datetime | None,
+    credentials: str | None,
+    user_metadata: dict[str, Any] | None = None,
+) -> None:
+    conn.execute(
+        text(
+            "INSERT INTO jobs (id, kind, state, total, params, deadline_at, credentials, user_metadata) "
+            "VALUES (:id, :kind, 'queued', :total, CAST(:params AS jsonb), :deadline_at, :credentials, "
+            "CAST(:user_metadata AS jsonb))"
+        ),
+        {
+            "id": job_id,
+            "kind": kind,
+            "total": total,
+            "params": json.dumps(params),
+            "deadline_at": deadline_at,
+            "credentials": credentials,
+            "user_metadata": json.dumps(user_metadata) if user_metadata is not None else None,
+        },
+    )
+
+
+def copy_requests(conn: Connection, job_id: uuid.UUID, requests: Iterable[NewRequest]) -> int:
+    """Bulk-insert requests with ``COPY`` (one stream, not one round trip per row). Returns the count."""
+    raw = conn.connection.driver_connection
+    count = 0
+    job = str(job_id)
+    sql = "COPY requests (job_id, idx, custom_id, model, provider, messages, params, state) FROM STDIN"
+    with raw.cursor() as cursor, cursor.copy(sql) as copy:  # type: ignore[union-attr]
+        for req in requests:
+            copy.write_row(
+                (
+                    job,
+                    req.idx,
+                    req.custom_id,
+                    req.model,
+                    req.provider,
+                    json.dumps(req.messages, separators=(",", ":")),
+                    None if req.params is None else json.dumps(req.params, separators=(",", ":")),
+                    "queued",
+                )
+            )
+            count += 1
+    return count
+
+
+def set_total(conn: Connection, job_id: uuid.UUID, total: int) -> None:
+    conn.execute(text("UPDATE jobs SET total = :total WHERE id = :id"), {"id": job_id, "total": total})
+
+
+def mark_enqueued(conn: Connection, job_id: uuid.UUID) -> None:
+    conn.execute(text("UPDATE jobs SET enqueued_at = now() WHERE id = :id"), {"id": job_id})
+
+
+# --- execution (workers) ----------------------------------------------------------------------
+
+_CLAIM = text(
+    f"""
+    UPDATE requests AS r
+       SET state = 'running',
+           attempts = r.attempts + 1,
+           started_at = COALESCE(r.started_at, now()),
+           lease_until = now() + make_interval(secs => :lease_s),
+           next_attempt_at = NULL
+      FROM jobs AS j
+     WHERE r.job_id = :job_id AND r.idx = :idx AND j.id = r.job_id
+       AND j.state IN ({_ACTIVE}) AND j.state <> 'cancelling'
+       AND (r.state IN ('queued', 'retrying') OR (r.state = 'running' AND r.lease_until < now()))
+    RETURNING r.id, r.model, r.provider, r.messages, r.params, r.attempts,
+              j.kind, j.params AS job_params, j.state AS job_state, j.deadline_at, j.credentials
+    """
+)
+
+
+def claim_request(conn: Connection, job_id: uuid.UUID, idx: int, *, lease_s: float) -> ClaimedRequest | None:
+    """Take the request for one attempt, or ``None`` if it is not ours to run.
+
+    ``None`` means: already final, running under another worker's live lease, or its job is
+    cancelled or finished. That is how redelivered and duplicate messages become no-ops.
+    """
+    row = conn.execute(_CLAIM, {"job_id": job_id, "idx": idx, "lease_s": lease_s}).mappings().first()
+    if row is None:
+        return None
+    if row["job_state"] == JobState.QUEUED.value:
+        conn.execute(
+            text("UPDATE jobs SET state = 'running', started_at = now() WHERE id = :id AND state = 'queued'"),
+            {"id": job_id},
+        )
+    return ClaimedRequest(
+        request_id=row["id"],
+        job_id=job_id,
+        idx=idx,
+        kind=row["kind"],
+        model=row["model"],
+        provider=row["provider"],
+        messages=row["messages"],
+        job_params=row["job_params"] or {},
+        request_params=row["params"],
+        attempts=row["attempts"],
+        deadline_at=row["deadline_at"],
+        credentials=row["credentials"],
+    )
+
+
+_COUNT_AND_REPORT = """
+    UPDATE jobs SET {counter} = {counter} + 1
+     WHERE id = (SELECT job_id FROM upd)
+    RETURNING total, succeeded + failed + cancelled + expired AS done
+"""
+
+_RECORD_SUCCESS = text(
+    """
+    WITH ins AS (
+        INSERT INTO responses (request_id, job_id, idx, provider, model, body,
+                               prompt_tokens, completion_tokens, total_tokens, latency_ms)
+        VALUES (:request_id, :job_id, :idx, :provider, :model, CAST(:body AS jsonb),
+                :prompt_tokens, :completion_tokens, :total_tokens, :latency_ms)
+        ON CONFLICT (request_id) DO NOTHING
+        RETURNING request_id
+    ), upd AS (
+        UPDATE requests SET state = 'succeeded', finished_at = now(), latency_ms = :latency_ms,
+                            lease_until = NULL, error_type = NULL, error = NULL, status_code = 200
+         WHERE id = (SELECT request_id FROM ins) AND state = 'running'
+        RETURNING job_id
+    )
+    """
+    + _COUNT_AND_REPORT.format(counter="succeeded")
+)
+
+
+def record_success(
+    conn: Connection,
+    claimed: ClaimedRequest,
+    *,
+    body: dict[str, Any],
+    provider: str,
+    model: str,
+    usage: dict[str, Any] | None,
+    latency_ms: float,
+) -> Progress | None:
+    """Store the response and count it, once. ``None`` if another attempt already stored one."""
+    usage = usage or {}
+    row = conn.execute(
+        _RECORD_SUCCESS,
+        {
+            "request_id": claimed.request_id,
+            "job_id": claimed.job_id,
+            "idx": claimed.idx,
+            "provider": provider,
+            "model": model,
+            "body": json.dumps(body, separators=(",", ":")),
+            "prompt_tokens": usage.get("prompt_tokens"),
+            "completion_tokens": usage.get("completion_tokens"),
+            "total_tokens": usage.get("total_tokens"),
+            "latency_ms": latency_ms,
+        },
+    ).first()
+    return Progress(row.total, row.done) if row else None
+
+
+_FINAL_STATE_COUNTER = {
+    RequestState.FAILED: "failed",
+    RequestState.CANCELLED: "cancelled",
+    RequestState.SKIPPED: "cancelled",
+    RequestState.EXPIRED: "expired",
+}
+
+_RECORD_END = {
+    state: text(
+        f"""
+        WITH upd AS (
+            UPDATE requests SET state = '{state.value}', finished_at = now(), lease_until = NULL,
+                                error_type = :error_type, error = :error, status_code = :status_code,
+                                latency_ms = COALESCE(:latency_ms, latency_ms)
+             WHERE id = :request_id AND state IN ('running', 'queued', 'retrying')
+            RETURNING job_id
+        )
+        """
+        + _COUNT_AND_REPORT.format(counter=counter)
+    )
+    for state, counter in _FINAL_STATE_COUNTER.items()
+}
+
+
+def record_end(
+    conn: Connection,
+    request_id: int,
+    state: RequestState,
+    *,
+    error_type: str | None,
+    error: str | None,
+    status_code: int | None = None,
+    latency_ms: float | None = None,
+) -> Progress | None:
+    """Move a request to a final non-success state and count it, once."""
+    row = conn.execute(
+        _RECORD_END[state],
+        {
+            "request_id": request_id,
+            "error_type": error_type,
+            "error": error,
+            "status_code": status_code,
+            "latency_ms": latency_ms,
+        },
+    ).first()
+    return Progress(row.total, row.done) if row else None
+
+
+def record_retry(
+    conn: Connection,
+    request_id: int,
+    *,
+    delay_s: float,
+    error_type: str,
+    error: str,
+    status_code: int | None,
+) -> bool:
+    """Park a running request until its next attempt. False if it was no longer ours."""
+    result = conn.execute(
+        text(
+            "UPDATE requests SET state = 'retrying', lease_until = NULL, error_type = :error_type, "
+            "error = :error, status_code = :status_code, "
+            "next_attempt_at = now() + make_interval(secs => :delay_s) "
+            "WHERE id = :request_id AND state = 'running'"
+        ),
+        {
+            "request_id": request_id,
+            "delay_s": delay_s,
+            "error_type": error_type,
+            "error": error,
+            "status_code": status_code,
+        },
+    )
+    return bool(result.rowcount)
+
+
+def set_race_winner(conn: Connection, job_id: uuid.UUID, idx: int) -> None:
+    conn.execute(
+        text("UPDATE jobs SET winner_index = :idx WHERE id = :id AND winner_index IS NULL"),
+        {"id": job_id, "idx": idx},
+    )
+
+
+def skip_unsent(conn: Connection, job_id: uuid.UUID) -> Progress | None:
+    """A race is won: requests not yet sent end ``skipped`` and never reach their provider."""
+    row = conn.execute(
+        text(
+            """
+            WITH upd AS (
+                UPDATE requests SET state = 'skipped', finished_at = now(),
+                                    error_type = 'RequestCancelledError',
+                                    error = 'skipped: another model answered first'
+                 WHERE job_id = :id AND state IN ('queued', 'retrying')
+                RETURNING job_id
+            )
+            UPDATE jobs SET cancelled = cancelled + (SELECT count(*) FROM upd)
+             WHERE id = :id
+            RETURNING total, succeeded + failed + cancelled + expired AS done
+            """
+        ),
+        {"id": job_id},
+    ).first()
+    return Progress(row.total, row.done) if row else None
+
+
+def finalize_job(conn: Connection, job_id: uuid.UUID) -> str | None:
+    """Give a job whose requests are all final its final state. Returns it, or ``None`` if not (yet) due."""
+    row = conn.execute(
+        text(
+            f"""
+            UPDATE jobs SET finished_at = now(), state = CASE
+                    WHEN state = 'cancelling' THEN 'cancelled'
+                    WHEN expired > 0 THEN 'expired'
+                    WHEN kind = 'fastest' AND succeeded = 0 THEN 'failed'
+                    ELSE 'completed' END
+             WHERE id = :id AND state IN ({_ACTIVE})
+               AND succeeded + failed + cancelled + expired >= total
+            RETURNING state
+            """
+        ),
+        {"id": job_id},
+    ).first()
+    return str(row.state) if row else None
+
+
+# --- control (clients) ------------------------------------------------------------------------
+
+
+def cancel_job(conn: Connection, job_id: uuid.UUID) -> int:
+    """Cancel every request not yet sent; the job becomes ``cancelling`` until in-flight ones return.
+
+    Runs as one transaction: the job row is locked first so no claim can slip in between.
+    Returns how many requests were cancelled.
+    """
+    state = conn.execute(text("SELECT state FROM jobs WHERE id = :id FOR UPDATE"), {"id": job_id}).scalar_one_or_none()
+    if state is None or JobState(state).is_final:
+        return 0
+    conn.execute(text("UPDATE jobs SET state = 'cancelling' WHERE id = :id"), {"id": job_id})
+    cancelled = conn.execute(
+        text(
+            "UPDATE requests SET state = 'cancelled', finished_at = now(), lease_until = NULL, "
+            "error_type = 'RequestCancelledError', error = 'cancelled before it was sent' "
+            "WHERE job_id = :id AND state IN ('queued', 'retrying')"
+        ),
+        {"id": job_id},
+    ).rowcount
+    conn.execute(text("UPDATE jobs SET cancelled = cancelled + :n WHERE id = :id"), {"id": job_id, "n": cancelled})
+    return int(cancelled)
+
+
+def job_row(conn: Connection, job_id: uuid.UUID) -> dict[str, Any] | None:
+    row = conn.execute(text("SELECT * FROM jobs WHERE id = :id"), {"id": job_id}).mappings().first()
+    return dict(row) if row else None
+
+
+_RESULTS = text(
+    """
+    SELECT r.idx, r.custom_id, r.model, r.provider, r.state, r.attempts, r.error_type, r.error,
+           r.status_code, r.latency_ms, resp.body
+      FROM requests AS r LEFT JOIN responses AS resp ON resp.request_id = r.id
+     WHERE r.job_id = :job_id AND r.idx >= :start
+     ORDER BY r.idx
+    """
+)
+
+
+def stream_results(engine: Engine, job_id: uuid.UUID, *, page_size: int = 1_000) -> Iterator[dict[str, Any]]:
+    """Every request of a job with its response, in input order, streamed with a server-side cursor."""
+    with engine.connect() as conn:
+        result = conn.execution_options(stream_results=True, yield_per=page_size).execute(
+            _RESULTS, {"job_id": job_id, "start": 0}
+        )
+        for row in result.mappings():
+            yield dict(row)
+
+
+# --- recovery ---------------------------------------------------------------------------------
+
+
+def requests_to_reenqueue(
+    conn: Connection, *, everything_queued: bool, grace_s: float
+) -> list[tuple[uuid.UUID, int, str]]:
+    """Requests whose message may be gone: ``(job_id, idx, kind)``.
+
+    Always: running past their lease (the worker died) and retrying past their due time
+    plus ``grace_s`` (the delayed message was lost). With ``everything_queued`` (Redis lost
+    its data): every queued request of an active job too.
+    """
+    rows = conn.execute(
+        text(
+            """
+            SELECT r.job_id, r.idx, j.kind FROM requests AS r JOIN jobs AS j ON j.id = r.job_id
+             WHERE j.state IN ('queued', 'running') AND j.enqueued_at IS NOT NULL AND (
+                   (r.state = 'running' AND r.lease_until < now())
+                OR (r.state = 'retrying' AND r.next_attempt_at < now() - make_interval(secs => :grace_s))
+                OR (:everything AND r.state IN ('queued', 'retrying')))
+             ORDER BY r.job_id, r.idx
+            """
+        ),
+        {"grace_s": grace_s, "everything": everything_queued},
+    ).all()
+    return [(row.job_id, row.idx, row.kind) for row in rows]
+
+
+def jobs_never_enqueued(conn: Connection, *, grace_s: float) -> list[tuple[uuid.UUID, str, int]]:
+    """Jobs stored but not marked enqueued for ``grace_s``: their submitter died mid-publish."""
+    rows = conn.execute(
+        text(
+            f"SELECT id, kind, total FROM jobs WHERE state IN ({_ACTIVE}) AND enqueued_at IS NULL "
+            "AND created_at < now() - make_interval(secs => :grace_s)"
+        ),
+        {"grace_s": grace_s},
+    ).all()
+    return [(row.id, row.kind, row.total) for row in rows]
+
+
+def expire_overdue(conn: Connection) -> list[uuid.UUID]:
+    """End every unsent request of jobs past their deadline as ``expired``; returns those jobs."""
+    rows = conn.execute(
+        text(
+            f"""
+            WITH overdue AS (
+                SELECT id FROM jobs WHERE state IN ({_ACTIVE}) AND deadline_at < now()
+            ), upd AS (
+                UPDATE requests SET state = 'expired', finished_at = now(),
+                                    error_type = 'RequestExpiredError',
+                                    error = 'the job''s completion window ended before it ran'
+                 WHERE job_id IN (SELECT id FROM overdue) AND state IN ('queued', 'retrying')
+                RETURNING job_id
+            ), counts AS (
+                SELECT job_id, count(*) AS n FROM upd GROUP BY job_id
+            )
+            UPDATE jobs SET expired = expired + counts.n FROM counts WHERE jobs.id = counts.job_id
+            RETURNING jobs.id
+            """
+        )
+    ).all()
+    return [row.id for row in rows]
+
+
+def jobs_due_for_finalize(conn: Connection) -> list[uuid.UUID]:
+    rows = conn.execute(
+        text(
+            f"SELECT id FROM jobs WHERE state IN ({_ACTIVE}) AND enqueued_at IS NOT NULL "
+            "AND succeeded + failed + cancelled + expired >= total"
+        )
+    ).all()
+    return [row.id for row in rows]

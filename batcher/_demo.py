@@ -1,0 +1,189 @@
+"""``batcher demo``: a real batch, end to end, on this machine.
+
+Starts the fake provider (real HTTP, the providers' wire formats) and one real Celery
+worker process, migrates the database, then runs the three batch functions' jobs through
+Redis and Postgres with a live progress bar. Uses queues of its own, so workers of another
+deployment on the same Redis never pick up its tasks.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Generator
+from itertools import islice
+from pathlib import Path
+from typing import cast
+
+import redis
+from rich.console import Console
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
+
+from batcher._config import Settings
+from batcher._jobs import Result
+from batcher._migrate import REPO_ROOT, upgrade
+
+DEMO_MODELS = ("gpt-4o-mini", "claude-3-5-haiku-latest", "command-r")
+RACE_LATENCIES_MS = {"gpt-4o-mini": 50, "claude-3-5-haiku-latest": 200, "command-r": 500}
+WORKER_READY_TIMEOUT_S = 60.0
+
+
+def _check_services(settings: Settings, console: Console) -> None:
+    try:
+        redis.Redis.from_url(settings.redis_url, socket_timeout=3).ping()
+    except redis.RedisError as exc:
+        console.print(
+            f"[red]Redis at {settings.redis_url} does not answer ({exc}).[/] Start it or set BATCHER_REDIS_URL."
+        )
+        sys.exit(2)
+    admin = create_engine(settings.database_url.rsplit("/", 1)[0] + "/postgres")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except OperationalError as exc:
+        console.print(f"[red]Postgres does not answer ({exc.orig}).[/] Start it or set BATCHER_DATABASE_URL.")
+        sys.exit(2)
+    finally:
+        admin.dispose()
+
+
+def _start_worker(env: dict[str, str], concurrency: int, log: Path) -> subprocess.Popen[bytes]:
+    handle = log.open("wb")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers",
+            "worker",
+            "--pool=threads",
+            f"--concurrency={concurrency}",
+            f"--queues={env['BATCHER_QUEUE']},{env['BATCHER_RACE_QUEUE']}",
+            "--loglevel=WARNING",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            f"--hostname=demo-{os.getpid()}@%h",
+        ],
+        env=env,
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        cwd=REPO_ROOT,
+    )
+    handle.close()
+    return proc
+
+
+def run_demo(*, prompts: int, latency_ms: int, concurrency: int) -> None:
+    from batcher._client import Client
+    from batcher.fake_provider import FakeProvider, FakeProviderConfig, ModelBehaviour
+
+    console = Console()
+    base = Settings()
+    _check_services(base, console)
+    console.print(f"[bold]batcher demo[/]: Postgres {base.database_url.split('@')[-1]}, Redis {base.redis_url}")
+    upgrade(base)
+    console.print("database migrated")
+
+    config = FakeProviderConfig(
+        default=ModelBehaviour(latency_ms=latency_ms),
+        models={m: ModelBehaviour(latency_ms=ms) for m, ms in RACE_LATENCIES_MS.items()},
+    )
+    with FakeProvider(port=0, config=config) as fake, tempfile.TemporaryDirectory() as tmp:
+        tag = f"demo-{os.getpid()}"
+        env = {
+            **os.environ,
+            "BATCHER_QUEUE": f"batcher.{tag}",
+            "BATCHER_RACE_QUEUE": f"batcher.{tag}.race",
+            "BATCHER_WORKER_CONCURRENCY": str(concurrency),
+            "OPENAI_BASE_URL": fake.openai_base,
+            "ANTHROPIC_BASE_URL": fake.anthropic_base,
+            "CO_API_URL": fake.cohere_base,
+            "OPENAI_API_KEY": "sk-demo",
+            "ANTHROPIC_API_KEY": "sk-ant-demo",
+            "COHERE_API_KEY": "co-demo",
+        }
+        console.print(f"fake provider on {fake.url}; starting a worker ({concurrency} threads)")
+        log = Path(tmp) / "worker.log"
+        worker = _start_worker(env, concurrency, log)
+        saved = dict(os.environ)
+        os.environ.update(env)
+        try:
+            _wait_ready(worker, log)
+            settings = Settings()
+            with Client(settings) as client:
+                ok = _run_jobs(client, console, prompts, latency_ms, concurrency)
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+            worker.terminate()
+            try:
+                worker.wait(30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+    if not ok:
+        sys.exit(1)
+
+
+def _wait_ready(worker: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if worker.poll() is not None:
+            raise SystemExit(f"the worker exited:\n{log.read_text()[-2000:]}")
+        # The worker logs at WARNING; ping it through the broker instead of reading "ready".
+        from workers.celery_app import make_celery_app
+
+        app = make_celery_app(Settings())
+        try:
+            if app.control.ping(timeout=0.5):
+                return
+        finally:
+            app.close()
+    raise SystemExit(f"the worker did not start in {WORKER_READY_TIMEOUT_S} s:\n{log.read_text()[-2000:]}")
+
+
+def _run_jobs(client: object, console: Console, prompts: int, latency_ms: int, concurrency: int) -> bool:
+    from batcher._client import Client
+
+    assert isinstance(client, Client)
+    conversations = [[{"role": "user", "content": f"Question {i}: what is {i} + {i}?"}] for i in range(prompts)]
+    ideal_s = prompts * latency_ms / 1000 / concurrency
+    console.rule(f"1. batch_completion: {prompts} prompts to gpt-4o-mini")
+    started = time.perf_counter()
+    job = client.submit(model="gpt-4o-mini", messages=conversations, temperature=0.2)
+    console.print(f"job {job.id} submitted in {time.perf_counter() - started:.2f} s")
+    status = job.wait(progress=True)
+    elapsed = time.perf_counter() - started
+    console.print(
+        f"{status.state.value}: {status.succeeded} succeeded, {status.failed} failed in {elapsed:.1f} s "
+        f"({status.total / elapsed:.0f} completions/s; ideal {ideal_s:.1f} s at {concurrency} in flight)"
+    )
+    results = cast(Generator[Result, None, None], job.results())
+    for result in islice(results, 2):
+        text_ = result.response.choices[0].message.content if result.response else result.error
+        console.print(f"  [{result.index}] {text_}")
+    results.close()
+
+    console.rule("2. batch_completion_models: fastest of 3 providers (50 / 200 / 500 ms)")
+    message = [{"role": "user", "content": "Hey, how's it going"}]
+    started = time.perf_counter()
+    race = client.submit_fastest(models=list(DEMO_MODELS), messages=message)
+    winner = race.first_response(timeout=30)
+    console.print(
+        f"winner {winner.model} ({winner.provider}) after {(time.perf_counter() - started) * 1000:.0f} ms: "
+        f"{winner.choices[0].message.content}"
+    )
+
+    console.rule("3. batch_completion_models_all_responses: every answer, in order")
+    every = client.submit_all(models=list(DEMO_MODELS), messages=message)
+    every.wait(timeout=30)
+    for result in every.results():
+        console.print(f"  {result.model:<26} {result.state.value:<10} {result.latency_ms or 0:.0f} ms")
+    console.print(f"\nstored in Postgres; reattach with: batcher status {job.id}")
+    return status.succeeded == prompts

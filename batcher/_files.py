@@ -1,0 +1,107 @@
+"""Reading prompt files (JSONL), one request per line, streamed.
+
+Each non-blank line is one of:
+
+- a JSON string: a single user prompt;
+- a JSON array: a conversation (list of messages);
+- a JSON object with ``messages`` (and optionally ``model``, ``custom_id`` and parameters);
+- an OpenAI Batch API line: ``{"custom_id", "method": "POST", "url": "/v1/chat/completions", "body": {...}}``.
+
+Errors name the line. The reader is a generator consumed inside the submission's
+transaction, so a bad line on line 40,000 rolls back everything before it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from typing import IO, Any
+
+from batcher._exceptions import InvalidRequestError
+from batcher._submit import RequestSpec
+
+OPENAI_BATCH_URLS = frozenset({"/v1/chat/completions", "/chat/completions"})
+_LINE_KEYS = frozenset({"messages", "model", "custom_id"})
+
+
+def read_jsonl(lines: Iterable[str] | IO[str], *, default_model: str | None) -> Iterator[RequestSpec]:
+    seen_ids: set[str] = set()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"line {number}"
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InvalidRequestError(
+                f"is not valid JSON ({exc.msg} at column {exc.colno}); each line must be one JSON value",
+                field=where,
+            ) from None
+        spec = _spec(item, where, default_model)
+        if spec.custom_id is not None:
+            if spec.custom_id in seen_ids:
+                raise InvalidRequestError(
+                    f"custom_id {spec.custom_id!r} is used twice; each line needs its own", field=where
+                )
+            seen_ids.add(spec.custom_id)
+        yield spec
+
+
+def _model(value: Any, where: str, default_model: str | None) -> str:
+    model = value if value is not None else default_model
+    if not isinstance(model, str) or not model:
+        raise InvalidRequestError('names no model; add "model" to the line or pass --model', field=where)
+    return model
+
+
+def _spec(item: Any, where: str, default_model: str | None) -> RequestSpec:
+    if isinstance(item, str):
+        return RequestSpec(
+            model=_model(None, where, default_model),
+            messages=[{"role": "user", "content": item}],
+            where=where,
+        )
+    if isinstance(item, list):
+        return RequestSpec(model=_model(None, where, default_model), messages=item, where=where)
+    if not isinstance(item, dict):
+        raise InvalidRequestError(
+            'must be a prompt string, a list of messages or an object with "messages"', field=where
+        )
+    if "body" in item or "url" in item or "method" in item:
+        return _openai_batch_line(item, where, default_model)
+    if "messages" not in item:
+        raise InvalidRequestError('has no "messages"', field=where)
+    params = {k: v for k, v in item.items() if k not in _LINE_KEYS}
+    custom_id = item.get("custom_id")
+    if custom_id is not None and not isinstance(custom_id, str):
+        raise InvalidRequestError("custom_id must be a string", field=where)
+    return RequestSpec(
+        model=_model(item.get("model"), where, default_model),
+        messages=item["messages"],
+        params=params or None,
+        custom_id=custom_id,
+        where=where,
+    )
+
+
+def _openai_batch_line(item: dict[str, Any], where: str, default_model: str | None) -> RequestSpec:
+    custom_id = item.get("custom_id")
+    if not isinstance(custom_id, str) or not custom_id:
+        raise InvalidRequestError("custom_id is missing; OpenAI batch lines need one", field=where)
+    if item.get("method") != "POST":
+        raise InvalidRequestError(f'method must be "POST", got {item.get("method")!r}', field=where)
+    if item.get("url") not in OPENAI_BATCH_URLS:
+        raise InvalidRequestError(f'url must be "/v1/chat/completions", got {item.get("url")!r}', field=where)
+    body = item.get("body")
+    if not isinstance(body, dict):
+        raise InvalidRequestError("body must be a JSON object with model and messages", field=where)
+    if "messages" not in body:
+        raise InvalidRequestError('body has no "messages"', field=where)
+    params = {k: v for k, v in body.items() if k not in ("model", "messages")}
+    return RequestSpec(
+        model=_model(body.get("model"), where, default_model),
+        messages=body["messages"],
+        params=params or None,
+        custom_id=custom_id,
+        where=where,
+    )

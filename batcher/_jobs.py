@@ -1,0 +1,73 @@
+"""What a user reads back: a job's status and its results."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+from batcher._exceptions import RequestError
+from batcher._response import ModelResponse
+from batcher._states import JobKind, JobState, RequestState
+
+
+class JobStatus(BaseModel):
+    """A snapshot of a job, read from Postgres."""
+
+    id: uuid.UUID
+    kind: JobKind
+    state: JobState
+    total: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    expired: int
+    params: dict[str, Any]
+    metadata: dict[str, Any] | None = None
+    winner_index: int | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    deadline_at: datetime | None = None
+
+    @property
+    def done(self) -> int:
+        """Requests in a final state."""
+        return self.succeeded + self.failed + self.cancelled + self.expired
+
+    @property
+    def progress(self) -> float:
+        """Fraction of requests in a final state, 0.0 to 1.0."""
+        return self.done / self.total if self.total else 1.0
+
+    @property
+    def is_final(self) -> bool:
+        return self.state.is_final
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """One request of a job, in input order: its response, or the error it ended with."""
+
+    index: int
+    model: str
+    state: RequestState
+    attempts: int
+    response: ModelResponse | None
+    error: RequestError | None
+    custom_id: str | None = None
+    latency_ms: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.response is not None
+
+    def value(self) -> ModelResponse | RequestError:
+        """The response, or the exception in its place (LiteLLM's list convention)."""
+        if self.response is not None:
+            return self.response
+        assert self.error is not None
+        return self.error

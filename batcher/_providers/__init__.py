@@ -1,0 +1,134 @@
+"""The provider layer: from a LiteLLM-style call to one HTTP request and back.
+
+    route = resolve_route("claude-sonnet-4-5")                 # Route("anthropic", ...)
+    params = check_params(route.provider, params, drop_params=False)   # before submitting
+    api_key = resolve_api_key(route.provider, api_key, os.environ)
+    api_base = resolve_api_base(route.provider, api_base, os.environ)
+    response = complete(client, route, messages, params,
+                        api_key=api_key, api_base=api_base, timeout_s=60)
+
+``build_request`` and ``parse_response`` are pure, so each provider's wire format can be
+tested without a network; ``send`` does the I/O. Each module names the documentation and
+SDK types it follows: ``_openai`` (Chat Completions), ``_anthropic`` (Messages API),
+``_cohere`` (Chat v2), ``_base`` (errors and Retry-After), ``_http`` (transport errors).
+
+``check_params`` rules:
+
+* ``stream=True`` is always refused (UnsupportedParamsError, field ``stream``), even with
+  ``drop_params=True``: batcher stores whole responses. ``stream=False`` is dropped.
+* A parameter whose value is None is dropped, as LiteLLM does.
+* A parameter the provider does not take, or a value it cannot express (``n=2`` for
+  Anthropic or Cohere, a named ``tool_choice`` for Cohere, ``response_format`` json_object
+  for Anthropic, non-function tools), raises UnsupportedParamsError naming it, unless
+  ``drop_params=True`` drops it.
+* ``extra_body`` / ``extra_headers`` (dicts) are taken by every provider and merged into the
+  JSON body / headers verbatim: the escape hatch for provider options batcher does not map
+  (e.g. vLLM's ``top_k`` via ``openai/``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import httpx
+
+from batcher._providers._anthropic import ANTHROPIC_VERSION, DEFAULT_MAX_TOKENS
+from batcher._providers._base import (
+    ProviderAdapter,
+    check_params_for,
+    parse_http_response,
+    redact,
+    retry_after_seconds,
+)
+from batcher._providers._http import send
+from batcher._providers._routing import (
+    PROVIDERS,
+    Route,
+    get_adapter,
+    resolve_api_base,
+    resolve_api_key,
+    resolve_route,
+)
+from batcher._response import ModelResponse
+
+__all__ = [
+    "ANTHROPIC_VERSION",
+    "DEFAULT_MAX_TOKENS",
+    "PROVIDERS",
+    "ProviderAdapter",
+    "Route",
+    "build_request",
+    "check_params",
+    "complete",
+    "get_adapter",
+    "parse_response",
+    "redact",
+    "resolve_api_base",
+    "resolve_api_key",
+    "resolve_route",
+    "retry_after_seconds",
+    "send",
+]
+
+
+def check_params(provider: str, params: Mapping[str, Any], *, drop_params: bool) -> dict[str, Any]:
+    """The OpenAI-style params to keep for ``provider``; refuses (or, with ``drop_params``,
+    drops) what it cannot take. Call it before anything is stored or sent."""
+    return check_params_for(get_adapter(provider), params, drop_params=drop_params)
+
+
+def build_request(
+    route: Route,
+    messages: Sequence[Mapping[str, Any]],
+    params: Mapping[str, Any],
+    *,
+    api_key: str | None,
+    api_base: str,
+) -> httpx.Request:
+    """The exact HTTP request (method, URL, headers with auth, JSON body) for ``route``.
+
+    Pure: no I/O. Raises InvalidRequestError (incl. UnsupportedParamsError) for messages or
+    params the provider cannot take, so it can double as a dry run at submission time.
+    """
+    adapter = get_adapter(route.provider)
+    return adapter.build_request(route.model, messages, params, api_key=api_key, api_base=api_base)
+
+
+def parse_response(route: Route, response: httpx.Response) -> ModelResponse:
+    """The provider's answer as a ``ModelResponse``; a failure raises the matching
+    ``batcher._exceptions`` error (with ``model``, ``provider``, ``status_code``).
+
+    Any key carried by ``response.request`` is redacted from error messages.
+    """
+    return parse_http_response(get_adapter(route.provider), route.model, response)
+
+
+def complete(
+    client: httpx.Client,
+    route: Route,
+    messages: Sequence[Mapping[str, Any]],
+    params: Mapping[str, Any],
+    *,
+    api_key: str | None,
+    api_base: str,
+    timeout_s: float,
+) -> ModelResponse:
+    """One completion: build, send, parse. ``latency_ms`` is the time from sending to
+    having the whole answer."""
+    adapter = get_adapter(route.provider)
+    request = adapter.build_request(route.model, messages, params, api_key=api_key, api_base=api_base)
+    started = time.perf_counter()
+    response = send(
+        client,
+        request,
+        timeout_s=timeout_s,
+        provider=adapter.name,
+        model=route.model,
+        secrets=[api_key],
+    )
+    latency_ms = (time.perf_counter() - started) * 1000.0
+    result = parse_http_response(adapter, route.model, response, secrets=[api_key])
+    result.latency_ms = latency_ms
+    return result

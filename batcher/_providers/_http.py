@@ -1,0 +1,103 @@
+"""Sending one provider request with httpx, with transport failures mapped to batcher errors.
+
+httpx's exception tree (httpx 0.28 "Exceptions" docs): ``TimeoutException`` (connect, read,
+write, pool) becomes ProviderTimeoutError; every other ``TransportError`` (connect errors,
+read/write errors, remote protocol errors, proxy errors) becomes ProviderConnectionError.
+httpx timeouts bound each network operation, not the whole exchange, so the body is read
+against a deadline too: a server that trickles bytes cannot hold a worker past
+``timeout_s``. Error messages name the request's method and URL (without query string or
+credentials) and never its headers; any API key is redacted from them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+import httpx
+
+from batcher._exceptions import (
+    MalformedResponseError,
+    ProviderConnectionError,
+    ProviderError,
+    ProviderTimeoutError,
+)
+from batcher._providers._base import redact, request_secrets
+
+__all__ = ["send"]
+
+
+def _where(request: httpx.Request) -> str:
+    url = request.url
+    port = f":{url.port}" if url.port else ""
+    return f"{request.method} {url.scheme}://{url.host}{port}{url.path}"
+
+
+def send(
+    client: httpx.Client,
+    request: httpx.Request,
+    *,
+    timeout_s: float,
+    provider: str | None = None,
+    model: str | None = None,
+    secrets: Iterable[str | None] = (),
+) -> httpx.Response:
+    """Send ``request`` and return the whole response (any status), read within
+    ``timeout_s`` seconds; transport failures raise ProviderTimeoutError or
+    ProviderConnectionError (``provider`` / ``model`` label the error)."""
+    hidden = [*secrets, *request_secrets(request)]
+    deadline = time.monotonic() + timeout_s
+    request.extensions["timeout"] = httpx.Timeout(timeout_s).as_dict()
+
+    def fail(cls: type[ProviderError], what: str, status: int | None = None) -> ProviderError:
+        text = f"{provider or 'provider'}: {what} ({_where(request)})"
+        return cls(redact(text, hidden), model=model, provider=provider, status_code=status)
+
+    try:
+        response = client.send(request, stream=True)
+    except httpx.TimeoutException as exc:
+        raise fail(ProviderTimeoutError, f"no answer within {timeout_s:g}s: {type(exc).__name__}") from None
+    except httpx.TransportError as exc:
+        raise fail(ProviderConnectionError, f"{type(exc).__name__}: {exc}") from None
+
+    status = response.status_code
+    try:
+        chunks: list[bytes] = []
+        for chunk in response.iter_bytes():  # decoded (gzip, br, ...) as it arrives
+            chunks.append(chunk)
+            if time.monotonic() > deadline:
+                raise fail(
+                    ProviderTimeoutError,
+                    f"the answer (HTTP {status}) was not complete within {timeout_s:g}s",
+                    status,
+                )
+    except httpx.TimeoutException as exc:
+        raise fail(
+            ProviderTimeoutError,
+            f"the answer (HTTP {status}) stalled: {type(exc).__name__}",
+            status,
+        ) from None
+    except httpx.DecodingError as exc:
+        raise fail(MalformedResponseError, f"the body could not be decoded: {exc}", status) from None
+    except httpx.TransportError as exc:
+        raise fail(
+            ProviderConnectionError,
+            f"the connection failed while reading the answer (HTTP {status}): {type(exc).__name__}: {exc}",
+            status,
+        ) from None
+    finally:
+        response.close()
+
+    # The body is decoded already, so the headers that described its encoding go.
+    headers = [
+        (k, v)
+        for k, v in response.headers.multi_items()
+        if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")
+    ]
+    return httpx.Response(
+        status,
+        headers=headers,
+        content=b"".join(chunks),
+        request=request,
+        extensions=response.extensions,
+    )

@@ -1,0 +1,148 @@
+"""OpenAI Chat Completions (``POST {base}/chat/completions``), and any OpenAI-compatible
+server (vLLM, Ollama, Groq, Together, ...) reached through ``api_base`` / ``OPENAI_BASE_URL``.
+
+Followed: the OpenAI API reference "Create chat completion" and "The chat completion
+object", as typed by the ``openai`` Python SDK 3.57 (``types/chat/completion_create_params.py``,
+``types/chat/chat_completion.py``, ``types/completion_usage.py``); the SDK's base URL
+convention (``OPENAI_BASE_URL``, default ``https://api.openai.com/v1``, the version path is
+part of the base) and its ``Authorization: Bearer`` auth.
+
+Messages and parameters are OpenAI's own, so they are sent unchanged; the answer is already
+in the normalised shape and only ``finish_reason`` is normalised (OpenAI-compatible servers
+send values such as ``eos``). For OpenAI's reasoning models (o-series, gpt-5) ``max_tokens``
+is sent as ``max_completion_tokens``, which they require. Fields such as ``id`` or
+``created`` that some compatible servers leave out are filled in; only ``choices`` (each
+with a ``message``) is required.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from batcher._providers._base import ProviderAdapter, finish_reason_fields
+from batcher._response import FinishReason, ModelResponse
+
+__all__ = ["OpenAIAdapter"]
+
+# o-series and gpt-5 models: "max_tokens is not supported with this model" (use
+# max_completion_tokens, which the API reference says replaces it).
+_REASONING_MODEL = re.compile(r"^(o[1-9]\d*(-|$)|gpt-5)")
+
+_FINISH_REASONS: dict[str, FinishReason] = {
+    "stop": "stop",
+    "length": "length",
+    "tool_calls": "tool_calls",
+    "content_filter": "content_filter",
+    "function_call": "tool_calls",  # deprecated functions API
+    # values some OpenAI-compatible servers send
+    "eos": "stop",
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+}
+
+
+class OpenAIAdapter(ProviderAdapter):
+    """Chat Completions, passed through."""
+
+    name = "openai"
+    api_key_env_vars = ("OPENAI_API_KEY",)
+    api_base_env_vars = ("OPENAI_BASE_URL", "OPENAI_API_BASE")
+    default_api_base = "https://api.openai.com/v1"
+    endpoint_path = "/chat/completions"
+    supported_params = frozenset(
+        {
+            "temperature",
+            "max_tokens",
+            "max_completion_tokens",
+            "top_p",
+            "stop",
+            "n",
+            "seed",
+            "tools",
+            "tool_choice",
+            "response_format",
+            "user",
+            "presence_penalty",
+            "frequency_penalty",
+            "logit_bias",
+            "logprobs",
+            "top_logprobs",
+            "parallel_tool_calls",
+            "metadata",
+            "reasoning_effort",
+            "service_tier",
+            "store",
+            "modalities",
+            "audio",
+            "prediction",
+            "verbosity",
+            "web_search_options",
+            "prompt_cache_key",
+            "safety_identifier",
+            "functions",
+            "function_call",
+        }
+    )
+
+    def auth_headers(self, api_key: str | None) -> dict[str, str]:
+        """Bearer auth; none at all for keyless local servers (Ollama, vLLM)."""
+        return {"authorization": f"Bearer {api_key}"} if api_key else {}
+
+    def build_body(
+        self, model: str, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """OpenAI's own request shape: nothing to translate, except that OpenAI's reasoning
+        models refuse ``max_tokens`` and take ``max_completion_tokens`` instead."""
+        body = {"model": model, "messages": [dict(m) for m in messages], **params}
+        if _REASONING_MODEL.match(model) and "max_tokens" in body and "max_completion_tokens" not in body:
+            body["max_completion_tokens"] = body.pop("max_tokens")
+        return body
+
+    def parse_body(self, model: str, body: Mapping[str, Any]) -> ModelResponse:
+        """The body as is, with ``finish_reason`` normalised and missing header fields filled."""
+        data = dict(body)
+        choices = data["choices"]
+        if not isinstance(choices, list):
+            raise TypeError("'choices' is not a list")
+        data["choices"] = [_choice(i, c) for i, c in enumerate(choices)]
+        if "provider" in data:  # routers (OpenRouter, ...) name the upstream provider here
+            data["upstream_provider"] = data.pop("provider")
+        data["id"] = data.get("id") or f"chatcmpl-{uuid.uuid4().hex}"
+        data["created"] = int(data.get("created") or time.time())
+        data["model"] = data.get("model") or model
+        data["object"] = data.get("object") or "chat.completion"
+        return ModelResponse.model_validate(data)
+
+
+def _choice(index: int, raw: Any) -> dict[str, Any]:
+    if not isinstance(raw, Mapping):
+        raise TypeError(f"choices[{index}] is not an object")
+    choice = dict(raw)
+    message = choice["message"]
+    if not isinstance(message, Mapping):
+        raise TypeError(f"choices[{index}].message is not an object")
+    message = dict(message)
+    message.setdefault("role", "assistant")
+    if message.get("tool_calls"):
+        message["tool_calls"] = [_tool_call(tc) for tc in message["tool_calls"]]
+    choice["message"] = message
+    choice["index"] = choice.get("index", index)
+    native = choice.get("finish_reason")
+    normalised = _FINISH_REASONS.get(native) if isinstance(native, str) else None
+    choice.update(finish_reason_fields(native, normalised))
+    return choice
+
+
+def _tool_call(raw: Any) -> dict[str, Any]:
+    call = dict(raw)
+    if call.get("type") == "custom" and "function" not in call:
+        # Custom (free-form) tools: keep ``custom`` and expose it as a function call too.
+        custom = call["custom"]
+        call["function"] = {"name": custom["name"], "arguments": custom.get("input", "")}
+    return call

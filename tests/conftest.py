@@ -1,0 +1,130 @@
+"""Fixtures shared by every test tier.
+
+Integration and acceptance tests talk to the real Postgres and Redis of this machine and to
+real Celery worker processes. Each test session gets its own database, Redis database and
+queue names, so it never sees another run's messages. The only stand-in is the fake
+provider, a real HTTP server on loopback.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy import create_engine, text
+
+from batcher._config import Settings
+from batcher._db.engine import dispose_engines
+from batcher.fake_provider import FakeProvider
+
+PG_ADMIN_URL = os.environ.get("BATCHER_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+REDIS_TEST_URL = os.environ.get("BATCHER_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+
+FAKE_KEYS = {
+    "OPENAI_API_KEY": "sk-test-openai-0123456789abcdef",
+    "ANTHROPIC_API_KEY": "sk-ant-test-0123456789abcdef",
+    "COHERE_API_KEY": "co-test-0123456789abcdef",
+}
+
+
+@pytest.fixture(scope="session")
+def run_id() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture(scope="session")
+def database_url(run_id: str) -> Iterator[str]:
+    """A fresh database migrated to head by ``batcher db upgrade``'s code path; dropped afterwards."""
+    from batcher._migrate import upgrade
+
+    name = f"batcher_test_{run_id}"
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    upgrade(Settings(database_url=url))
+    yield url
+    dispose_engines()
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    client = redis.Redis.from_url(REDIS_TEST_URL)
+    client.flushdb()
+    client.close()
+    return REDIS_TEST_URL
+
+
+@pytest.fixture(scope="session")
+def fake_provider() -> Iterator[FakeProvider]:
+    with FakeProvider(port=0) as fp:
+        yield fp
+
+
+@pytest.fixture(scope="session")
+def worker_env(
+    database_url: str,
+    redis_url: str,
+    run_id: str,
+    fake_provider: FakeProvider,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, str]:
+    """The environment of worker processes (and, via os.environ, of the submitting test process)."""
+    env = {
+        "BATCHER_DATABASE_URL": database_url,
+        "BATCHER_REDIS_URL": redis_url,
+        "BATCHER_QUEUE": f"test-{run_id}",
+        "BATCHER_RACE_QUEUE": f"test-{run_id}.race",
+        "BATCHER_REQUEST_TIMEOUT_S": "20",
+        "BATCHER_LEASE_MARGIN_S": "5",
+        "BATCHER_BACKOFF_BASE_S": "0.05",
+        "BATCHER_BACKOFF_MAX_S": "0.5",
+        "BATCHER_QUEUED_GRACE_S": "2",
+        "BATCHER_WORKER_CONCURRENCY": "20",
+        "OPENAI_BASE_URL": fake_provider.openai_base,
+        "ANTHROPIC_BASE_URL": fake_provider.anthropic_base,
+        "CO_API_URL": fake_provider.cohere_base,
+        **FAKE_KEYS,
+    }
+    return env
+
+
+@pytest.fixture(scope="session")
+def cluster_env(worker_env: dict[str, str]) -> Iterator[dict[str, str]]:
+    """Export the worker environment into this process too, so clients and workers agree."""
+    saved = {k: os.environ.get(k) for k in worker_env}
+    os.environ.update(worker_env)
+    yield {**os.environ}
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def settings(cluster_env: dict[str, str]) -> Settings:
+    return Settings()
+
+
+@pytest.fixture(scope="session")
+def worker(cluster_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """One real worker process for the whole session."""
+    from tests.support.workers import WorkerProcess
+
+    log = Path(tmp_path_factory.mktemp("logs")) / "worker.log"
+    with WorkerProcess(cluster_env, log, concurrency=20) as proc:
+        yield proc
+
+
+@pytest.fixture
+def client(settings: Settings, worker: object) -> Iterator[object]:
+    from batcher import Client
+
+    with Client(settings) as c:
+        yield c

@@ -1,0 +1,68 @@
+"""Per-process resources of a worker, created on first use and shared by its threads.
+
+One pooled ``httpx.Client`` (keep-alive connections reused across tasks), one SQLAlchemy
+engine sized to the concurrency, one Redis client. ``worker_process_init`` is not sent by
+the threads pool, so these are created lazily under a lock rather than in a signal.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from functools import cached_property
+
+import httpx
+import redis
+from celery import Celery
+from sqlalchemy import Engine
+
+from batcher._config import Settings
+from batcher._db.engine import get_engine
+from batcher._retry import RetryPolicy
+
+CONNECT_TIMEOUT_S = 10.0
+
+
+@dataclass
+class WorkerContext:
+    settings: Settings
+    app: Celery
+
+    @cached_property
+    def engine(self) -> Engine:
+        return get_engine(self.settings)
+
+    @cached_property
+    def redis(self) -> redis.Redis[bytes]:
+        return redis.Redis.from_url(self.settings.redis_url, socket_timeout=5, health_check_interval=30)
+
+    @cached_property
+    def http(self) -> httpx.Client:
+        n = self.settings.worker_concurrency
+        return httpx.Client(
+            limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
+            timeout=httpx.Timeout(self.settings.request_timeout_s, connect=CONNECT_TIMEOUT_S),
+            follow_redirects=False,
+        )
+
+    @cached_property
+    def retry_policy(self) -> RetryPolicy:
+        s = self.settings
+        return RetryPolicy(max_attempts=s.max_attempts, backoff_base_s=s.backoff_base_s, backoff_max_s=s.backoff_max_s)
+
+
+_lock = threading.Lock()
+_context: WorkerContext | None = None
+
+
+def get_context(app: Celery) -> WorkerContext:
+    """The process's context, built once (double-checked under a lock for the threads pool)."""
+    global _context
+    if _context is None:
+        with _lock:
+            if _context is None:
+                ctx = WorkerContext(settings=app.conf.batcher_settings, app=app)
+                # Touch the cached properties now, under the lock, so threads never race to build them.
+                _ = ctx.engine, ctx.redis, ctx.http, ctx.retry_policy
+                _context = ctx
+    return _context

@@ -1,0 +1,231 @@
+"""One attempt of one request: claim it, call the provider, store the outcome.
+
+A provider error is an outcome, never a crash: it is stored on the request (or the request
+is parked for a retry) and the task returns normally. Only infrastructure faults (Postgres
+or Redis unreachable) raise, and then the claim's lease lets recovery run the request again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from batcher import _keys, _providers
+from batcher._db import store
+from batcher._exceptions import (
+    AuthenticationError,
+    ConfigurationError,
+    InvalidRequestError,
+    RequestError,
+)
+from batcher._publish import RUN_REQUEST_TASK, publish_finalize, task_id
+from batcher._response import ModelResponse, mock_model_response
+from batcher._retry import RetryPolicy
+from batcher._secrets import redact, unseal
+from batcher._states import JobKind, RequestState
+from workers._context import WorkerContext
+
+log = logging.getLogger("batcher.worker")
+
+ERROR_TEXT_MAX_CHARS = 2_000
+
+
+def run_request(ctx: WorkerContext, job_id: str, idx: int) -> str:
+    """Run one attempt; returns what happened (for logs and tests)."""
+    job = uuid.UUID(job_id)
+    settings = ctx.settings
+    with ctx.engine.begin() as conn:
+        claimed = store.claim_request(conn, job, idx, lease_s=settings.request_timeout_s + settings.lease_margin_s)
+    if claimed is None:
+        return "not-claimable"
+    extra = {"job_id": job_id, "idx": idx, "model": claimed.model, "attempt": claimed.attempts}
+
+    if claimed.deadline_at is not None and datetime.now(UTC) >= claimed.deadline_at:
+        _end(ctx, claimed, RequestState.EXPIRED, "RequestExpiredError", "the job's completion window ended")
+        return "expired"
+    if claimed.kind == JobKind.FASTEST.value and _race_won(ctx, job_id):
+        _end(
+            ctx,
+            claimed,
+            RequestState.SKIPPED,
+            "RequestCancelledError",
+            "skipped: another model answered first",
+        )
+        return "skipped"
+
+    options = claimed.job_params
+    api_key: str | None = None
+    try:
+        if "mock_response" in options:
+            response = mock_model_response(str(options["mock_response"]), model=claimed.model)
+            response.provider = claimed.provider
+        else:
+            api_key = _api_key(ctx, claimed)
+            response = _call(ctx, claimed, api_key)
+    except RequestError as err:
+        return _failed(ctx, claimed, err, api_key, extra)
+    except (ConfigurationError, InvalidRequestError) as err:
+        # Not the provider's fault, and retrying will not fix it: store it on the request.
+        text = redact(str(err), [api_key])
+        _end(ctx, claimed, RequestState.FAILED, type(err).__name__, text)
+        log.warning("request failed: %s", text, extra=extra)
+        return "failed"
+
+    body = response.model_dump(mode="json")
+    usage = body.get("usage")
+    latency_ms = float(response.latency_ms or 0.0)
+    with ctx.engine.begin() as conn:
+        progress = store.record_success(
+            conn,
+            claimed,
+            body=body,
+            provider=claimed.provider,
+            model=response.model or claimed.model,
+            usage=usage,
+            latency_ms=latency_ms,
+        )
+    if claimed.kind == JobKind.FASTEST.value:
+        _claim_race(ctx, claimed, body)
+    _after_final(ctx, job, progress)
+    log.info("request succeeded in %.0f ms", latency_ms, extra=extra)
+    return "succeeded"
+
+
+def _api_key(ctx: WorkerContext, claimed: store.ClaimedRequest) -> str:
+    if claimed.credentials:
+        return unseal(claimed.credentials, ctx.settings)
+    key = _providers.resolve_api_key(claimed.provider, None, os.environ)
+    if key is None:
+        names = " or ".join(_providers.PROVIDERS[claimed.provider].api_key_env_vars)
+        raise AuthenticationError(
+            f"worker {socket.gethostname()} has no API key for {claimed.provider}: set {names} in the "
+            "workers' environment",
+            model=claimed.model,
+            provider=claimed.provider,
+        )
+    return key
+
+
+def _call(ctx: WorkerContext, claimed: store.ClaimedRequest, api_key: str) -> ModelResponse:
+    options = claimed.job_params
+    params: dict[str, Any] = {**options.get("params", {}), **(claimed.request_params or {})}
+    params = _providers.check_params(claimed.provider, params, drop_params=bool(options.get("drop_params")))
+    route = _providers.resolve_route(claimed.model)
+    api_base = _providers.resolve_api_base(claimed.provider, options.get("api_base"), os.environ)
+    timeout_s = float(options.get("timeout_s") or ctx.settings.request_timeout_s)
+    return _providers.complete(
+        ctx.http, route, claimed.messages, params, api_key=api_key, api_base=api_base, timeout_s=timeout_s
+    )
+
+
+def _failed(
+    ctx: WorkerContext,
+    claimed: store.ClaimedRequest,
+    err: RequestError,
+    api_key: str | None,
+    extra: dict[str, Any],
+) -> str:
+    text = redact(str(err), [api_key])[:ERROR_TEXT_MAX_CHARS]
+    policy = ctx.retry_policy
+    if (max_attempts := claimed.job_params.get("max_attempts")) is not None:
+        policy = RetryPolicy(max_attempts, policy.backoff_base_s, policy.backoff_max_s)
+    decision = policy.decide(err, claimed.attempts)
+    if decision is not None:
+        with ctx.engine.begin() as conn:
+            parked = store.record_retry(
+                conn,
+                claimed.request_id,
+                delay_s=decision.delay_s,
+                error_type=type(err).__name__,
+                error=text,
+                status_code=err.status_code,
+            )
+        if parked:
+            # A new message, scheduled for later: this worker slot is free while it waits.
+            queue = ctx.settings.race_queue if claimed.kind == JobKind.FASTEST.value else ctx.settings.queue
+            ctx.app.send_task(
+                RUN_REQUEST_TASK,
+                args=(str(claimed.job_id), claimed.idx),
+                task_id=task_id(claimed.job_id, claimed.idx),
+                countdown=decision.delay_s,
+                queue=queue,
+                ignore_result=True,
+            )
+        log.info("attempt failed (%s), retrying in %.1f s", text, decision.delay_s, extra=extra)
+        return "retrying"
+    _end(ctx, claimed, RequestState.FAILED, type(err).__name__, text, status_code=err.status_code)
+    log.warning("request failed: %s", text, extra=extra)
+    return "failed"
+
+
+def _end(
+    ctx: WorkerContext,
+    claimed: store.ClaimedRequest,
+    state: RequestState,
+    error_type: str,
+    error: str,
+    *,
+    status_code: int | None = None,
+) -> None:
+    with ctx.engine.begin() as conn:
+        progress = store.record_end(
+            conn, claimed.request_id, state, error_type=error_type, error=error, status_code=status_code
+        )
+    _after_final(ctx, claimed.job_id, progress)
+
+
+def _after_final(ctx: WorkerContext, job_id: uuid.UUID, progress: store.Progress | None) -> None:
+    """The task that completes a job enqueues its finalizer (exactly-once is the finalizer's guard)."""
+    if progress is not None and progress.complete:
+        publish_finalize(ctx.app, job_id, queue=ctx.settings.queue)
+
+
+def _race_won(ctx: WorkerContext, job_id: str) -> bool:
+    try:
+        return bool(ctx.redis.exists(_keys.race_first_key(job_id)))
+    except Exception:  # Redis is coordination only: when it is away, run the request.
+        log.warning("race key check failed; running the request anyway", exc_info=True)
+        return False
+
+
+def _claim_race(ctx: WorkerContext, claimed: store.ClaimedRequest, body: dict[str, Any]) -> None:
+    """First success wins: ``SET NX`` the race key, record the winner, wake the caller."""
+    job_id = str(claimed.job_id)
+    won = ctx.redis.set(_keys.race_first_key(job_id), claimed.idx, nx=True, ex=_keys.WAKE_TTL_S)
+    if not won:
+        return
+    wake = _keys.race_win_key(job_id)
+    payload = json.dumps({"event": "win", "idx": claimed.idx, "response": body})
+    pipe = ctx.redis.pipeline()
+    pipe.rpush(wake, payload)
+    pipe.expire(wake, _keys.WAKE_TTL_S)
+    pipe.execute()
+    # The caller is awake; now make the race durable and spare the slower models.
+    with ctx.engine.begin() as conn:
+        store.set_race_winner(conn, claimed.job_id, claimed.idx)
+        progress = store.skip_unsent(conn, claimed.job_id)
+    _after_final(ctx, claimed.job_id, progress)
+
+
+def finalize(ctx: WorkerContext, job_id: str) -> str | None:
+    """Give the job its final state (once) and wake whoever waits for it."""
+    with ctx.engine.begin() as conn:
+        state = store.finalize_job(conn, uuid.UUID(job_id))
+    if state is not None:
+        wake_waiters(ctx.redis, job_id, state)
+        log.info("job finished: %s", state, extra={"job_id": job_id})
+    return state
+
+
+def wake_waiters(client: Any, job_id: str, state: str) -> None:
+    wake = _keys.job_done_key(job_id)
+    pipe = client.pipeline()
+    pipe.rpush(wake, json.dumps({"event": "done", "state": state, "at": time.time()}))
+    pipe.expire(wake, _keys.WAKE_TTL_S)
+    pipe.execute()

@@ -1,0 +1,50 @@
+"""The Celery application: broker, queues and the delivery guarantees every task relies on."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from batcher._config import Settings, get_settings
+from batcher._publish import FINALIZE_JOB_TASK, RECOVER_TASK, RUN_REQUEST_TASK
+
+
+def make_celery_app(settings: Settings) -> Celery:
+    """A Celery app for these settings. Submitters use it to publish; workers to consume."""
+    app = Celery("batcher", broker=settings.redis_url, include=["workers.tasks"])
+    app.conf.update(
+        # "Not lost": a message is acknowledged only after its task returned, a worker killed
+        # mid-task gives its message back, and a worker holds few unstarted messages.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        # No result backend: outcomes live in Postgres. This also keeps senders from
+        # subscribing to one result channel per task (celery#3808).
+        task_ignore_result=True,
+        result_backend=None,
+        task_serializer="json",
+        accept_content=["json"],
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={
+            # Longer than any task can hold a message (timeout + the longest retry wait),
+            # so Redis never hands a live message to a second worker.
+            "visibility_timeout": settings.broker_visibility_timeout_s,
+        },
+        task_default_queue=settings.queue,
+        task_routes={
+            FINALIZE_JOB_TASK: {"queue": settings.queue},
+            RECOVER_TASK: {"queue": settings.queue},
+        },
+        worker_send_task_events=True,
+        task_send_sent_event=False,
+        worker_hijack_root_logger=False,
+        beat_schedule={
+            "batcher-recover": {"task": RECOVER_TASK, "schedule": settings.recovery_interval_s},
+        },
+    )
+    app.conf.batcher_settings = settings
+    return app
+
+
+app = make_celery_app(get_settings())
+
+__all__ = ["RUN_REQUEST_TASK", "app", "make_celery_app"]
