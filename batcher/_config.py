@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from batcher._ratelimit import RateLimitSpec
+
 DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/batcher"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_WORKER_CONCURRENCY = 100
@@ -56,15 +58,32 @@ class Settings(BaseSettings):
     """Queue of batch and gather-all requests."""
     race_queue: str = DEFAULT_RACE_QUEUE
     """Queue of fastest-response races, so a race never waits behind a large batch."""
-    broker_visibility_timeout_s: int = Field(DEFAULT_BROKER_VISIBILITY_TIMEOUT_S, ge=60)
+    broker_visibility_timeout_s: int = Field(DEFAULT_BROKER_VISIBILITY_TIMEOUT_S, ge=5)
     """Redis redelivers an unacknowledged message after this long; must exceed any task's run + retry delay."""
 
     recovery_interval_s: float = Field(DEFAULT_RECOVERY_INTERVAL_S, gt=0)
     queued_grace_s: float = Field(DEFAULT_QUEUED_GRACE_S, ge=0)
     """A job stored but not marked enqueued after this long is re-published by recovery."""
 
+    rate_limits: dict[str, RateLimitSpec] = Field(default_factory=dict)
+    """Shared limits by ``provider/model`` pattern, e.g. ``{"openai/*": {"rpm": 600, "tpm": 200000}}``."""
+    stall_grace_s: float = Field(600.0, gt=0)
+    """A job with queued requests, none running and none finished for this long is re-enqueued by recovery."""
+
     secret_key: SecretStr | None = None
     """Fernet key shared by submitters and workers; needed only to pass ``api_key=`` per call."""
+
+    api_url: str | None = None
+    """Base URL of a batcher HTTP service (``http://host:8000``): ``Client()``, the batch functions and the
+    CLI then submit over HTTP instead of to Postgres and Redis directly."""
+    api_key: SecretStr | None = None
+    """The key (``batcher keys create``) sent as ``Authorization: Bearer`` to ``api_url``."""
+    file_chunk_bytes: int = Field(1_048_576, ge=4_096, le=64 * 1_048_576)
+    """Uploaded files are stored in Postgres in chunks of this size (the most the service holds of one)."""
+    max_file_bytes: int = Field(200 * 1_048_576, ge=1)
+    """Largest accepted upload (OpenAI's Batch API limit is 200 MB)."""
+    api_max_wait_s: float = Field(300.0, gt=0)
+    """Longest one HTTP call may wait for a job (synchronous fastest/all, long-polled waits)."""
 
     log_format: Literal["json", "text"] = "text"
     log_level: str = "INFO"

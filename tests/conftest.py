@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from cryptography.fernet import Fernet
 from sqlalchemy import create_engine, text
 
 from batcher._config import Settings
@@ -86,6 +87,7 @@ def worker_env(
         "BATCHER_BACKOFF_MAX_S": "0.5",
         "BATCHER_QUEUED_GRACE_S": "2",
         "BATCHER_WORKER_CONCURRENCY": "20",
+        "BATCHER_SECRET_KEY": Fernet.generate_key().decode(),
         "OPENAI_BASE_URL": fake_provider.openai_base,
         "ANTHROPIC_BASE_URL": fake_provider.anthropic_base,
         "CO_API_URL": fake_provider.cohere_base,

@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 
 from batcher._config import Settings
 from batcher._db.engine import get_engine
+from batcher._ratelimit import RateLimiter
 from batcher._retry import RetryPolicy
 
 CONNECT_TIMEOUT_S = 10.0
@@ -46,6 +47,10 @@ class WorkerContext:
         )
 
     @cached_property
+    def limiter(self) -> RateLimiter:
+        return RateLimiter(self.redis, self.settings.rate_limits)
+
+    @cached_property
     def retry_policy(self) -> RetryPolicy:
         s = self.settings
         return RetryPolicy(max_attempts=s.max_attempts, backoff_base_s=s.backoff_base_s, backoff_max_s=s.backoff_max_s)
@@ -63,6 +68,6 @@ def get_context(app: Celery) -> WorkerContext:
             if _context is None:
                 ctx = WorkerContext(settings=app.conf.batcher_settings, app=app)
                 # Touch the cached properties now, under the lock, so threads never race to build them.
-                _ = ctx.engine, ctx.redis, ctx.http, ctx.retry_policy
+                _ = ctx.engine, ctx.redis, ctx.http, ctx.limiter, ctx.retry_policy
                 _context = ctx
     return _context

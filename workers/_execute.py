@@ -13,6 +13,7 @@ import os
 import socket
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,10 +23,12 @@ from batcher._exceptions import (
     AuthenticationError,
     ConfigurationError,
     InvalidRequestError,
+    RateLimitError,
     RequestError,
 )
 from batcher._publish import RUN_REQUEST_TASK, publish_finalize, task_id
-from batcher._response import ModelResponse, mock_model_response
+from batcher._ratelimit import Bucket, deployment_id, estimate_tokens
+from batcher._response import mock_model_response
 from batcher._retry import RetryPolicy
 from batcher._secrets import redact, unseal
 from batcher._states import JobKind, RequestState
@@ -60,19 +63,32 @@ def run_request(ctx: WorkerContext, job_id: str, idx: int) -> str:
         return "skipped"
 
     options = claimed.job_params
-    api_key: str | None = None
+    call: _Call | None = None
     try:
         if "mock_response" in options:
             response = mock_model_response(str(options["mock_response"]), model=claimed.model)
             response.provider = claimed.provider
         else:
-            api_key = _api_key(ctx, claimed)
-            response = _call(ctx, claimed, api_key)
+            call = _prepare(ctx, claimed)
+            wait_s = ctx.limiter.acquire(call.buckets, call.tokens) if call.buckets else 0.0
+            if wait_s > 0:
+                return _defer(ctx, claimed, wait_s, extra)
+            response = _providers.complete(
+                ctx.http,
+                call.route,
+                claimed.messages,
+                call.params,
+                api_key=call.api_key,
+                api_base=call.api_base,
+                timeout_s=call.timeout_s,
+            )
     except RequestError as err:
-        return _failed(ctx, claimed, err, api_key, extra)
+        if isinstance(err, RateLimitError) and call is not None:
+            ctx.limiter.penalize(call.buckets)  # the provider's real limit is lower than configured
+        return _failed(ctx, claimed, err, call.api_key if call else None, extra)
     except (ConfigurationError, InvalidRequestError) as err:
         # Not the provider's fault, and retrying will not fix it: store it on the request.
-        text = redact(str(err), [api_key])
+        text = redact(str(err), [call.api_key if call else None])
         _end(ctx, claimed, RequestState.FAILED, type(err).__name__, text)
         log.warning("request failed: %s", text, extra=extra)
         return "failed"
@@ -97,6 +113,38 @@ def run_request(ctx: WorkerContext, job_id: str, idx: int) -> str:
     return "succeeded"
 
 
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """Everything one provider call needs, resolved on this worker."""
+
+    route: _providers.Route
+    params: dict[str, Any]
+    api_key: str
+    api_base: str
+    timeout_s: float
+    buckets: list[Bucket]
+    tokens: int
+
+
+def _prepare(ctx: WorkerContext, claimed: store.ClaimedRequest) -> _Call:
+    options = claimed.job_params
+    params: dict[str, Any] = {**options.get("params", {}), **(claimed.request_params or {})}
+    params = _providers.check_params(claimed.provider, params, drop_params=bool(options.get("drop_params")))
+    route = _providers.resolve_route(claimed.model)
+    api_key = _api_key(ctx, claimed)
+    api_base = _providers.resolve_api_base(claimed.provider, options.get("api_base"), os.environ)
+    buckets = ctx.limiter.buckets(claimed.provider, route.model, deployment_id(api_base, api_key))
+    return _Call(
+        route=route,
+        params=params,
+        api_key=api_key,
+        api_base=api_base,
+        timeout_s=float(options.get("timeout_s") or ctx.settings.request_timeout_s),
+        buckets=buckets,
+        tokens=estimate_tokens(claimed.messages, params) if buckets else 0,
+    )
+
+
 def _api_key(ctx: WorkerContext, claimed: store.ClaimedRequest) -> str:
     if claimed.credentials:
         return unseal(claimed.credentials, ctx.settings)
@@ -112,16 +160,27 @@ def _api_key(ctx: WorkerContext, claimed: store.ClaimedRequest) -> str:
     return key
 
 
-def _call(ctx: WorkerContext, claimed: store.ClaimedRequest, api_key: str) -> ModelResponse:
-    options = claimed.job_params
-    params: dict[str, Any] = {**options.get("params", {}), **(claimed.request_params or {})}
-    params = _providers.check_params(claimed.provider, params, drop_params=bool(options.get("drop_params")))
-    route = _providers.resolve_route(claimed.model)
-    api_base = _providers.resolve_api_base(claimed.provider, options.get("api_base"), os.environ)
-    timeout_s = float(options.get("timeout_s") or ctx.settings.request_timeout_s)
-    return _providers.complete(
-        ctx.http, route, claimed.messages, params, api_key=api_key, api_base=api_base, timeout_s=timeout_s
+def _requeue(ctx: WorkerContext, claimed: store.ClaimedRequest, delay_s: float) -> None:
+    """A new message for the request's next attempt, due in ``delay_s``: no worker slot waits for it."""
+    queue = ctx.settings.race_queue if claimed.kind == JobKind.FASTEST.value else ctx.settings.queue
+    ctx.app.send_task(
+        RUN_REQUEST_TASK,
+        args=(str(claimed.job_id), claimed.idx),
+        task_id=task_id(claimed.job_id, claimed.idx),
+        countdown=delay_s,
+        queue=queue,
+        ignore_result=True,
     )
+
+
+def _defer(ctx: WorkerContext, claimed: store.ClaimedRequest, wait_s: float, extra: dict[str, Any]) -> str:
+    """Over a shared rate limit: give the attempt back and come back when there is capacity."""
+    with ctx.engine.begin() as conn:
+        parked = store.record_deferral(conn, claimed.request_id, delay_s=wait_s)
+    if parked:
+        _requeue(ctx, claimed, wait_s)
+    log.debug("rate limited, deferred %.2f s", wait_s, extra=extra)
+    return "deferred"
 
 
 def _failed(
@@ -147,16 +206,7 @@ def _failed(
                 status_code=err.status_code,
             )
         if parked:
-            # A new message, scheduled for later: this worker slot is free while it waits.
-            queue = ctx.settings.race_queue if claimed.kind == JobKind.FASTEST.value else ctx.settings.queue
-            ctx.app.send_task(
-                RUN_REQUEST_TASK,
-                args=(str(claimed.job_id), claimed.idx),
-                task_id=task_id(claimed.job_id, claimed.idx),
-                countdown=decision.delay_s,
-                queue=queue,
-                ignore_result=True,
-            )
+            _requeue(ctx, claimed, decision.delay_s)
         log.info("attempt failed (%s), retrying in %.1f s", text, decision.delay_s, extra=extra)
         return "retrying"
     _end(ctx, claimed, RequestState.FAILED, type(err).__name__, text, status_code=err.status_code)

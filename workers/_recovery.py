@@ -5,6 +5,7 @@ Re-enqueueing is always safe: a request is claimed atomically, so a duplicate me
 it is a no-op. What it repairs:
 
 - a worker died mid-request (``kill -9``): the request's lease runs out and it is re-sent;
+  messages it had reserved but not started are re-sent once their job stalls;
 - Redis lost its data (FLUSHALL, restart without persistence), detected by the missing
   epoch key: every queued request of an active job is re-sent;
 - a delayed retry message was lost: retrying requests overdue by the grace period;
@@ -53,8 +54,9 @@ def sweep(ctx: WorkerContext) -> SweepReport:
         stale = store.requests_to_reenqueue(
             conn, everything_queued=report.broker_data_lost, grace_s=settings.queued_grace_s
         )
+        stale += store.stalled_requests(conn, stall_s=settings.stall_grace_s)
         never = store.jobs_never_enqueued(conn, grace_s=settings.queued_grace_s)
-    for (job_id, kind), group in groupby(stale, key=lambda row: (row[0], row[2])):
+    for (job_id, kind), group in groupby(sorted(set(stale)), key=lambda row: (row[0], row[2])):
         indices = [idx for _, idx, _ in group]
         queue = settings.race_queue if kind == JobKind.FASTEST.value else settings.queue
         publish_requests(ctx.app, job_id, indices, queue=queue)

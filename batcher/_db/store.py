@@ -80,12 +80,17 @@ def insert_job(
     deadline_at: datetime | None,
     credentials: str | None,
     user_metadata: dict[str, Any] | None = None,
-) -> None:
-    conn.execute(
+    owner_id: uuid.UUID | None = None,
+    idempotency_key: str | None = None,
+) -> bool:
+    """Insert the job row. False if ``(owner_id, idempotency_key)`` already names a job (nothing inserted)."""
+    result = conn.execute(
         text(
-            "INSERT INTO jobs (id, kind, state, total, params, deadline_at, credentials, user_metadata) "
+            "INSERT INTO jobs (id, kind, state, total, params, deadline_at, credentials, user_metadata, "
+            "owner_id, idempotency_key) "
             "VALUES (:id, :kind, 'queued', :total, CAST(:params AS jsonb), :deadline_at, :credentials, "
-            "CAST(:user_metadata AS jsonb))"
+            "CAST(:user_metadata AS jsonb), :owner_id, :idempotency_key) "
+            "ON CONFLICT (owner_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
         ),
         {
             "id": job_id,
@@ -95,8 +100,18 @@ def insert_job(
             "deadline_at": deadline_at,
             "credentials": credentials,
             "user_metadata": json.dumps(user_metadata) if user_metadata is not None else None,
+            "owner_id": owner_id,
+            "idempotency_key": idempotency_key,
         },
     )
+    return bool(result.rowcount)
+
+
+def job_by_idempotency_key(conn: Connection, owner_id: uuid.UUID, key: str) -> uuid.UUID | None:
+    return conn.execute(
+        text("SELECT id FROM jobs WHERE owner_id = :owner AND idempotency_key = :key"),
+        {"owner": owner_id, "key": key},
+    ).scalar_one_or_none()
 
 
 def copy_requests(conn: Connection, job_id: uuid.UUID, requests: Iterable[NewRequest]) -> int:
@@ -313,6 +328,19 @@ def record_retry(
     return bool(result.rowcount)
 
 
+def record_deferral(conn: Connection, request_id: int, *, delay_s: float) -> bool:
+    """Over a shared rate limit: park the request without spending an attempt. False if not ours."""
+    result = conn.execute(
+        text(
+            "UPDATE requests SET state = 'retrying', attempts = attempts - 1, lease_until = NULL, "
+            "next_attempt_at = now() + make_interval(secs => :delay_s) "
+            "WHERE id = :request_id AND state = 'running'"
+        ),
+        {"request_id": request_id, "delay_s": delay_s},
+    )
+    return bool(result.rowcount)
+
+
 def set_race_winner(conn: Connection, job_id: uuid.UUID, idx: int) -> None:
     conn.execute(
         text("UPDATE jobs SET winner_index = :idx WHERE id = :id AND winner_index IS NULL"),
@@ -437,6 +465,29 @@ def requests_to_reenqueue(
             """
         ),
         {"grace_s": grace_s, "everything": everything_queued},
+    ).all()
+    return [(row.job_id, row.idx, row.kind) for row in rows]
+
+
+def stalled_requests(conn: Connection, *, stall_s: float) -> list[tuple[uuid.UUID, int, str]]:
+    """Queued requests of jobs that made no progress for ``stall_s`` with nothing running.
+
+    Catches messages stranded in a dead worker's unacknowledged set, which Redis would only
+    hand back after the broker's visibility timeout.
+    """
+    rows = conn.execute(
+        text(
+            """
+            SELECT r.job_id, r.idx, j.kind FROM requests AS r JOIN jobs AS j ON j.id = r.job_id
+             WHERE j.state IN ('queued', 'running') AND j.enqueued_at < now() - make_interval(secs => :stall_s)
+               AND r.state = 'queued'
+               AND NOT EXISTS (SELECT 1 FROM requests AS x WHERE x.job_id = j.id AND x.state = 'running')
+               AND NOT EXISTS (SELECT 1 FROM requests AS y WHERE y.job_id = j.id
+                                 AND y.finished_at > now() - make_interval(secs => :stall_s))
+             ORDER BY r.job_id, r.idx
+            """
+        ),
+        {"stall_s": stall_s},
     ).all()
     return [(row.job_id, row.idx, row.kind) for row in rows]
 

@@ -84,3 +84,39 @@ class WorkerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class IsolatedCluster:
+    """Workers of their own (own queues, own settings) for tests that kill, flush or throttle them."""
+
+    def __init__(self, base_env: dict[str, str], log_dir: Path, overrides: dict[str, str], n_workers: int = 1) -> None:
+        tag = os.urandom(4).hex()
+        self.env = {
+            **base_env,
+            "BATCHER_QUEUE": f"iso-{tag}",
+            "BATCHER_RACE_QUEUE": f"iso-{tag}.race",
+            **overrides,
+        }
+        self.log_dir = log_dir
+        self.workers = [
+            WorkerProcess(self.env, log_dir / f"worker-{tag}-{i}.log", name=f"iso{i}-{tag}") for i in range(n_workers)
+        ]
+
+    def add_worker(self) -> WorkerProcess:
+        worker = WorkerProcess(
+            self.env, self.log_dir / f"worker-extra-{len(self.workers)}.log", name=f"extra{len(self.workers)}"
+        )
+        self.workers.append(worker.start())
+        return worker
+
+    def __enter__(self) -> IsolatedCluster:
+        for worker in self.workers:
+            worker.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for worker in self.workers:
+            worker.stop()
+
+    def logs(self) -> str:
+        return "\n".join(w.log_path.read_text(errors="replace") for w in self.workers if w.log_path.exists())
