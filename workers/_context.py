@@ -34,6 +34,11 @@ class WorkerContext:
         return get_engine(self.settings)
 
     @cached_property
+    def db(self) -> Engine:
+        """Autocommit: every hot-path write is one statement, so BEGIN/COMMIT would only add round trips."""
+        return self.engine.execution_options(isolation_level="AUTOCOMMIT")
+
+    @cached_property
     def redis(self) -> redis.Redis[bytes]:
         return redis.Redis.from_url(self.settings.redis_url, socket_timeout=5, health_check_interval=30)
 
@@ -68,6 +73,6 @@ def get_context(app: Celery) -> WorkerContext:
             if _context is None:
                 ctx = WorkerContext(settings=app.conf.batcher_settings, app=app)
                 # Touch the cached properties now, under the lock, so threads never race to build them.
-                _ = ctx.engine, ctx.redis, ctx.http, ctx.limiter, ctx.retry_policy
+                _ = ctx.engine, ctx.db, ctx.redis, ctx.http, ctx.limiter, ctx.retry_policy
                 _context = ctx
     return _context

@@ -43,7 +43,7 @@ def run_request(ctx: WorkerContext, job_id: str, idx: int) -> str:
     """Run one attempt; returns what happened (for logs and tests)."""
     job = uuid.UUID(job_id)
     settings = ctx.settings
-    with ctx.engine.begin() as conn:
+    with ctx.db.connect() as conn:
         claimed = store.claim_request(conn, job, idx, lease_s=settings.request_timeout_s + settings.lease_margin_s)
     if claimed is None:
         return "not-claimable"
@@ -96,7 +96,7 @@ def run_request(ctx: WorkerContext, job_id: str, idx: int) -> str:
     body = response.model_dump(mode="json")
     usage = body.get("usage")
     latency_ms = float(response.latency_ms or 0.0)
-    with ctx.engine.begin() as conn:
+    with ctx.db.connect() as conn:
         progress = store.record_success(
             conn,
             claimed,
@@ -109,7 +109,7 @@ def run_request(ctx: WorkerContext, job_id: str, idx: int) -> str:
     if claimed.kind == JobKind.FASTEST.value:
         _claim_race(ctx, claimed, body)
     _after_final(ctx, job, progress)
-    log.info("request succeeded in %.0f ms", latency_ms, extra=extra)
+    log.debug("request succeeded in %.0f ms", latency_ms, extra=extra)
     return "succeeded"
 
 
@@ -175,7 +175,7 @@ def _requeue(ctx: WorkerContext, claimed: store.ClaimedRequest, delay_s: float) 
 
 def _defer(ctx: WorkerContext, claimed: store.ClaimedRequest, wait_s: float, extra: dict[str, Any]) -> str:
     """Over a shared rate limit: give the attempt back and come back when there is capacity."""
-    with ctx.engine.begin() as conn:
+    with ctx.db.connect() as conn:
         parked = store.record_deferral(conn, claimed.request_id, delay_s=wait_s)
     if parked:
         _requeue(ctx, claimed, wait_s)
@@ -196,7 +196,7 @@ def _failed(
         policy = RetryPolicy(max_attempts, policy.backoff_base_s, policy.backoff_max_s)
     decision = policy.decide(err, claimed.attempts)
     if decision is not None:
-        with ctx.engine.begin() as conn:
+        with ctx.db.connect() as conn:
             parked = store.record_retry(
                 conn,
                 claimed.request_id,
@@ -223,7 +223,7 @@ def _end(
     *,
     status_code: int | None = None,
 ) -> None:
-    with ctx.engine.begin() as conn:
+    with ctx.db.connect() as conn:
         progress = store.record_end(
             conn, claimed.request_id, state, error_type=error_type, error=error, status_code=status_code
         )
@@ -257,7 +257,7 @@ def _claim_race(ctx: WorkerContext, claimed: store.ClaimedRequest, body: dict[st
     pipe.expire(wake, _keys.WAKE_TTL_S)
     pipe.execute()
     # The caller is awake; now make the race durable and spare the slower models.
-    with ctx.engine.begin() as conn:
+    with ctx.db.connect() as conn:
         store.set_race_winner(conn, claimed.job_id, claimed.idx)
         progress = store.skip_unsent(conn, claimed.job_id)
     _after_final(ctx, claimed.job_id, progress)
@@ -265,7 +265,7 @@ def _claim_race(ctx: WorkerContext, claimed: store.ClaimedRequest, body: dict[st
 
 def finalize(ctx: WorkerContext, job_id: str) -> str | None:
     """Give the job its final state (once) and wake whoever waits for it."""
-    with ctx.engine.begin() as conn:
+    with ctx.db.connect() as conn:
         state = store.finalize_job(conn, uuid.UUID(job_id))
     if state is not None:
         wake_waiters(ctx.redis, job_id, state)

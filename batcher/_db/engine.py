@@ -28,7 +28,7 @@ def get_engine(settings: Settings) -> Engine:
                 url,
                 pool_size=settings.db_pool_size,
                 max_overflow=10,
-                pool_pre_ping=True,
+                pool_pre_ping=False,  # one round trip per checkout; disconnects surface as retried errors
                 pool_recycle=1_800,
             )
             _engines[key] = engine

@@ -150,18 +150,25 @@ def mark_enqueued(conn: Connection, job_id: uuid.UUID) -> None:
 
 _CLAIM = text(
     f"""
-    UPDATE requests AS r
-       SET state = 'running',
-           attempts = r.attempts + 1,
-           started_at = COALESCE(r.started_at, now()),
-           lease_until = now() + make_interval(secs => :lease_s),
-           next_attempt_at = NULL
-      FROM jobs AS j
-     WHERE r.job_id = :job_id AND r.idx = :idx AND j.id = r.job_id
-       AND j.state IN ({_ACTIVE}) AND j.state <> 'cancelling'
-       AND (r.state IN ('queued', 'retrying') OR (r.state = 'running' AND r.lease_until < now()))
-    RETURNING r.id, r.model, r.provider, r.messages, r.params, r.attempts,
-              j.kind, j.params AS job_params, j.state AS job_state, j.deadline_at, j.credentials
+    WITH claimed AS (
+        UPDATE requests AS r
+           SET state = 'running',
+               attempts = r.attempts + 1,
+               started_at = COALESCE(r.started_at, now()),
+               lease_until = now() + make_interval(secs => :lease_s),
+               next_attempt_at = NULL
+          FROM jobs AS j
+         WHERE r.job_id = :job_id AND r.idx = :idx AND j.id = r.job_id
+           AND j.state IN ({_ACTIVE}) AND j.state <> 'cancelling'
+           AND (r.state IN ('queued', 'retrying') OR (r.state = 'running' AND r.lease_until < now()))
+        RETURNING r.id, r.model, r.provider, r.messages, r.params, r.attempts,
+                  j.kind, j.params AS job_params, j.state AS job_state, j.deadline_at, j.credentials
+    ), started AS (
+        -- The first claim of a job starts it; later claims match nothing here and write nothing.
+        UPDATE jobs SET state = 'running', started_at = now()
+         WHERE id = :job_id AND state = 'queued' AND EXISTS (SELECT 1 FROM claimed)
+    )
+    SELECT * FROM claimed
     """
 )
 
@@ -175,11 +182,6 @@ def claim_request(conn: Connection, job_id: uuid.UUID, idx: int, *, lease_s: flo
     row = conn.execute(_CLAIM, {"job_id": job_id, "idx": idx, "lease_s": lease_s}).mappings().first()
     if row is None:
         return None
-    if row["job_state"] == JobState.QUEUED.value:
-        conn.execute(
-            text("UPDATE jobs SET state = 'running', started_at = now() WHERE id = :id AND state = 'queued'"),
-            {"id": job_id},
-        )
     return ClaimedRequest(
         request_id=row["id"],
         job_id=job_id,
