@@ -24,6 +24,7 @@ from batcher._exceptions import (
     error_from_stored,
 )
 from batcher._jobs import JobStatus, Result
+from batcher._mode import EMBEDDED, check_cluster, resolve_mode
 from batcher._progress import ProgressBar
 from batcher._response import ModelResponse
 from batcher._states import JobKind, RequestState
@@ -42,12 +43,39 @@ class Client:
     >>> job = client.submit(model="gpt-4o-mini", messages=[[{"role": "user", "content": "hi"}]])
     >>> job.wait(progress=True)
     >>> for result in job.results(): ...
+
+    With ``base_url=`` (and ``api_key=``), or ``BATCHER_API_URL`` / ``BATCHER_API_KEY`` set, the
+    same calls go to a batcher HTTP service instead (``batcher._remote.RemoteClient``).
     """
 
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __new__(
+        cls, settings: Settings | None = None, *, base_url: str | None = None, api_key: str | None = None
+    ) -> Client:
+        # A service URL (argument or BATCHER_API_URL) selects the HTTP implementation, same interface.
+        if cls is Client and (base_url or (settings or get_settings()).api_url):
+            from batcher._remote import RemoteClient
+
+            return super().__new__(RemoteClient)
+        return super().__new__(cls)
+
+    def __init__(
+        self, settings: Settings | None = None, *, base_url: str | None = None, api_key: str | None = None
+    ) -> None:
         self.settings = settings or get_settings()
         self._app: Celery | None = None
         self._redis: redis.Redis[bytes] | None = None
+        self._embedded = resolve_mode(self.settings) == EMBEDDED
+        if self._embedded:
+            from batcher._embedded import get_runtime
+
+            runtime = get_runtime(self.settings)
+            # The runtime's database and broker, this client's other settings (limits, timeouts).
+            self.settings = self.settings.model_copy(
+                update={"database_url": runtime.settings.database_url, "redis_url": runtime.settings.redis_url}
+            )
+            self._app, self._redis = runtime.app, runtime.redis
+        else:
+            check_cluster(self.settings)
 
     # --- resources ---------------------------------------------------------------------------
 
@@ -70,6 +98,8 @@ class Client:
         return self._app
 
     def close(self) -> None:
+        if self._embedded:  # the process's embedded runtime outlives any one client
+            return
         if self._redis is not None:
             self._redis.close()
             self._redis = None

@@ -16,6 +16,8 @@ from batcher._ratelimit import RateLimitSpec
 
 DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/batcher"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_EMBEDDED_PATH = "batcher.db"
+DEFAULT_EMBEDDED_CONCURRENCY = 32
 DEFAULT_WORKER_CONCURRENCY = 100
 DEFAULT_REQUEST_TIMEOUT_S = 600.0  # LiteLLM's default
 DEFAULT_MAX_PROMPTS_PER_JOB = 200_000
@@ -32,6 +34,13 @@ class Settings(BaseSettings):
     """Everything an operator can tune. Each field maps to ``BATCHER_<NAME>``."""
 
     model_config = SettingsConfigDict(env_prefix="BATCHER_", env_file=".env", extra="ignore")
+
+    mode: Literal["auto", "embedded", "cluster"] = "auto"
+    """``auto``: cluster when a URL is set or Postgres and Redis answer at the defaults, else embedded."""
+    embedded_path: str = DEFAULT_EMBEDDED_PATH
+    """Embedded mode's SQLite file."""
+    embedded_concurrency: int = Field(DEFAULT_EMBEDDED_CONCURRENCY, ge=1, le=500)
+    """Threads of embedded mode's in-process worker."""
 
     database_url: str = DEFAULT_DATABASE_URL
     """SQLAlchemy URL of the Postgres database that is the source of truth."""
@@ -86,7 +95,15 @@ class Settings(BaseSettings):
     """Longest one HTTP call may wait for a job (synchronous fastest/all, long-polled waits)."""
 
     log_format: Literal["json", "text"] = "text"
+    """``json``: one JSON object per line (time, level, logger, message, job_id, idx, provider, model, attempt)."""
     log_level: str = "INFO"
+
+    metrics_port: int = Field(0, ge=0, le=65_535)
+    """Workers serve Prometheus metrics on this port (``/metrics``); 0 turns the exporter off."""
+    metrics_port_range: int = Field(10, ge=1, le=1_000)
+    """Several workers on one host each take the first free port of ``metrics_port`` .. ``+ range - 1``."""
+    metrics_host: str = "0.0.0.0"  # noqa: S104  # Prometheus scrapes from another host
+    """Interface the workers' metrics exporter listens on."""
 
     @field_validator("database_url")
     @classmethod

@@ -16,7 +16,7 @@ import time
 from collections.abc import Generator
 from itertools import islice
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import redis
 from rich.console import Console
@@ -26,6 +26,7 @@ from sqlalchemy.exc import OperationalError
 from batcher._config import Settings
 from batcher._jobs import Result
 from batcher._migrate import REPO_ROOT, upgrade
+from batcher._mode import EMBEDDED, resolve_mode
 
 DEMO_MODELS = ("gpt-4o-mini", "claude-3-5-haiku-latest", "command-r")
 RACE_LATENCIES_MS = {"gpt-4o-mini": 50, "claude-3-5-haiku-latest": 200, "command-r": 500}
@@ -80,15 +81,18 @@ def _start_worker(env: dict[str, str], concurrency: int, log: Path) -> subproces
 
 
 def run_demo(*, prompts: int, latency_ms: int, concurrency: int) -> None:
-    from batcher._client import Client
     from batcher.fake_provider import FakeProvider, FakeProviderConfig, ModelBehaviour
 
     console = Console()
     base = Settings()
-    _check_services(base, console)
-    console.print(f"[bold]batcher demo[/]: Postgres {base.database_url.split('@')[-1]}, Redis {base.redis_url}")
-    upgrade(base)
-    console.print("database migrated")
+    embedded = resolve_mode(base) == EMBEDDED
+    if embedded:
+        console.print("[bold]batcher demo[/]: no Postgres/Redis set or answering, so everything runs in this process")
+    else:
+        _check_services(base, console)
+        console.print(f"[bold]batcher demo[/]: Postgres {base.database_url.split('@')[-1]}, Redis {base.redis_url}")
+        upgrade(base)
+        console.print("database migrated")
 
     config = FakeProviderConfig(
         default=ModelBehaviour(latency_ms=latency_ms),
@@ -101,6 +105,7 @@ def run_demo(*, prompts: int, latency_ms: int, concurrency: int) -> None:
             "BATCHER_QUEUE": f"batcher.{tag}",
             "BATCHER_RACE_QUEUE": f"batcher.{tag}.race",
             "BATCHER_WORKER_CONCURRENCY": str(concurrency),
+            "BATCHER_EMBEDDED_CONCURRENCY": str(concurrency),
             "OPENAI_BASE_URL": fake.openai_base,
             "ANTHROPIC_BASE_URL": fake.anthropic_base,
             "CO_API_URL": fake.cohere_base,
@@ -108,25 +113,28 @@ def run_demo(*, prompts: int, latency_ms: int, concurrency: int) -> None:
             "ANTHROPIC_API_KEY": "sk-ant-demo",
             "COHERE_API_KEY": "co-demo",
         }
-        console.print(f"fake provider on {fake.url}; starting a worker ({concurrency} threads)")
-        log = Path(tmp) / "worker.log"
-        worker = _start_worker(env, concurrency, log)
         saved = dict(os.environ)
         os.environ.update(env)
+        worker: subprocess.Popen[bytes] | None = None
         try:
-            _wait_ready(worker, log)
-            settings = Settings()
-            with Client(settings) as client:
-                ok = _run_jobs(client, console, prompts, latency_ms, concurrency)
+            if embedded:
+                console.print(f"fake provider on {fake.url}; in-process worker ({concurrency} threads)")
+            else:
+                console.print(f"fake provider on {fake.url}; starting a worker ({concurrency} threads)")
+                log = Path(tmp) / "worker.log"
+                worker = _start_worker(env, concurrency, log)
+                _wait_ready(worker, log)
+            ok = _run_jobs(console, prompts, latency_ms, concurrency)
         finally:
             os.environ.clear()
             os.environ.update(saved)
-            worker.terminate()
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()
+            if worker is not None:
+                worker.terminate()
+                try:
+                    worker.wait(30)
+                except subprocess.TimeoutExpired:
+                    worker.kill()
+                    worker.wait()
     if not ok:
         sys.exit(1)
 
@@ -148,10 +156,14 @@ def _wait_ready(worker: subprocess.Popen[bytes], log: Path) -> None:
     raise SystemExit(f"the worker did not start in {WORKER_READY_TIMEOUT_S} s:\n{log.read_text()[-2000:]}")
 
 
-def _run_jobs(client: object, console: Console, prompts: int, latency_ms: int, concurrency: int) -> bool:
+def _run_jobs(console: Console, prompts: int, latency_ms: int, concurrency: int) -> bool:
     from batcher._client import Client
 
-    assert isinstance(client, Client)
+    with Client(Settings()) as client:
+        return bool(_run_three_jobs(client, console, prompts, latency_ms, concurrency))
+
+
+def _run_three_jobs(client: Any, console: Console, prompts: int, latency_ms: int, concurrency: int) -> bool:
     conversations = [[{"role": "user", "content": f"Question {i}: what is {i} + {i}?"}] for i in range(prompts)]
     ideal_s = prompts * latency_ms / 1000 / concurrency
     console.rule(f"1. batch_completion: {prompts} prompts to gpt-4o-mini")
@@ -185,5 +197,6 @@ def _run_jobs(client: object, console: Console, prompts: int, latency_ms: int, c
     every.wait(timeout=30)
     for result in every.results():
         console.print(f"  {result.model:<26} {result.state.value:<10} {result.latency_ms or 0:.0f} ms")
-    console.print(f"\nstored in Postgres; reattach with: batcher status {job.id}")
-    return status.succeeded == prompts
+    where = "SQLite (embedded mode)" if client.settings.database_url.startswith("sqlite") else "Postgres"
+    console.print(f"\nstored in {where}; reattach with: batcher status {job.id}")
+    return bool(status.succeeded == prompts)

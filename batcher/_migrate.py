@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic.config import Config
 from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.engine import URL
 
-from alembic import command
 from batcher._config import Settings
 from batcher._exceptions import ConfigurationError
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# Alembic announces each of its plugins at INFO on every run; only the migrations themselves are news.
+logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
 def alembic_config(database_url: str) -> Config:
+    from alembic.config import Config
+
     ini = REPO_ROOT / "alembic.ini"
     if not ini.exists():
         raise ConfigurationError(
@@ -48,10 +56,14 @@ def create_database_if_missing(url: URL) -> bool:
 
 
 def upgrade(settings: Settings, revision: str = "head") -> None:
+    from alembic import command  # imported late: importing it logs its plugins (silenced above)
+
     url = make_url(settings.database_url)
     create_database_if_missing(url)
     command.upgrade(alembic_config(settings.database_url), revision)
 
 
 def downgrade(settings: Settings, revision: str) -> None:
+    from alembic import command
+
     command.downgrade(alembic_config(settings.database_url), revision)

@@ -35,6 +35,12 @@ three APIs at once:
   ("no api key supplied", "invalid api token", "invalid request: ...", "You are past the
   per minute request limit, please wait and try again later.").
 
+Where the documentation shows no wording (Cohere's messages for a missing ``model``, an
+unknown field or unparsable JSON; OpenAI's and Anthropic's wording for rarer cases such as
+403), the message follows the provider's style but is not verbatim: match error *types*,
+codes and statuses in tests, not these sentences. Only non-streaming calls are served
+(``stream: true`` gets a 400).
+
 Answers are deterministic: the assistant text is ``"echo: <last user message>"`` (or a fixed
 ``answer``), token counts are whitespace word counts, and a ``max_tokens`` smaller than the
 answer cuts it to that many words with the provider's "length" finish reason.
@@ -96,6 +102,7 @@ __all__ = [
     "ModelBehaviour",
     "RecordedRequest",
     "fake_provider_command",
+    "max_in_window",
     "serve",
     "serve_async",
 ]
@@ -157,9 +164,7 @@ class ModelBehaviour(BaseModel):
     drop_connection: bool = Field(False, description="close the connection without answering")
     answer: str | None = Field(None, description="fixed assistant text instead of the echo")
     rpm_limit: int | None = Field(None, ge=1, description="per-model sliding-window limit")
-    context_window: int | None = Field(
-        None, ge=1, description="prompts of more words get the provider's context error"
-    )
+    context_window: int | None = Field(None, ge=1, description="prompts of more words get the provider's context error")
     error_message: str | None = Field(
         None, description="message of behaviour-driven errors instead of the provider's own"
     )
@@ -197,8 +202,14 @@ class FakeProviderConfig(BaseModel):
 
 @dataclass(slots=True)
 class RecordedRequest:
-    """One request as the fake saw it. ``status`` is None while it is still being served,
-    0 when the connection was dropped (on purpose, or because the server stopped)."""
+    """One request as the fake saw it.
+
+    ``status`` is None while the request is being served, 0 when no answer was sent (outcome
+    ``dropped``: ``drop_connection``; ``cancelled``: the server stopped), 499 when the client
+    went away during the latency (outcome ``client_gone``). Other outcomes: ``ok``, ``auth``,
+    ``bad_request``, ``rpm_limited``, ``context_window``, ``fail_always``, ``fail_first_n``,
+    ``fail_every_n``, ``error_429``, ``error_5xx``, ``malformed:<mode>``, ``unknown_path``.
+    """
 
     seq: int
     provider: str
@@ -219,7 +230,7 @@ class RecordedRequest:
     reply: str | None = None
 
     # The parsed body is not kept: thousands of recorded dicts would make every garbage
-    # collection walk them and cost the server a third of its throughput.
+    # collection walk them and cost the server a large share of its throughput.
     @property
     def body(self) -> Any:
         """The request body parsed as JSON (None if it was not JSON or not recorded)."""
@@ -488,8 +499,7 @@ class _OpenAI(_Provider):
             return _Failure(
                 400,
                 "bad_request",
-                "Invalid type for 'messages': expected an array of objects, but got "
-                f"{_json_type(messages)} instead.",
+                f"Invalid type for 'messages': expected an array of objects, but got {_json_type(messages)} instead.",
                 param="messages",
                 code="invalid_type",
             )
@@ -540,8 +550,7 @@ class _OpenAI(_Provider):
                 return _Failure(
                     400,
                     "bad_request",
-                    f"Invalid '{name}': integer below minimum value. Expected a value >= 1, "
-                    f"but got {value} instead.",
+                    f"Invalid '{name}': integer below minimum value. Expected a value >= 1, but got {value} instead.",
                     param=name,
                     code="integer_below_min_value",
                 )
@@ -649,9 +658,7 @@ class _OpenAI(_Provider):
             if failure.status == 503:
                 message = message or "The server is overloaded or not ready yet."
             else:
-                message = message or (
-                    "The server had an error while processing your request. Sorry about that!"
-                )
+                message = message or ("The server had an error while processing your request. Sorry about that!")
         elif kind == "too_large":
             message = message or "Request too large."
         else:
@@ -1325,9 +1332,7 @@ class FakeProvider:
             "max_in_flight": self._max_in_flight,
             "rpm_window_s": window_s,
             "max_in_rpm_window": max_in_window((r.arrived_monotonic for r in records), window_s),
-            "max_200_in_rpm_window": max_in_window(
-                (r.arrived_monotonic for r in records if r.status == 200), window_s
-            ),
+            "max_200_in_rpm_window": max_in_window((r.arrived_monotonic for r in records if r.status == 200), window_s),
         }
 
     # --- lifecycle: background thread ---------------------------------------------------
@@ -1600,9 +1605,7 @@ class FakeProvider:
                 attempt = per_model.get(prompt, 0) + 1
                 per_model[prompt] = attempt
                 rec.attempt = attempt
-                jitter = (
-                    self._rng.random() * behaviour.latency_jitter_ms if behaviour.latency_jitter_ms else 0.0
-                )
+                jitter = self._rng.random() * behaviour.latency_jitter_ms if behaviour.latency_jitter_ms else 0.0
         if rejected is not None:
             return self._error(adapter, rec, rejected, "rpm_limited")
         extra = adapter.rate_limit_headers(*rl_headers) if rl_headers is not None else None
@@ -1612,6 +1615,12 @@ class FakeProvider:
         delay = (behaviour.latency_ms + jitter) / 1000.0
         if delay > 0 and not (failure is not None and failure.status == 429):
             await asyncio.sleep(delay)
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                # The client gave up (timeout, cancellation) while we were "thinking".
+                rec.status = 499
+                rec.outcome = "client_gone"
+                return web.Response(status=499)
         if failure is not None:
             return self._error(adapter, rec, failure, outcome, extra)
         if behaviour.drop_connection:
@@ -1706,9 +1715,7 @@ class FakeProvider:
         """Uniform [0, 1) from (seed, model, prompt, attempt); random when seed is None."""
         if self._seed is None:
             return random.random()
-        digest = hashlib.blake2b(
-            f"{self._seed}\x00{model}\x00{prompt}\x00{attempt}".encode(), digest_size=8
-        ).digest()
+        digest = hashlib.blake2b(f"{self._seed}\x00{model}\x00{prompt}\x00{attempt}".encode(), digest_size=8).digest()
         return int.from_bytes(digest, "big") / 2**64
 
     def _error(
@@ -1829,9 +1836,7 @@ class FakeProvider:
         if limit is not None:
             records = records[:limit]
         bodies = q.get("bodies", "1") not in ("0", "false", "no")
-        return web.json_response(
-            {"count": len(records), "requests": [r.to_dict(body=bodies) for r in records]}
-        )
+        return web.json_response({"count": len(records), "requests": [r.to_dict(body=bodies) for r in records]})
 
     async def _h_stats(self, request: web.Request) -> web.Response:
         return web.json_response(self.stats())
@@ -2025,7 +2030,10 @@ def fake_provider_command(
         raise click.UsageError(f"invalid fake provider configuration:\n{exc}") from exc
     if verbose:
         logging.basicConfig(level=logging.DEBUG, format="%(asctime)s %(message)s")
-    serve(host, port, config)
+    try:
+        serve(host, port, config)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc}") from exc
 
 
 if __name__ == "__main__":  # pragma: no cover

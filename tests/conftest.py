@@ -125,8 +125,45 @@ def worker(cluster_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 
 
 @pytest.fixture
-def client(settings: Settings, worker: object) -> Iterator[object]:
+def cluster_client(settings: Settings, worker: object) -> Iterator[object]:
+    """A cluster-mode client: Postgres, Redis and the session's worker process."""
     from batcher import Client
 
     with Client(settings) as c:
         yield c
+
+
+@pytest.fixture
+def client(cluster_client: object) -> object:
+    return cluster_client
+
+
+@pytest.fixture(scope="session")
+def embedded_settings(cluster_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Embedded mode: SQLite, in-memory broker, in-process worker (same concurrency as the worker's)."""
+    path = Path(tmp_path_factory.mktemp("embedded")) / "batcher.db"
+    return Settings(mode="embedded", embedded_path=str(path), embedded_concurrency=20)
+
+
+@pytest.fixture
+def embedded_client(embedded_settings: Settings) -> object:
+    from batcher import Client
+
+    return Client(embedded_settings)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_embedded_runtime() -> Iterator[None]:
+    yield
+    from batcher._embedded import stop_runtime
+
+    stop_runtime()
+
+
+MODES = ["cluster", "embedded"]
+
+
+@pytest.fixture(params=MODES)
+def any_client(request: pytest.FixtureRequest) -> object:
+    """The core scenarios run in both modes: ``client`` (cluster) and ``embedded_client``."""
+    return request.getfixturevalue(f"{request.param}_client")

@@ -35,11 +35,17 @@ class WorkerContext:
 
     @cached_property
     def db(self) -> Engine:
-        """Autocommit: every hot-path write is one statement, so BEGIN/COMMIT would only add round trips."""
+        """Autocommit on Postgres: every hot-path write is one statement, so BEGIN/COMMIT would only add
+        round trips. SQLite (embedded) runs its several statements per write in a transaction."""
+        if self.engine.dialect.name == "sqlite":
+            return self.engine
         return self.engine.execution_options(isolation_level="AUTOCOMMIT")
 
     @cached_property
     def redis(self) -> redis.Redis[bytes]:
+        override = self.app.conf.get("batcher_coordination")
+        if override is not None:  # embedded mode's in-process server
+            return override  # type: ignore[no-any-return]
         return redis.Redis.from_url(self.settings.redis_url, socket_timeout=5, health_check_interval=30)
 
     @cached_property
@@ -62,17 +68,18 @@ class WorkerContext:
 
 
 _lock = threading.Lock()
-_context: WorkerContext | None = None
+_contexts: dict[int, WorkerContext] = {}
 
 
 def get_context(app: Celery) -> WorkerContext:
-    """The process's context, built once (double-checked under a lock for the threads pool)."""
-    global _context
-    if _context is None:
+    """The app's context, built once per process (double-checked under a lock for the threads pool)."""
+    ctx = _contexts.get(id(app))
+    if ctx is None:
         with _lock:
-            if _context is None:
+            ctx = _contexts.get(id(app))
+            if ctx is None:
                 ctx = WorkerContext(settings=app.conf.batcher_settings, app=app)
                 # Touch the cached properties now, under the lock, so threads never race to build them.
                 _ = ctx.engine, ctx.db, ctx.redis, ctx.http, ctx.limiter, ctx.retry_policy
-                _context = ctx
-    return _context
+                _contexts[id(app)] = ctx
+    return ctx

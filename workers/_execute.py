@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from batcher import _keys, _providers
+from batcher import _keys, _logging, _metrics, _providers
 from batcher._db import store
 from batcher._exceptions import (
     AuthenticationError,
@@ -43,11 +43,12 @@ def run_request(ctx: WorkerContext, job_id: str, idx: int) -> str:
     """Run one attempt; returns what happened (for logs and tests)."""
     job = uuid.UUID(job_id)
     settings = ctx.settings
-    with ctx.db.connect() as conn:
+    with ctx.db.begin() as conn:
         claimed = store.claim_request(conn, job, idx, lease_s=settings.request_timeout_s + settings.lease_margin_s)
     if claimed is None:
         return "not-claimable"
     extra = {"job_id": job_id, "idx": idx, "model": claimed.model, "attempt": claimed.attempts}
+    _logging.bind(provider=claimed.provider, model=claimed.model, attempt=claimed.attempts)
 
     if claimed.deadline_at is not None and datetime.now(UTC) >= claimed.deadline_at:
         _end(ctx, claimed, RequestState.EXPIRED, "RequestExpiredError", "the job's completion window ended")
@@ -96,7 +97,7 @@ def run_request(ctx: WorkerContext, job_id: str, idx: int) -> str:
     body = response.model_dump(mode="json")
     usage = body.get("usage")
     latency_ms = float(response.latency_ms or 0.0)
-    with ctx.db.connect() as conn:
+    with ctx.db.begin() as conn:
         progress = store.record_success(
             conn,
             claimed,
@@ -109,6 +110,7 @@ def run_request(ctx: WorkerContext, job_id: str, idx: int) -> str:
     if claimed.kind == JobKind.FASTEST.value:
         _claim_race(ctx, claimed, body)
     _after_final(ctx, job, progress)
+    _metrics.observe_request(claimed.provider, claimed.model, "succeeded", latency_ms / 1000 if call else None)
     log.debug("request succeeded in %.0f ms", latency_ms, extra=extra)
     return "succeeded"
 
@@ -175,10 +177,11 @@ def _requeue(ctx: WorkerContext, claimed: store.ClaimedRequest, delay_s: float) 
 
 def _defer(ctx: WorkerContext, claimed: store.ClaimedRequest, wait_s: float, extra: dict[str, Any]) -> str:
     """Over a shared rate limit: give the attempt back and come back when there is capacity."""
-    with ctx.db.connect() as conn:
+    with ctx.db.begin() as conn:
         parked = store.record_deferral(conn, claimed.request_id, delay_s=wait_s)
     if parked:
         _requeue(ctx, claimed, wait_s)
+    _metrics.observe_deferral(claimed.provider, claimed.model, wait_s)
     log.debug("rate limited, deferred %.2f s", wait_s, extra=extra)
     return "deferred"
 
@@ -196,7 +199,7 @@ def _failed(
         policy = RetryPolicy(max_attempts, policy.backoff_base_s, policy.backoff_max_s)
     decision = policy.decide(err, claimed.attempts)
     if decision is not None:
-        with ctx.db.connect() as conn:
+        with ctx.db.begin() as conn:
             parked = store.record_retry(
                 conn,
                 claimed.request_id,
@@ -207,6 +210,7 @@ def _failed(
             )
         if parked:
             _requeue(ctx, claimed, decision.delay_s)
+        _metrics.observe_retry(claimed.provider, claimed.model, type(err).__name__)
         log.info("attempt failed (%s), retrying in %.1f s", text, decision.delay_s, extra=extra)
         return "retrying"
     _end(ctx, claimed, RequestState.FAILED, type(err).__name__, text, status_code=err.status_code)
@@ -223,10 +227,11 @@ def _end(
     *,
     status_code: int | None = None,
 ) -> None:
-    with ctx.db.connect() as conn:
+    with ctx.db.begin() as conn:
         progress = store.record_end(
             conn, claimed.request_id, state, error_type=error_type, error=error, status_code=status_code
         )
+    _metrics.observe_request(claimed.provider, claimed.model, state.value)
     _after_final(ctx, claimed.job_id, progress)
 
 
@@ -257,7 +262,7 @@ def _claim_race(ctx: WorkerContext, claimed: store.ClaimedRequest, body: dict[st
     pipe.expire(wake, _keys.WAKE_TTL_S)
     pipe.execute()
     # The caller is awake; now make the race durable and spare the slower models.
-    with ctx.db.connect() as conn:
+    with ctx.db.begin() as conn:
         store.set_race_winner(conn, claimed.job_id, claimed.idx)
         progress = store.skip_unsent(conn, claimed.job_id)
     _after_final(ctx, claimed.job_id, progress)
@@ -265,7 +270,7 @@ def _claim_race(ctx: WorkerContext, claimed: store.ClaimedRequest, body: dict[st
 
 def finalize(ctx: WorkerContext, job_id: str) -> str | None:
     """Give the job its final state (once) and wake whoever waits for it."""
-    with ctx.db.connect() as conn:
+    with ctx.db.begin() as conn:
         state = store.finalize_job(conn, uuid.UUID(job_id))
     if state is not None:
         wake_waiters(ctx.redis, job_id, state)

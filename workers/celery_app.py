@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
 
+from batcher import _logging, _metrics
 from batcher._config import Settings, get_settings
 from batcher._publish import FINALIZE_JOB_TASK, RECOVER_TASK, RUN_REQUEST_TASK
+from batcher.evals.settings import EVAL_TICK_TASK, EvalSettings
+
+MEMORY_POLLING_INTERVAL_S = 0.01
 
 
-def make_celery_app(settings: Settings) -> Celery:
-    """A Celery app for these settings. Submitters use it to publish; workers to consume."""
-    app = Celery("batcher", broker=settings.redis_url, include=["workers.tasks"])
+def make_celery_app(settings: Settings, *, coordination: Any = None) -> Celery:
+    """A Celery app for these settings. Submitters use it to publish; workers to consume.
+
+    ``coordination`` replaces the Redis client of race keys, wake-ups and rate limits
+    (embedded mode passes its in-process server).
+    """
+    app = Celery("batcher", broker=settings.redis_url, include=["workers.tasks", "workers.eval_tasks"])
+    eval_tick_s = EvalSettings().tick_interval_s
     app.conf.update(
         # "Not lost": a message is acknowledged only after its task returned, a worker killed
         # mid-task gives its message back, and a worker holds few unstarted messages.
@@ -28,23 +39,35 @@ def make_celery_app(settings: Settings) -> Celery:
             # Longer than any task can hold a message (timeout + the longest retry wait),
             # so Redis never hands a live message to a second worker.
             "visibility_timeout": settings.broker_visibility_timeout_s,
+            # Only read by the in-memory transport (embedded mode): its 1 s default makes
+            # 1,000 tasks take 30 s.
+            "polling_interval": MEMORY_POLLING_INTERVAL_S if settings.redis_url.startswith("memory:") else 1.0,
         },
         task_default_queue=settings.queue,
         task_routes={
             FINALIZE_JOB_TASK: {"queue": settings.queue},
             RECOVER_TASK: {"queue": settings.queue},
+            EVAL_TICK_TASK: {"queue": settings.queue},
         },
         worker_send_task_events=True,
         task_send_sent_event=False,
         worker_hijack_root_logger=False,
         beat_schedule={
             "batcher-recover": {"task": RECOVER_TASK, "schedule": settings.recovery_interval_s},
+            # Evaluation schedules live in Postgres; this tick fires the due ones (see batcher.evals.schedules).
+            # A tick not started within its own interval is dropped: the next one does the same work.
+            "batcher-eval-tick": {"task": EVAL_TICK_TASK, "schedule": eval_tick_s, "options": {"expires": eval_tick_s}},
         },
     )
     app.conf.batcher_settings = settings
+    app.conf.batcher_coordination = coordination
     return app
 
 
 app = make_celery_app(get_settings())
+
+# Observability of worker and beat processes (process-wide Celery signals, connected once).
+_logging.install_celery_hooks()
+_metrics.install_celery_hooks()
 
 __all__ = ["RUN_REQUEST_TASK", "app", "make_celery_app"]

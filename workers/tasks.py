@@ -1,22 +1,24 @@
-"""Celery tasks. Thin: each delegates to a function that takes the worker context."""
+"""Celery tasks. Thin: each delegates to a function that takes the worker context.
+
+``shared_task``: registered on every app, the workers' and embedded mode's alike.
+"""
 
 from __future__ import annotations
 
-from celery import Task
+from celery import Task, shared_task
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.exc import OperationalError
 
 from batcher._publish import FINALIZE_JOB_TASK, RECOVER_TASK, RUN_REQUEST_TASK
 from workers import _execute, _recovery
 from workers._context import get_context
-from workers.celery_app import app
 
 # Infrastructure faults: try again later (the request's lease and recovery back this up).
 _INFRA_FAULTS = (OperationalError, RedisConnectionError)
 INFRA_RETRY_MAX = 10
 
 
-@app.task(
+@shared_task(
     name=RUN_REQUEST_TASK,
     bind=True,
     autoretry_for=_INFRA_FAULTS,
@@ -28,7 +30,7 @@ def run_request(self: Task, job_id: str, idx: int) -> str:
     return _execute.run_request(get_context(self.app), job_id, idx)
 
 
-@app.task(
+@shared_task(
     name=FINALIZE_JOB_TASK,
     bind=True,
     autoretry_for=_INFRA_FAULTS,
@@ -39,6 +41,6 @@ def finalize_job(self: Task, job_id: str) -> str | None:
     return _execute.finalize(get_context(self.app), job_id)
 
 
-@app.task(name=RECOVER_TASK, bind=True)
+@shared_task(name=RECOVER_TASK, bind=True)
 def recover(self: Task) -> dict[str, int]:
     return _recovery.sweep(get_context(self.app)).as_dict()

@@ -14,13 +14,20 @@ import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, Table, text, update
 
+from batcher._db import _sqlite
+from batcher._db.models import Job
 from batcher._states import ACTIVE_JOB_STATES, JobState, RequestState
 
 _ACTIVE = ", ".join(f"'{s.value}'" for s in ACTIVE_JOB_STATES)
+
+
+def _is_sqlite(conn: Connection | Engine) -> bool:
+    """Embedded mode stores in SQLite; every function below has its SQLite twin in ``_sqlite``."""
+    return conn.dialect.name == "sqlite"
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +91,26 @@ def insert_job(
     idempotency_key: str | None = None,
 ) -> bool:
     """Insert the job row. False if ``(owner_id, idempotency_key)`` already names a job (nothing inserted)."""
+    if _is_sqlite(conn):
+        return _sqlite.insert_job(
+            conn,
+            {
+                "id": job_id,
+                "kind": kind,
+                "state": JobState.QUEUED.value,
+                "total": total,
+                "params": params,
+                "deadline_at": deadline_at,
+                "credentials": credentials,
+                "user_metadata": user_metadata,
+                "owner_id": owner_id,
+                "idempotency_key": idempotency_key,
+                "succeeded": 0,
+                "failed": 0,
+                "cancelled": 0,
+                "expired": 0,
+            },
+        )
     result = conn.execute(
         text(
             "INSERT INTO jobs (id, kind, state, total, params, deadline_at, credentials, user_metadata, "
@@ -116,6 +143,8 @@ def job_by_idempotency_key(conn: Connection, owner_id: uuid.UUID, key: str) -> u
 
 def copy_requests(conn: Connection, job_id: uuid.UUID, requests: Iterable[NewRequest]) -> int:
     """Bulk-insert requests with ``COPY`` (one stream, not one round trip per row). Returns the count."""
+    if _is_sqlite(conn):
+        return _sqlite.copy_requests(conn, job_id, requests)
     raw = conn.connection.driver_connection
     count = 0
     job = str(job_id)
@@ -139,10 +168,13 @@ def copy_requests(conn: Connection, job_id: uuid.UUID, requests: Iterable[NewReq
 
 
 def set_total(conn: Connection, job_id: uuid.UUID, total: int) -> None:
-    conn.execute(text("UPDATE jobs SET total = :total WHERE id = :id"), {"id": job_id, "total": total})
+    jobs = cast(Table, Job.__table__)
+    conn.execute(update(jobs).where(jobs.c.id == job_id).values(total=total))
 
 
 def mark_enqueued(conn: Connection, job_id: uuid.UUID) -> None:
+    if _is_sqlite(conn):
+        return _sqlite.mark_enqueued(conn, job_id)
     conn.execute(text("UPDATE jobs SET enqueued_at = now() WHERE id = :id"), {"id": job_id})
 
 
@@ -179,6 +211,8 @@ def claim_request(conn: Connection, job_id: uuid.UUID, idx: int, *, lease_s: flo
     ``None`` means: already final, running under another worker's live lease, or its job is
     cancelled or finished. That is how redelivered and duplicate messages become no-ops.
     """
+    if _is_sqlite(conn):
+        return _sqlite.claim_request(conn, job_id, idx, lease_s=lease_s)
     row = conn.execute(_CLAIM, {"job_id": job_id, "idx": idx, "lease_s": lease_s}).mappings().first()
     if row is None:
         return None
@@ -235,6 +269,23 @@ def record_success(
     latency_ms: float,
 ) -> Progress | None:
     """Store the response and count it, once. ``None`` if another attempt already stored one."""
+    if _is_sqlite(conn):
+        u = usage or {}
+        return _sqlite.record_success(
+            conn,
+            claimed,
+            {
+                "job_id": claimed.job_id,
+                "idx": claimed.idx,
+                "provider": provider,
+                "model": model,
+                "body": body,
+                "prompt_tokens": u.get("prompt_tokens"),
+                "completion_tokens": u.get("completion_tokens"),
+                "total_tokens": u.get("total_tokens"),
+                "latency_ms": latency_ms,
+            },
+        )
     usage = usage or {}
     row = conn.execute(
         _RECORD_SUCCESS,
@@ -289,6 +340,9 @@ def record_end(
     latency_ms: float | None = None,
 ) -> Progress | None:
     """Move a request to a final non-success state and count it, once."""
+    if _is_sqlite(conn):
+        values = {"error_type": error_type, "error": error, "status_code": status_code, "latency_ms": latency_ms}
+        return _sqlite.record_end(conn, request_id, state, _FINAL_STATE_COUNTER[state], values)
     row = conn.execute(
         _RECORD_END[state],
         {
@@ -312,6 +366,9 @@ def record_retry(
     status_code: int | None,
 ) -> bool:
     """Park a running request until its next attempt. False if it was no longer ours."""
+    if _is_sqlite(conn):
+        values = {"error_type": error_type, "error": error, "status_code": status_code}
+        return _sqlite.record_retry(conn, request_id, delay_s=delay_s, values=values)
     result = conn.execute(
         text(
             "UPDATE requests SET state = 'retrying', lease_until = NULL, error_type = :error_type, "
@@ -332,6 +389,8 @@ def record_retry(
 
 def record_deferral(conn: Connection, request_id: int, *, delay_s: float) -> bool:
     """Over a shared rate limit: park the request without spending an attempt. False if not ours."""
+    if _is_sqlite(conn):
+        return _sqlite.record_deferral(conn, request_id, delay_s=delay_s)
     result = conn.execute(
         text(
             "UPDATE requests SET state = 'retrying', attempts = attempts - 1, lease_until = NULL, "
@@ -344,6 +403,8 @@ def record_deferral(conn: Connection, request_id: int, *, delay_s: float) -> boo
 
 
 def set_race_winner(conn: Connection, job_id: uuid.UUID, idx: int) -> None:
+    if _is_sqlite(conn):
+        return _sqlite.set_race_winner(conn, job_id, idx)
     conn.execute(
         text("UPDATE jobs SET winner_index = :idx WHERE id = :id AND winner_index IS NULL"),
         {"id": job_id, "idx": idx},
@@ -352,6 +413,8 @@ def set_race_winner(conn: Connection, job_id: uuid.UUID, idx: int) -> None:
 
 def skip_unsent(conn: Connection, job_id: uuid.UUID) -> Progress | None:
     """A race is won: requests not yet sent end ``skipped`` and never reach their provider."""
+    if _is_sqlite(conn):
+        return _sqlite.skip_unsent(conn, job_id)
     row = conn.execute(
         text(
             """
@@ -374,6 +437,8 @@ def skip_unsent(conn: Connection, job_id: uuid.UUID) -> Progress | None:
 
 def finalize_job(conn: Connection, job_id: uuid.UUID) -> str | None:
     """Give a job whose requests are all final its final state. Returns it, or ``None`` if not (yet) due."""
+    if _is_sqlite(conn):
+        return _sqlite.finalize_job(conn, job_id)
     row = conn.execute(
         text(
             f"""
@@ -401,6 +466,8 @@ def cancel_job(conn: Connection, job_id: uuid.UUID) -> int:
     Runs as one transaction: the job row is locked first so no claim can slip in between.
     Returns how many requests were cancelled.
     """
+    if _is_sqlite(conn):
+        return _sqlite.cancel_job(conn, job_id)
     state = conn.execute(text("SELECT state FROM jobs WHERE id = :id FOR UPDATE"), {"id": job_id}).scalar_one_or_none()
     if state is None or JobState(state).is_final:
         return 0
@@ -418,6 +485,8 @@ def cancel_job(conn: Connection, job_id: uuid.UUID) -> int:
 
 
 def job_row(conn: Connection, job_id: uuid.UUID) -> dict[str, Any] | None:
+    if _is_sqlite(conn):
+        return _sqlite.job_row(conn, job_id)
     row = conn.execute(text("SELECT * FROM jobs WHERE id = :id"), {"id": job_id}).mappings().first()
     return dict(row) if row else None
 
@@ -435,6 +504,9 @@ _RESULTS = text(
 
 def stream_results(engine: Engine, job_id: uuid.UUID, *, page_size: int = 1_000) -> Iterator[dict[str, Any]]:
     """Every request of a job with its response, in input order, streamed with a server-side cursor."""
+    if _is_sqlite(engine):
+        yield from _sqlite.stream_results(engine, job_id, page_size=page_size)
+        return
     with engine.connect() as conn:
         result = conn.execution_options(stream_results=True, yield_per=page_size).execute(
             _RESULTS, {"job_id": job_id, "start": 0}
@@ -455,6 +527,8 @@ def requests_to_reenqueue(
     plus ``grace_s`` (the delayed message was lost). With ``everything_queued`` (Redis lost
     its data): every queued request of an active job too.
     """
+    if _is_sqlite(conn):
+        return _sqlite.requests_to_reenqueue(conn, everything_queued=everything_queued, grace_s=grace_s)
     rows = conn.execute(
         text(
             """
@@ -477,6 +551,8 @@ def stalled_requests(conn: Connection, *, stall_s: float) -> list[tuple[uuid.UUI
     Catches messages stranded in a dead worker's unacknowledged set, which Redis would only
     hand back after the broker's visibility timeout.
     """
+    if _is_sqlite(conn):
+        return _sqlite.stalled_requests(conn, stall_s=stall_s)
     rows = conn.execute(
         text(
             """
@@ -496,6 +572,8 @@ def stalled_requests(conn: Connection, *, stall_s: float) -> list[tuple[uuid.UUI
 
 def jobs_never_enqueued(conn: Connection, *, grace_s: float) -> list[tuple[uuid.UUID, str, int]]:
     """Jobs stored but not marked enqueued for ``grace_s``: their submitter died mid-publish."""
+    if _is_sqlite(conn):
+        return _sqlite.jobs_never_enqueued(conn, grace_s=grace_s)
     rows = conn.execute(
         text(
             f"SELECT id, kind, total FROM jobs WHERE state IN ({_ACTIVE}) AND enqueued_at IS NULL "
@@ -508,6 +586,8 @@ def jobs_never_enqueued(conn: Connection, *, grace_s: float) -> list[tuple[uuid.
 
 def expire_overdue(conn: Connection) -> list[uuid.UUID]:
     """End every unsent request of jobs past their deadline as ``expired``; returns those jobs."""
+    if _is_sqlite(conn):
+        return _sqlite.expire_overdue(conn)
     rows = conn.execute(
         text(
             f"""
@@ -531,6 +611,8 @@ def expire_overdue(conn: Connection) -> list[uuid.UUID]:
 
 
 def jobs_due_for_finalize(conn: Connection) -> list[uuid.UUID]:
+    if _is_sqlite(conn):
+        return _sqlite.jobs_due_for_finalize(conn)
     rows = conn.execute(
         text(
             f"SELECT id FROM jobs WHERE state IN ({_ACTIVE}) AND enqueued_at IS NOT NULL "

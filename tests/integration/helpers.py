@@ -1,32 +1,53 @@
-"""Reading what the system stored, straight from Postgres and Redis, for assertions."""
+"""Reading what the system stored, straight from its database and broker, for assertions.
+
+Written with SQLAlchemy Core on the models' tables, so the same assertions read Postgres
+(cluster mode) and SQLite (embedded mode) alike.
+"""
 
 from __future__ import annotations
 
 import uuid
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import Table, func, select, text
 
 from batcher import Client
+from batcher._db.models import Job, Request, Response
 
 
 def rows(client: Client, sql: str, **params: Any) -> list[dict[str, Any]]:
+    """Raw SQL, for Postgres-only assertions."""
     with client.engine.connect() as conn:
         return [dict(r) for r in conn.execute(text(sql), params).mappings()]
 
 
+def _all(client: Client, table: Table, job_id: uuid.UUID) -> list[dict[str, Any]]:
+    with client.engine.connect() as conn:
+        query = select(table).where(table.c.job_id == job_id).order_by(table.c.idx)
+        return [dict(r) for r in conn.execute(query).mappings()]
+
+
 def count_jobs(client: Client) -> int:
-    return int(rows(client, "SELECT count(*) AS n FROM jobs")[0]["n"])
+    with client.engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(Job.__table__)).scalar_one())
+
+
+def job_of(client: Client, job_id: uuid.UUID) -> dict[str, Any]:
+    with client.engine.connect() as conn:
+        return dict(conn.execute(select(Job.__table__).where(Job.__table__.c.id == job_id)).mappings().one())
 
 
 def queue_length(client: Client) -> int:
+    """Messages waiting in the broker (Redis); embedded mode's in-memory broker reports 0."""
     s = client.settings
+    if s.redis_url.startswith("memory:"):
+        return 0
     return int(client.redis.llen(s.queue)) + int(client.redis.llen(s.race_queue))
 
 
 def requests_of(client: Client, job_id: uuid.UUID) -> list[dict[str, Any]]:
-    return rows(client, "SELECT * FROM requests WHERE job_id = :id ORDER BY idx", id=job_id)
+    return _all(client, Request.__table__, job_id)  # type: ignore[arg-type]
 
 
 def responses_of(client: Client, job_id: uuid.UUID) -> list[dict[str, Any]]:
-    return rows(client, "SELECT * FROM responses WHERE job_id = :id ORDER BY idx", id=job_id)
+    return _all(client, Response.__table__, job_id)  # type: ignore[arg-type]

@@ -94,6 +94,12 @@ CASES: list[tuple[str, Callable[[Client], Any], type[Exception], str]] = [
 ]
 
 
+@pytest.fixture
+def client(any_client: Client) -> Client:
+    """Every scenario here runs twice: against the cluster and embedded in-process."""
+    return any_client
+
+
 @pytest.mark.parametrize(("name", "call", "error", "text"), CASES, ids=[c[0] for c in CASES])
 def test_refused_before_anything_is_stored(
     client: Client, name: str, call: Callable[[Client], Any], error: type[Exception], text: str

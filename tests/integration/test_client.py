@@ -12,6 +12,12 @@ from batcher.fake_provider import FakeProvider, ModelBehaviour
 from tests.integration.helpers import requests_of
 
 
+@pytest.fixture
+def client(any_client: Client) -> Client:
+    """Every scenario here runs twice: against the cluster and embedded in-process."""
+    return any_client
+
+
 def test_submit_returns_before_the_work_is_done(client: Client, fake_provider: FakeProvider) -> None:
     fake_provider.set_behaviour("gpt-client-slow", ModelBehaviour(latency_ms=300))
     job = client.submit(model="gpt-client-slow", messages=[[{"role": "user", "content": f"{i}"}] for i in range(40)])
@@ -41,20 +47,21 @@ def test_unknown_job(client: Client) -> None:
 
 
 def test_cancel_mid_batch_keeps_partial_results(client: Client, fake_provider: FakeProvider) -> None:
-    fake_provider.set_behaviour("gpt-cancel-me", ModelBehaviour(latency_ms=200))
+    model = f"gpt-cancel-me-{uuid.uuid4().hex[:6]}"
+    fake_provider.set_behaviour(model, ModelBehaviour(latency_ms=200))
     n = 200
-    job = client.submit(model="gpt-cancel-me", messages=[[{"role": "user", "content": f"c{i}"}] for i in range(n)])
+    job = client.submit(model=model, messages=[[{"role": "user", "content": f"c{i}"}] for i in range(n)])
     while job.status().succeeded < 10:
         time.sleep(0.02)
     job.cancel()
-    sent_at_cancel = fake_provider.count(model="gpt-cancel-me")
+    sent_at_cancel = fake_provider.count(model=model)
     final = job.wait(timeout=60)
     assert final.state is JobState.CANCELLED, final
     assert final.succeeded >= 10 and final.cancelled > 0, final
     assert final.succeeded + final.failed + final.cancelled == n, final
     # Only requests already in flight at the cancel reached the provider afterwards.
     in_flight_at_cancel = 20  # the worker's concurrency
-    sent_total = fake_provider.count(model="gpt-cancel-me")
+    sent_total = fake_provider.count(model=model)
     assert sent_total <= sent_at_cancel + in_flight_at_cancel, (sent_total, sent_at_cancel)
     assert sent_total == final.succeeded, (sent_total, final)
     states = {r["state"] for r in requests_of(client, job.id)}

@@ -1,0 +1,72 @@
+"""Which way batcher runs: against a cluster (Postgres + Redis + workers) or embedded in-process.
+
+``BATCHER_MODE=embedded|cluster`` forces one. In ``auto`` (the default) a URL that is set means
+cluster — and a set URL that does not answer is an error, never a silent fall-back — and with
+no URL set, cluster is chosen when Postgres and Redis both answer at the default addresses,
+embedded otherwise (a notebook on a laptop with nothing else running).
+"""
+
+from __future__ import annotations
+
+import socket
+from functools import lru_cache
+from urllib.parse import urlsplit
+
+from sqlalchemy import make_url
+
+from batcher._config import Settings
+from batcher._exceptions import ConfigurationError
+
+PROBE_TIMEOUT_S = 0.3
+EMBEDDED = "embedded"
+CLUSTER = "cluster"
+
+
+def _redis_address(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or 6379
+
+
+def _postgres_address(url: str) -> tuple[str, int] | None:
+    parsed = make_url(url)
+    if not parsed.get_backend_name().startswith("postgresql"):
+        return None
+    return parsed.host or "127.0.0.1", parsed.port or 5432
+
+
+@lru_cache(maxsize=32)
+def answers(host: str, port: int) -> bool:
+    """Something accepts TCP connections there (cached: asked once per process)."""
+    try:
+        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
+def resolve_mode(settings: Settings) -> str:
+    if settings.mode != "auto":
+        return settings.mode
+    explicit = {"database_url", "redis_url"} & settings.model_fields_set
+    if explicit:
+        return CLUSTER
+    pg = _postgres_address(settings.database_url)
+    if pg is not None and answers(*pg) and answers(*_redis_address(settings.redis_url)):
+        return CLUSTER
+    return EMBEDDED
+
+
+def check_cluster(settings: Settings) -> None:
+    """Fail fast, naming the variable, when a cluster URL does not answer."""
+    host, port = _redis_address(settings.redis_url)
+    if not answers(host, port):
+        raise ConfigurationError(
+            f"BATCHER_REDIS_URL ({host}:{port}) does not answer: start Redis there, point the variable at a "
+            "running one, or unset BATCHER_REDIS_URL and BATCHER_DATABASE_URL to run embedded"
+        )
+    pg = _postgres_address(settings.database_url)
+    if pg is not None and not answers(*pg):
+        raise ConfigurationError(
+            f"BATCHER_DATABASE_URL ({pg[0]}:{pg[1]}) does not answer: start PostgreSQL there, point the "
+            "variable at a running one, or unset BATCHER_REDIS_URL and BATCHER_DATABASE_URL to run embedded"
+        )
