@@ -463,25 +463,31 @@ def finalize_job(conn: Connection, job_id: uuid.UUID) -> str | None:
 def cancel_job(conn: Connection, job_id: uuid.UUID) -> int:
     """Cancel every request not yet sent; the job becomes ``cancelling`` until in-flight ones return.
 
-    Runs as one transaction: the job row is locked first so no claim can slip in between.
-    Returns how many requests were cancelled.
+    Runs as one transaction, locking the requests first and the job row last — the order every
+    worker statement takes them in (a claim locks its request, then may touch the job row) — so a
+    cancel can never deadlock with a claim. Once the requests are ``cancelled`` no claim can take
+    them. Returns how many requests were cancelled.
     """
     if _is_sqlite(conn):
         return _sqlite.cancel_job(conn, job_id)
-    state = conn.execute(text("SELECT state FROM jobs WHERE id = :id FOR UPDATE"), {"id": job_id}).scalar_one_or_none()
-    if state is None or JobState(state).is_final:
-        return 0
-    conn.execute(text("UPDATE jobs SET state = 'cancelling' WHERE id = :id"), {"id": job_id})
-    cancelled = conn.execute(
+    row = conn.execute(
         text(
-            "UPDATE requests SET state = 'cancelled', finished_at = now(), lease_until = NULL, "
-            "error_type = 'RequestCancelledError', error = 'cancelled before it was sent' "
-            "WHERE job_id = :id AND state IN ('queued', 'retrying')"
+            f"""
+            WITH cancelled AS (
+                UPDATE requests SET state = 'cancelled', finished_at = now(), lease_until = NULL,
+                                    error_type = 'RequestCancelledError', error = 'cancelled before it was sent'
+                 WHERE job_id = :id AND state IN ('queued', 'retrying')
+                   AND EXISTS (SELECT 1 FROM jobs WHERE id = :id AND state IN ({_ACTIVE}))
+                RETURNING 1
+            )
+            UPDATE jobs SET state = 'cancelling', cancelled = cancelled + (SELECT count(*) FROM cancelled)
+             WHERE id = :id AND state IN ({_ACTIVE})
+            RETURNING (SELECT count(*) FROM cancelled) AS n
+            """
         ),
         {"id": job_id},
-    ).rowcount
-    conn.execute(text("UPDATE jobs SET cancelled = cancelled + :n WHERE id = :id"), {"id": job_id, "n": cancelled})
-    return int(cancelled)
+    ).first()
+    return int(row.n) if row else 0
 
 
 def job_row(conn: Connection, job_id: uuid.UUID) -> dict[str, Any] | None:
