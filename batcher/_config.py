@@ -19,6 +19,8 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_EMBEDDED_PATH = "batcher.db"
 DEFAULT_EMBEDDED_CONCURRENCY = 32
 DEFAULT_WORKER_CONCURRENCY = 100
+DEFAULT_DB_POOL_SIZE = 10
+DEFAULT_DB_MAX_OVERFLOW = 10
 DEFAULT_REQUEST_TIMEOUT_S = 600.0  # LiteLLM's default
 DEFAULT_MAX_PROMPTS_PER_JOB = 200_000
 DEFAULT_MAX_REQUEST_BYTES = 1_000_000
@@ -49,6 +51,11 @@ class Settings(BaseSettings):
 
     worker_concurrency: int = Field(DEFAULT_WORKER_CONCURRENCY, ge=1, le=2_000)
     """Threads per worker process; each holds one in-flight provider call."""
+    db_pool_size: int = Field(DEFAULT_DB_POOL_SIZE, ge=1, le=500)
+    """Postgres connections a process keeps open. A thread holds one only for a statement (~1 ms),
+    never across a provider call, so 100 threads share a few connections."""
+    db_max_overflow: int = Field(DEFAULT_DB_MAX_OVERFLOW, ge=0, le=500)
+    """Extra connections opened under bursts, closed when returned."""
     request_timeout_s: float = Field(DEFAULT_REQUEST_TIMEOUT_S, gt=0)
     """Default timeout of one provider call (``timeout=`` per call overrides it)."""
     lease_margin_s: float = Field(DEFAULT_LEASE_MARGIN_S, ge=0)
@@ -114,11 +121,6 @@ class Settings(BaseSettings):
                 "postgresql+psycopg://user@host:5432/batcher (not postgres://)"
             )
         return value
-
-    @property
-    def db_pool_size(self) -> int:
-        """One connection per worker thread plus a few for the submitter and recovery."""
-        return self.worker_concurrency + 4
 
 
 @lru_cache(maxsize=1)

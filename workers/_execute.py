@@ -13,9 +13,13 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection
+from sqlalchemy.exc import OperationalError
 
 from batcher import _keys, _logging, _metrics, _providers
 from batcher._db import store
@@ -37,6 +41,12 @@ from workers._context import WorkerContext
 log = logging.getLogger("batcher.worker")
 
 ERROR_TEXT_MAX_CHARS = 2_000
+STORE_ATTEMPTS = 8
+STORE_BACKOFF_BASE_S = 0.25
+STORE_BACKOFF_MAX_S = 8.0
+"""A write after a paid call is retried in place for ~30 s before the task gives up."""
+
+T = TypeVar("T")
 
 
 def run_request(ctx: WorkerContext, job_id: str, idx: int) -> str:
@@ -97,8 +107,9 @@ def run_request(ctx: WorkerContext, job_id: str, idx: int) -> str:
     body = response.model_dump(mode="json")
     usage = body.get("usage")
     latency_ms = float(response.latency_ms or 0.0)
-    with ctx.db.begin() as conn:
-        progress = store.record_success(
+    progress = _write(
+        ctx,
+        lambda conn: store.record_success(
             conn,
             claimed,
             body=body,
@@ -106,13 +117,33 @@ def run_request(ctx: WorkerContext, job_id: str, idx: int) -> str:
             model=response.model or claimed.model,
             usage=usage,
             latency_ms=latency_ms,
-        )
+        ),
+    )
     if claimed.kind == JobKind.FASTEST.value:
         _claim_race(ctx, claimed, body)
     _after_final(ctx, job, progress)
     _metrics.observe_request(claimed.provider, claimed.model, "succeeded", latency_ms / 1000 if call else None)
     log.debug("request succeeded in %.0f ms", latency_ms, extra=extra)
     return "succeeded"
+
+
+def _write(ctx: WorkerContext, statement: Callable[[Connection], T]) -> T:
+    """Run a write whose outcome was already paid for, riding out a short database outage.
+
+    Re-running the whole task instead would find the request claimed (its lease still
+    live) and do nothing, leaving the answer unstored until the lease expired and the
+    request was sent — and paid for — again.
+    """
+    for attempt in range(1, STORE_ATTEMPTS + 1):
+        try:
+            with ctx.db.begin() as conn:
+                return statement(conn)
+        except OperationalError:
+            if attempt == STORE_ATTEMPTS:
+                raise
+            log.warning("database write failed (attempt %d), retrying", attempt, exc_info=True)
+            time.sleep(min(STORE_BACKOFF_MAX_S, STORE_BACKOFF_BASE_S * 2 ** (attempt - 1)))
+    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,8 +208,7 @@ def _requeue(ctx: WorkerContext, claimed: store.ClaimedRequest, delay_s: float) 
 
 def _defer(ctx: WorkerContext, claimed: store.ClaimedRequest, wait_s: float, extra: dict[str, Any]) -> str:
     """Over a shared rate limit: give the attempt back and come back when there is capacity."""
-    with ctx.db.begin() as conn:
-        parked = store.record_deferral(conn, claimed.request_id, delay_s=wait_s)
+    parked = _write(ctx, lambda conn: store.record_deferral(conn, claimed.request_id, delay_s=wait_s))
     if parked:
         _requeue(ctx, claimed, wait_s)
     _metrics.observe_deferral(claimed.provider, claimed.model, wait_s)
@@ -199,15 +229,18 @@ def _failed(
         policy = RetryPolicy(max_attempts, policy.backoff_base_s, policy.backoff_max_s)
     decision = policy.decide(err, claimed.attempts)
     if decision is not None:
-        with ctx.db.begin() as conn:
-            parked = store.record_retry(
+        delay_s = decision.delay_s
+        parked = _write(
+            ctx,
+            lambda conn: store.record_retry(
                 conn,
                 claimed.request_id,
-                delay_s=decision.delay_s,
+                delay_s=delay_s,
                 error_type=type(err).__name__,
                 error=text,
                 status_code=err.status_code,
-            )
+            ),
+        )
         if parked:
             _requeue(ctx, claimed, decision.delay_s)
         _metrics.observe_retry(claimed.provider, claimed.model, type(err).__name__)
@@ -227,10 +260,12 @@ def _end(
     *,
     status_code: int | None = None,
 ) -> None:
-    with ctx.db.begin() as conn:
-        progress = store.record_end(
+    progress = _write(
+        ctx,
+        lambda conn: store.record_end(
             conn, claimed.request_id, state, error_type=error_type, error=error, status_code=status_code
-        )
+        ),
+    )
     _metrics.observe_request(claimed.provider, claimed.model, state.value)
     _after_final(ctx, claimed.job_id, progress)
 
@@ -262,9 +297,8 @@ def _claim_race(ctx: WorkerContext, claimed: store.ClaimedRequest, body: dict[st
     pipe.expire(wake, _keys.WAKE_TTL_S)
     pipe.execute()
     # The caller is awake; now make the race durable and spare the slower models.
-    with ctx.db.begin() as conn:
-        store.set_race_winner(conn, claimed.job_id, claimed.idx)
-        progress = store.skip_unsent(conn, claimed.job_id)
+    _write(ctx, lambda conn: store.set_race_winner(conn, claimed.job_id, claimed.idx))
+    progress = _write(ctx, lambda conn: store.skip_unsent(conn, claimed.job_id))
     _after_final(ctx, claimed.job_id, progress)
 
 

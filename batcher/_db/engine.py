@@ -32,7 +32,7 @@ def get_engine(settings: Settings) -> Engine:
                 engine = create_engine(
                     url,
                     pool_size=settings.db_pool_size,
-                    max_overflow=10,
+                    max_overflow=settings.db_max_overflow,
                     pool_pre_ping=False,  # one round trip per checkout; disconnects surface as retried errors
                     pool_recycle=1_800,
                 )
@@ -53,7 +53,7 @@ def _sqlite_engine(url: URL, settings: Settings) -> Engine:
     engine = create_engine(
         url,
         pool_size=settings.db_pool_size,
-        max_overflow=10,
+        max_overflow=settings.db_max_overflow,
         connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S},
     )
 
