@@ -6,7 +6,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import IO, Any
 
 import redis
 from celery import Celery
@@ -239,6 +239,13 @@ class Job:
         """Every request in input order, streamed from Postgres (never the whole job in memory)."""
         for row in store.stream_results(self.client.engine, self.id):
             yield _result(row)
+
+    def write_jsonl(self, out: IO[bytes]) -> None:
+        """Every result as one JSON line each, in input order (Postgres writes them itself)."""
+        if store.export_results_jsonl(self.client.engine, self.id, out):
+            return
+        for result in self.results():
+            out.write(json.dumps(result.as_line()).encode() + b"\n")
 
     def cancel(self) -> JobStatus:
         """Stop every request not yet sent; in-flight ones are recorded when they return."""

@@ -65,6 +65,23 @@ class Result:
     def ok(self) -> bool:
         return self.response is not None
 
+    def as_line(self) -> dict[str, Any]:
+        """The JSONL line of ``batcher results`` (also built by Postgres in ``store.export_results_jsonl``)."""
+        error = self.error
+        return {
+            "index": self.index,
+            "custom_id": self.custom_id,
+            "model": self.model,
+            "state": self.state.value,
+            "attempts": self.attempts,
+            "response": self.response.model_dump(mode="json") if self.response else None,
+            "error": (
+                {"type": type(error).__name__, "message": error.message, "status_code": error.status_code}
+                if error is not None
+                else None
+            ),
+        }
+
     def value(self) -> ModelResponse | RequestError:
         """The response, or the exception in its place (LiteLLM's list convention)."""
         if self.response is not None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import threading
 import uuid
 from collections.abc import Iterable
@@ -34,7 +35,7 @@ PUBLISH_BATCH_SIZE = 1_000
 FANOUT_GROUP_MAX = 64
 """Fan-outs up to this size (models of one prompt) are sent as one Celery ``group``."""
 
-_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+_EMBED_JSON = json.dumps({"callbacks": None, "errbacks": None, "chain": None, "chord": None})
 
 
 def task_id(job_id: uuid.UUID | str, idx: int) -> str:
@@ -74,42 +75,52 @@ def _redis_broker(app: Celery) -> redis.Redis[bytes] | None:
         return client
 
 
-def _template(app: Celery, queue: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Celery's own headers and kombu's envelope for one ``run_request`` message."""
+_SLOTS = {"body": "\u0001B\u0001", "id": "\u0001I\u0001", "argsrepr": "\u0001A\u0001", "tag": "\u0001T\u0001"}
+
+
+def _template(app: Celery, queue: str) -> list[str]:
+    """Kombu's envelope around Celery's own headers for one ``run_request`` message, as a format.
+
+    Returned as literal pieces and slot names, so each message is one ``str.join`` instead of a
+    ``json.dumps`` of nested dicts (the slots' values are ids, base64 and digits: nothing to escape).
+    """
     message = app.amqp.as_task_v2("TEMPLATE", RUN_REQUEST_TASK, args=("JOB", 0), kwargs={}, ignore_result=True)
     headers = dict(message.headers)
+    headers["id"] = headers["root_id"] = _SLOTS["id"]
+    headers["argsrepr"] = _SLOTS["argsrepr"]
     envelope = {
-        "body": "",
+        "body": _SLOTS["body"],
         "content-encoding": "utf-8",
         "content-type": "application/json",
         "headers": headers,
         "properties": {
-            "correlation_id": "",
+            "correlation_id": _SLOTS["id"],
             "reply_to": app.thread_oid,
             "delivery_mode": 2,
             "delivery_info": {"exchange": "", "routing_key": queue},
             "priority": 0,
             "body_encoding": "base64",
-            "delivery_tag": "",
+            "delivery_tag": _SLOTS["tag"],
         },
     }
-    return envelope, headers
+    text = json.dumps(envelope).replace("\\u0001", "\u0001")
+    return re.split("\u0001(B|I|A|T)\u0001", text)
 
 
 def _publish_raw_redis(app: Celery, job: str, indices: Iterable[int], queue: str) -> None:
     client = _redis_broker(app)
     assert client is not None
-    envelope, headers = _template(app, queue)
-    properties = envelope["properties"]
+    pieces = _template(app, queue)
     batch: list[str] = []
     for idx in indices:
-        tid = f"{job}:{idx}"
-        headers["id"] = headers["root_id"] = properties["correlation_id"] = tid
-        headers["argsrepr"] = f"('{job}', {idx})"
-        properties["delivery_tag"] = str(uuid.uuid4())
-        body = json.dumps([[job, idx], {}, _EMBED], separators=(",", ":")).encode()
-        envelope["body"] = base64.b64encode(body).decode()
-        batch.append(json.dumps(envelope))
+        values = {
+            "B": base64.b64encode(f'[["{job}",{idx}],{{}},{_EMBED_JSON}]'.encode()).decode(),
+            "I": f"{job}:{idx}",
+            "A": f"('{job}', {idx})",
+            "T": str(uuid.uuid4()),
+        }
+        # pieces alternate: literal, slot name, literal, slot name, ..., literal
+        batch.append("".join(values[part] if i % 2 else part for i, part in enumerate(pieces)))
         if len(batch) >= PUBLISH_BATCH_SIZE:
             _push(client, queue, batch)
             batch = []

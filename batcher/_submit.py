@@ -29,7 +29,7 @@ from batcher._exceptions import InvalidRequestError, MissingAPIKeyError
 from batcher._publish import FANOUT_GROUP_MAX, publish_fanout, publish_requests
 from batcher._secrets import seal, strip_url_credentials
 from batcher._states import JobKind
-from batcher._validation import CallOptions, check_size, validate_messages
+from batcher._validation import CallOptions, check_size, to_json, validate_messages
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +114,9 @@ class _Validator:
         if spec.params:
             merged = {**self.options.params, **spec.params}
             _providers.check_params(route.provider, merged, drop_params=self.options.drop_params)
-        check_size(messages, spec.params, where, self.settings.max_request_bytes)
+        messages_json = to_json(messages)
+        params_json = to_json(spec.params) if spec.params else None
+        check_size(messages_json, params_json, where, self.settings.max_request_bytes)
         return store.NewRequest(
             idx=idx,
             model=spec.model,
@@ -122,6 +124,8 @@ class _Validator:
             messages=messages,
             params=spec.params or None,
             custom_id=spec.custom_id,
+            messages_json=messages_json,
+            params_json=params_json,
         )
 
 
@@ -133,8 +137,14 @@ def submit(
     kind: JobKind,
     specs: Iterable[RequestSpec],
     options: CallOptions,
+    owner_id: uuid.UUID | None = None,
+    idempotency_key: str | None = None,
 ) -> uuid.UUID:
-    """Validate, store and enqueue a job; returns its id. Raises before storing anything on bad input."""
+    """Validate, store and enqueue a job; returns its id. Raises before storing anything on bad input.
+
+    With an ``idempotency_key``, a second submit of the same owner and key returns the first job
+    and stores nothing (HTTP clients retry creates after timeouts).
+    """
     validator = _Validator(settings, options)
     credentials = seal(options.api_key, settings) if options.api_key else None
     job_id = uuid.uuid4()
@@ -151,7 +161,7 @@ def submit(
             yield validator.check(idx, spec)
 
     with engine.begin() as conn:
-        store.insert_job(
+        inserted = store.insert_job(
             conn,
             job_id=job_id,
             kind=kind.value,
@@ -160,7 +170,13 @@ def submit(
             deadline_at=deadline_at,
             credentials=credentials,
             user_metadata=options.metadata,
+            owner_id=owner_id,
+            idempotency_key=idempotency_key,
         )
+        if not inserted and owner_id is not None and idempotency_key is not None:
+            existing = store.job_by_idempotency_key(conn, owner_id, idempotency_key)
+            if existing is not None:
+                return existing
         total = store.copy_requests(conn, job_id, checked())
         if total == 0:
             raise InvalidRequestError("is empty; pass at least one prompt", field="messages")

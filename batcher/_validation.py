@@ -186,9 +186,14 @@ def check_conversations_shape(messages: Any) -> None:
         )
 
 
-def check_size(messages: list[dict[str, Any]], params: Mapping[str, Any] | None, where: str, limit: int) -> None:
+def to_json(value: Any) -> str:
+    """The compact JSON stored for messages and parameters (computed once per request)."""
+    return json.dumps(value, separators=(",", ":"))
+
+
+def check_size(messages_json: str, params_json: str | None, where: str, limit: int) -> None:
     """Refuse a request whose JSON is larger than ``BATCHER_MAX_REQUEST_BYTES``."""
-    size = len(json.dumps(messages)) + (len(json.dumps(params)) if params else 0)
+    size = len(messages_json) + (len(params_json) if params_json else 0)
     if size > limit:
         raise InvalidRequestError(
             f"is {size:,} bytes of JSON, over the limit of {limit:,}; shorten it or raise BATCHER_MAX_REQUEST_BYTES",

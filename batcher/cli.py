@@ -16,7 +16,11 @@ from batcher._exceptions import BatcherError
 def _client() -> Any:
     from batcher._client import Client
 
-    return Client(get_settings())
+    client = Client(get_settings())  # local, or over HTTP when BATCHER_API_URL is set
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.call_on_close(client.close)
+    return client
 
 
 def _parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:
@@ -48,6 +52,9 @@ class _Group(click.Group):
 @click.version_option(package_name="batcher")
 def main() -> None:
     """batcher: durable, distributed batch completion for LLMs."""
+    from batcher._logging import configure_from_settings
+
+    configure_from_settings()  # BATCHER_LOG_FORMAT=json|text, BATCHER_LOG_LEVEL; workers re-apply it with --loglevel
 
 
 @main.command()
@@ -66,7 +73,10 @@ def submit(
     kwargs = _parse_params(params)
     if completion_window:
         kwargs["completion_window"] = completion_window
-    job = client.submit_requests(read_jsonl(file, default_model=model), **kwargs)
+    if hasattr(client, "submit_file"):  # BATCHER_API_URL: upload the file as it is, the service parses it
+        job = client.submit_file(file.buffer if hasattr(file, "buffer") else file, default_model=model, **kwargs)
+    else:
+        job = client.submit_requests(read_jsonl(file, default_model=model), **kwargs)
     click.echo(str(job.id))
     if wait:
         _print_status(job.wait(progress=True))
@@ -106,28 +116,17 @@ def wait(job_id: str, timeout: float | None) -> None:
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write JSONL here.")
 def results(job_id: str, output: Path | None) -> None:
     """Stream a job's results as JSONL, in input order."""
+    from batcher._client import Job
+
     job = _client().job(job_id)
-    out = output.open("w") if output else sys.stdout
+    out = output.open("wb") if output else sys.stdout.buffer
     try:
-        for result in job.results():
-            line = {
-                "index": result.index,
-                "custom_id": result.custom_id,
-                "model": result.model,
-                "state": result.state.value,
-                "attempts": result.attempts,
-                "response": result.response.model_dump(mode="json") if result.response else None,
-                "error": (
-                    {
-                        "type": type(result.error).__name__,
-                        "message": str(result.error),
-                        "status_code": result.error.status_code,
-                    }
-                    if result.error
-                    else None
-                ),
-            }
-            out.write(json.dumps(line) + "\n")
+        if isinstance(job, Job):
+            job.write_jsonl(out)
+        else:  # a remote job: lines come over HTTP
+            for result in job.results():
+                out.write(json.dumps(result.as_line()).encode() + b"\n")
+        out.flush()
     finally:
         if output:
             out.close()
@@ -180,7 +179,22 @@ def beat(ctx: click.Context) -> None:
     """Start Celery beat (runs the recovery sweep every BATCHER_RECOVERY_INTERVAL_S)."""
     from workers.celery_app import app
 
-    app.start(["beat", "--loglevel=INFO", *ctx.args])
+    quiet = ["--quiet"] if get_settings().log_format == "json" else []  # its banner is printed, not logged
+    app.start([*quiet, "beat", "--loglevel=INFO", *ctx.args])
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--port", default=5555, show_default=True, type=int, help="Port of Flower's web UI.")
+@click.pass_context
+def flower(ctx: click.Context, port: int) -> None:
+    """Start Flower, the Celery web monitor, on this cluster's broker. Extra args go to Flower."""
+    import importlib.util
+
+    if importlib.util.find_spec("flower") is None:
+        raise click.ClickException("Flower is not installed: pip install 'batcher[monitoring]'")
+    from workers.celery_app import app
+
+    app.start(["flower", f"--port={port}", *ctx.args])
 
 
 @main.group()
@@ -225,6 +239,91 @@ def demo(prompts: int, latency_ms: int, concurrency: int) -> None:
     from batcher._demo import run_demo
 
     run_demo(prompts=prompts, latency_ms=latency_ms, concurrency=concurrency)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
+@click.option("--workers", default=1, show_default=True, type=int, help="Server processes (the service is stateless).")
+@click.option("--log-level", default="info", show_default=True)
+def api(host: str, port: int, workers: int, log_level: str) -> None:
+    """Serve the HTTP API: native jobs (/v1/jobs) and the OpenAI Batch API (/v1/files, /v1/batches)."""
+    import uvicorn
+
+    from batcher._logging import uvicorn_options
+
+    logs = uvicorn_options(get_settings().log_format, log_level)  # JSON mode: uvicorn's lines as JSON too
+    if workers > 1:
+        uvicorn.run(
+            "batcher.api:create_app", factory=True, host=host, port=port, workers=workers, log_level=log_level, **logs
+        )
+    else:
+        from batcher.api import create_app
+
+        uvicorn.run(create_app(get_settings()), host=host, port=port, log_level=log_level, **logs)
+
+
+@main.group()
+def keys() -> None:
+    """API keys of the HTTP service (only their SHA-256 is stored)."""
+
+
+@keys.command("create")
+@click.option("--name", required=True, help="Who or what the key is for.")
+@click.option("--admin", is_flag=True, help="May read and list every key's jobs, files and batches.")
+def keys_create(name: str, admin: bool) -> None:
+    """Create a key and print it. It is shown this once: store it now."""
+    from batcher._db.engine import get_engine
+    from batcher.api.auth import create_key
+
+    info, key = create_key(get_engine(get_settings()), name, admin=admin)
+    click.echo(key)
+    click.echo(f"key id {info.id} ({'admin, ' if admin else ''}name {info.name!r}): shown once, store it now", err=True)
+
+
+@keys.command("list")
+def keys_list() -> None:
+    """List keys (id, prefix, name, flags); never the keys themselves."""
+    from batcher._db.engine import get_engine
+    from batcher.api.auth import list_keys
+
+    for info in list_keys(get_engine(get_settings())):
+        flags = ",".join(f for f, on in (("admin", info.is_admin), ("revoked", info.revoked_at is not None)) if on)
+        click.echo(f"{info.id}  {info.prefix}...  {info.name}  {flags}".rstrip())
+
+
+@keys.command("revoke")
+@click.argument("key_id", type=click.UUID)
+def keys_revoke(key_id: Any) -> None:
+    """Revoke a key by its id: every request with it gets 401 from now on."""
+    from batcher._db.engine import get_engine
+    from batcher.api.auth import revoke_key
+
+    if not revoke_key(get_engine(get_settings()), key_id):
+        raise click.ClickException(f"no active key {key_id}")
+    click.echo(f"revoked {key_id}")
+
+
+class _LazyEvalGroup(click.Group):
+    """``batcher eval``: its commands live in ``batcher.evals.cli``, imported only when it is used."""
+
+    def _real(self) -> click.Group:
+        from batcher.evals.cli import eval_group
+
+        return eval_group
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return self._real().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return self._real().get_command(ctx, cmd_name)
+
+
+main.add_command(
+    _LazyEvalGroup(
+        "eval", help="Evaluation runs: suites scored across models, schedules, HTML reports, run comparisons."
+    )
+)
 
 
 def _register_fake_provider() -> None:

