@@ -28,7 +28,7 @@ from batcher._mode import EMBEDDED, check_cluster, resolve_mode
 from batcher._progress import ProgressBar
 from batcher._response import ModelResponse
 from batcher._states import JobKind, RequestState
-from batcher._submit import RequestSpec, describe_params, submit
+from batcher._submit import RequestSpec, submit
 from batcher._validation import check_conversations_shape, split_call_kwargs, validate_messages
 
 WAIT_POLL_INTERVAL_S = 1.0
@@ -168,23 +168,7 @@ class Client:
             row = store.job_row(conn, job_id)
         if row is None:
             raise JobNotFoundError(f"no job {job_id}")
-        return JobStatus(
-            id=row["id"],
-            kind=row["kind"],
-            state=row["state"],
-            total=row["total"],
-            succeeded=row["succeeded"],
-            failed=row["failed"],
-            cancelled=row["cancelled"],
-            expired=row["expired"],
-            params=describe_params(row["params"] or {}),
-            metadata=row["user_metadata"],
-            winner_index=row["winner_index"],
-            created_at=row["created_at"],
-            started_at=row["started_at"],
-            finished_at=row["finished_at"],
-            deadline_at=row["deadline_at"],
-        )
+        return JobStatus.from_row(row)
 
 
 class Job:

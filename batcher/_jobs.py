@@ -33,6 +33,29 @@ class JobStatus(BaseModel):
     finished_at: datetime | None = None
     deadline_at: datetime | None = None
 
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> JobStatus:
+        """From a ``jobs`` row (``store.job_row``); stored parameters shown with base-URL credentials masked."""
+        from batcher._submit import describe_params
+
+        return cls(
+            id=row["id"],
+            kind=row["kind"],
+            state=row["state"],
+            total=row["total"],
+            succeeded=row["succeeded"],
+            failed=row["failed"],
+            cancelled=row["cancelled"],
+            expired=row["expired"],
+            params=describe_params(row["params"] or {}),
+            metadata=row["user_metadata"],
+            winner_index=row["winner_index"],
+            created_at=row["created_at"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            deadline_at=row["deadline_at"],
+        )
+
     @property
     def done(self) -> int:
         """Requests in a final state."""
