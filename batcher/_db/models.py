@@ -12,17 +12,20 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Float,
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
     UniqueConstraint,
     Uuid,
+    false,
     func,
     text,
 )
@@ -63,6 +66,14 @@ class Job(Base):
             "state",
             postgresql_where=text("state IN ('queued', 'running', 'cancelling')"),
         ),
+        Index("ix_jobs_owner_created", "owner_id", "created_at", "id"),
+        Index(
+            "uq_jobs_owner_idempotency_key",
+            "owner_id",
+            "idempotency_key",
+            unique=True,
+            postgresql_where=text("idempotency_key IS NOT NULL"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -87,6 +98,10 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    owner_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, ForeignKey("api_keys.id"), nullable=True)
+    """The API key that submitted the job over HTTP; ``None`` for jobs submitted in-process."""
+    idempotency_key: Mapped[str | None] = mapped_column(Text, nullable=True)
+    """The ``Idempotency-Key`` header of the HTTP create: a retried create returns this job."""
 
 
 class Request(Base):
@@ -145,5 +160,211 @@ class Response(Base):
     prompt_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     completion_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     total_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    latency_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+# --- HTTP API (migration 0002) ------------------------------------------------------------------
+
+
+class ApiKey(Base):
+    """A key of the HTTP API. Only a SHA-256 of the key is stored; the key is shown once, at creation."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(Text)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    """The key's first characters, to recognise it in listings without revealing it."""
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class File(Base):
+    """An uploaded file (content in ``file_chunks``) or a batch's output/error file (rendered on download)."""
+
+    __tablename__ = "files"
+    __table_args__ = (Index("ix_files_owner_created", "owner_id", "created_at", "id"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("api_keys.id"))
+    filename: Mapped[str] = mapped_column(Text)
+    purpose: Mapped[str] = mapped_column(String(32))
+    bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    status: Mapped[str] = mapped_column(String(16))
+    batch_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    """Set on ``batch_output`` files: their content is rendered from this batch's results."""
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class FileChunk(Base):
+    """One slice (``settings.file_chunk_bytes``) of an uploaded file's bytes, in order of ``seq``."""
+
+    __tablename__ = "file_chunks"
+
+    file_id: Mapped[str] = mapped_column(String(64), ForeignKey("files.id", ondelete="CASCADE"), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Batch(Base):
+    """An OpenAI Batch API batch: one input file run as one job."""
+
+    __tablename__ = "batches"
+    __table_args__ = (
+        UniqueConstraint("owner_id", "input_file_id", name="uq_batches_owner_id_input_file_id"),
+        Index("ix_batches_owner_created", "owner_id", "created_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("api_keys.id"))
+    input_file_id: Mapped[str] = mapped_column(String(64))
+    endpoint: Mapped[str] = mapped_column(Text)
+    completion_window: Mapped[str] = mapped_column(String(16))
+    batch_metadata: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    status: Mapped[str] = mapped_column(String(16))
+    job_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, ForeignKey("jobs.id", ondelete="SET NULL"), nullable=True)
+    errors: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    output_file_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error_file_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    in_progress_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finalizing_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    failed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    expired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    cancelling_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    cancelled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+# --- evaluation runs (migration 0003) ------------------------------------------------------------
+
+_EVAL_RUN_STATES = "'pending', 'answering', 'judging', 'completed', 'failed'"  # batcher.evals.states.RunState
+
+
+class EvalSchedule(Base):
+    """A suite run on a cron schedule by the ``batcher.eval_tick`` beat task."""
+
+    __tablename__ = "eval_schedules"
+    __table_args__ = (UniqueConstraint("suite_path", "cron", "timezone", name="uq_eval_schedules_suite_cron_tz"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    suite_name: Mapped[str] = mapped_column(Text)
+    suite_path: Mapped[str] = mapped_column(Text)
+    """Absolute path of the suite file, read afresh at every firing (edits apply the next night)."""
+    cron: Mapped[str] = mapped_column(Text)
+    timezone: Mapped[str] = mapped_column(Text)
+    paused: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    active_since: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    """Ticks before this (creation, or the last resume) never fire: no backlog after a pause."""
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class EvalRun(Base):
+    """One run of a suite: its items x models, their answers and scores, and its summary."""
+
+    __tablename__ = "eval_runs"
+    __table_args__ = (
+        CheckConstraint(f"state IN ({_EVAL_RUN_STATES})", name="state"),
+        CheckConstraint("trigger IN ('manual', 'schedule')", name="trigger"),
+        # The claim of a schedule tick: two beat processes insert the same row, one wins.
+        UniqueConstraint("schedule_id", "scheduled_for", name="uq_eval_runs_schedule_tick"),
+        Index("ix_eval_runs_suite_created", "suite_name", "created_at"),
+        Index(
+            "ix_eval_runs_active",
+            "state",
+            postgresql_where=text("state IN ('pending', 'answering', 'judging')"),
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    suite_name: Mapped[str] = mapped_column(Text)
+    suite_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    """SHA-256 of the resolved suite and its items: an unchanged suite resumes its unfinished run."""
+    config: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    """The resolved suite (models, scorers, thresholds): a run never re-reads its file."""
+    state: Mapped[str] = mapped_column(String(16))
+    trigger: Mapped[str] = mapped_column(String(16))
+    schedule_id: Mapped[uuid.UUID | None] = mapped_column(
+        Uuid, ForeignKey("eval_schedules.id", ondelete="SET NULL"), nullable=True
+    )
+    scheduled_for: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    item_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    comparison: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    """Against the previous completed run of the suite: score deltas and flipped items."""
+    regressed: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    submitting_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    """Set while a job is being submitted: after a crash, the job is found by its metadata and adopted."""
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class EvalRunJob(Base):
+    """A batcher job submitted for a run (answers, or judge verdicts); a resumed run has several."""
+
+    __tablename__ = "eval_run_jobs"
+
+    run_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("eval_runs.id", ondelete="CASCADE"), primary_key=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    stage: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class EvalItem(Base):
+    """One dataset item as the run saw it."""
+
+    __tablename__ = "eval_items"
+
+    run_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("eval_runs.id", ondelete="CASCADE"), primary_key=True)
+    idx: Mapped[int] = mapped_column(Integer, primary_key=True)
+    item_id: Mapped[str] = mapped_column(Text)
+    messages: Mapped[list[dict[str, Any]]] = mapped_column(JSONType)
+    expected: Mapped[Any | None] = mapped_column(JSONType, nullable=True)
+    item_metadata: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+
+
+class EvalResult(Base):
+    """One item x one model: the answer (or error), its cost, and its scores."""
+
+    __tablename__ = "eval_results"
+
+    run_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("eval_runs.id", ondelete="CASCADE"), primary_key=True)
+    model_idx: Mapped[int] = mapped_column(Integer, primary_key=True)
+    item_idx: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model: Mapped[str] = mapped_column(Text)
+    """The model's label in the suite (its ``name``, else the model string)."""
+    key: Mapped[str] = mapped_column(Text)
+    """Hash of (model, messages, params): the request's ``custom_id`` and the cache key."""
+    output: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error_type: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    latency_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    attempts: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    cached: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    """Answered from the response cache: nothing was sent (or paid) for it in this run."""
+    scores: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    passed: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+
+
+class EvalResponse(Base):
+    """The response cache: the latest successful answer per request key."""
+
+    __tablename__ = "eval_responses"
+
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    model: Mapped[str] = mapped_column(Text)
+    output: Mapped[str] = mapped_column(Text)
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     latency_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -1,0 +1,139 @@
+"""API keys: random, shown once, stored only as a SHA-256.
+
+The keys are 256 random bits, so a fast hash is enough (no password-style KDF is needed to
+resist guessing) and lets every request find its key with one indexed lookup.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import Engine, text
+
+from batcher.api.errors import ApiError
+
+KEY_PREFIX = "bk-"
+
+
+def generate_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the API key's id owns everything it creates."""
+
+    id: uuid.UUID
+    name: str
+    is_admin: bool
+
+    def owner_filter(self, column: str = "owner_id") -> tuple[str, dict[str, Any]]:
+        """A SQL condition limiting rows to this key's (admins see everything)."""
+        if self.is_admin:
+            return "TRUE", {}
+        return f"{column} = :owner_id", {"owner_id": self.id}
+
+    def can_see(self, owner_id: uuid.UUID | None) -> bool:
+        return self.is_admin or owner_id == self.id
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    id: uuid.UUID
+    name: str
+    prefix: str
+    is_admin: bool
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+def create_key(engine: Engine, name: str, *, admin: bool = False) -> tuple[KeyInfo, str]:
+    """Store a new key's hash; returns its record and the key itself (the only time it exists in clear)."""
+    if not name.strip():
+        raise ValueError("a key needs a name")
+    key = generate_key()
+    with engine.begin() as conn:
+        row = (
+            conn.execute(
+                text(
+                    "INSERT INTO api_keys (id, name, key_hash, prefix, is_admin) "
+                    "VALUES (:id, :name, :hash, :prefix, :admin) RETURNING *"
+                ),
+                {"id": uuid.uuid4(), "name": name, "hash": hash_key(key), "prefix": key[:10], "admin": admin},
+            )
+            .mappings()
+            .one()
+        )
+    return _info(row), key
+
+
+def list_keys(engine: Engine) -> list[KeyInfo]:
+    with engine.connect() as conn:
+        return [_info(r) for r in conn.execute(text("SELECT * FROM api_keys ORDER BY created_at")).mappings()]
+
+
+def revoke_key(engine: Engine, key_id: uuid.UUID) -> bool:
+    with engine.begin() as conn:
+        result = conn.execute(
+            text("UPDATE api_keys SET revoked_at = now() WHERE id = :id AND revoked_at IS NULL"), {"id": key_id}
+        )
+    return bool(result.rowcount)
+
+
+def _info(row: Any) -> KeyInfo:
+    return KeyInfo(
+        id=row["id"],
+        name=row["name"],
+        prefix=row["prefix"],
+        is_admin=row["is_admin"],
+        created_at=row["created_at"],
+        revoked_at=row["revoked_at"],
+    )
+
+
+def lookup(engine: Engine, key: str) -> Principal | None:
+    with engine.connect() as conn:
+        row = (
+            conn.execute(
+                text("SELECT id, name, is_admin FROM api_keys WHERE key_hash = :hash AND revoked_at IS NULL"),
+                {"hash": hash_key(key)},
+            )
+            .mappings()
+            .first()
+        )
+    return Principal(id=row["id"], name=row["name"], is_admin=row["is_admin"]) if row else None
+
+
+_bearer = HTTPBearer(auto_error=False, description="An API key made with `batcher keys create`.")
+
+
+def _unauthorized(message: str) -> ApiError:
+    return ApiError(401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+
+
+def require_principal(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> Principal:
+    if credentials is None or not credentials.credentials:
+        raise _unauthorized(
+            "You didn't provide an API key. Send it as 'Authorization: Bearer KEY' "
+            "(make one with `batcher keys create`)."
+        )
+    principal = lookup(request.app.state.ctx.engine, credentials.credentials)
+    if principal is None:
+        raise _unauthorized("Incorrect API key provided.")
+    return principal
+
+
+CurrentPrincipal = Annotated[Principal, Depends(require_principal)]
