@@ -81,11 +81,12 @@ def run_request(ctx: WorkerContext, job_id: str, idx: int) -> str:
             response.provider = claimed.provider
         else:
             call = _prepare(ctx, claimed)
+            http = ctx.http  # before the limiter: a window slot is taken only when the call can leave at once
             wait_s = ctx.limiter.acquire(call.buckets, call.tokens) if call.buckets else 0.0
             if wait_s > 0:
                 return _defer(ctx, claimed, wait_s, extra)
             response = _providers.complete(
-                ctx.http,
+                http,
                 call.route,
                 claimed.messages,
                 call.params,
