@@ -119,7 +119,8 @@ def get_context(app: Celery) -> WorkerContext:
             if ctx is None:
                 ctx = WorkerContext(settings=app.conf.batcher_settings, app=app)
                 # Touch the cached properties now, under the lock, so threads never race to build them.
-                _ = ctx.engine, ctx.db, ctx.redis, ctx._ssl_context, ctx._threads, ctx._http_clients, ctx.limiter, ctx.retry_policy
+                _ = (ctx.engine, ctx.db, ctx.redis, ctx.limiter, ctx.retry_policy)
+                _ = (ctx._ssl_context, ctx._threads, ctx._http_clients)
                 _contexts[id(app)] = ctx
     return ctx
 
