@@ -20,7 +20,6 @@ import re
 import threading
 import uuid
 from collections.abc import Iterable
-from typing import Any
 
 import redis
 from celery import Celery, group
