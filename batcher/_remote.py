@@ -223,6 +223,11 @@ class RemoteJob(Job):
                 if line.strip():
                     yield _result_from_line(json.loads(line))
 
+    def write_jsonl(self, out: IO[bytes]) -> None:
+        """``batcher results`` lines, from the service's stream (same format as a local job's)."""
+        for result in self.results():
+            out.write(json.dumps(result.as_line()).encode() + b"\n")
+
     def cancel(self) -> JobStatus:
         return JobStatus.model_validate(self.client._json("POST", f"/v1/jobs/{self.id}/cancel"))
 

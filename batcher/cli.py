@@ -116,16 +116,10 @@ def wait(job_id: str, timeout: float | None) -> None:
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write JSONL here.")
 def results(job_id: str, output: Path | None) -> None:
     """Stream a job's results as JSONL, in input order."""
-    from batcher._client import Job
-
     job = _client().job(job_id)
     out = output.open("wb") if output else sys.stdout.buffer
     try:
-        if isinstance(job, Job):
-            job.write_jsonl(out)
-        else:  # a remote job: lines come over HTTP
-            for result in job.results():
-                out.write(json.dumps(result.as_line()).encode() + b"\n")
+        job.write_jsonl(out)  # local: Postgres writes the lines; remote: the service streams them
         out.flush()
     finally:
         if output:
