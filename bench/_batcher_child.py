@@ -1,0 +1,193 @@
+"""batcher's side of each workload, run as a child process (see ``bench._protocol``).
+
+``python -m bench._batcher_child <workload> '<json params>'``; the environment carries the
+``BATCHER_*`` settings of the run (database, Redis, queues) and the fake provider's base URL.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from bench._protocol import serve
+
+
+def _client() -> Any:
+    from batcher import Client
+    from batcher._config import Settings
+
+    client = Client(Settings())
+    # Warm every connection the workload will use, so the measurement does not pay for them.
+    with client.engine.connect() as conn:
+        conn.exec_driver_sql("SELECT 1")
+    client.redis.ping()
+    with client.celery.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=3)
+    return client
+
+
+def batch(params: dict[str, Any]) -> Callable[[], dict[str, Any]]:
+    """``batch_completion``'s path: submit N prompts, wait for the job, read every result back."""
+    client = _client()
+    n, model = int(params["prompts"]), str(params["model"])
+    conversations = [[{"role": "user", "content": f"Question {i}: what is {i} + {i}?"}] for i in range(n)]
+
+    def body() -> dict[str, Any]:
+        started = time.perf_counter()
+        job = client.submit(model=model, messages=conversations)
+        submitted = time.perf_counter()
+        status = job.wait(timeout=float(params.get("timeout_s", 3_600)))
+        done = time.perf_counter()
+        ok = sum(1 for result in job.results() if result.ok)
+        read = time.perf_counter()
+        return {
+            "job_id": str(job.id),
+            "prompts": n,
+            "ok": ok,
+            "state": status.state.value,
+            "succeeded": status.succeeded,
+            "failed": status.failed,
+            "submit_s": submitted - started,
+            "done_s": done - started,
+            "read_s": read - done,
+            "wall_s": read - started,
+        }
+
+    return body
+
+
+def race(params: dict[str, Any]) -> Callable[[], dict[str, Any]]:
+    """``batch_completion_models``: fastest of several models, ``calls`` times one after another."""
+    client = _client()
+    models = list(params["models"])
+    calls = int(params["calls"])
+
+    def one(i: int) -> tuple[float, str, str]:
+        started = time.perf_counter()
+        job = client.submit_fastest(models=models, messages=[{"role": "user", "content": f"Race {i}: hi"}])
+        response = job.first_response(timeout=30)
+        return time.perf_counter() - started, str(response.model), str(job.id)
+
+    one(-1)  # warm-up: first use of the race queue and the wake-up keys
+
+    def body() -> dict[str, Any]:
+        times, winners, job_ids = [], [], []
+        for i in range(calls):
+            elapsed, winner, job_id = one(i)
+            times.append(elapsed)
+            winners.append(winner)
+            job_ids.append(job_id)
+        return {
+            "calls": calls,
+            "times_s": times,
+            "median_s": statistics.median(times),
+            "winners": sorted(set(winners)),
+            "job_ids": job_ids,
+        }
+
+    return body
+
+
+def submit_file(params: dict[str, Any]) -> Callable[[], dict[str, Any]]:
+    """``batcher submit prompts.jsonl``: validate, COPY into Postgres and publish every request.
+
+    The COPY (with validation, streamed from the file) and the publishing are timed apart by
+    wrapping the two functions ``batcher._submit.submit`` calls, without changing them.
+    """
+    import batcher._submit as submit_module
+    from batcher._db import store
+    from batcher._files import read_jsonl
+
+    client = _client()
+    phases: dict[str, float] = {}
+
+    def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                phases[name] = phases.get(name, 0.0) + time.perf_counter() - started
+
+        return wrapper
+
+    store.copy_requests = timed("copy_s", store.copy_requests)  # type: ignore[method-assign]
+    submit_module._Validator.check = timed("validate_s", submit_module._Validator.check)  # type: ignore[method-assign]
+    submit_module.enqueue = timed("publish_s", submit_module.enqueue)  # type: ignore[assignment]
+
+    def body() -> dict[str, Any]:
+        started = time.perf_counter()
+        with open(params["path"], encoding="utf-8") as lines:
+            job = client.submit_requests(read_jsonl(lines, default_model=params["model"]))
+        wall = time.perf_counter() - started
+        return {"job_id": str(job.id), "wall_s": wall, **phases}
+
+    return body
+
+
+def read_results(params: dict[str, Any]) -> Callable[[], dict[str, Any]]:
+    """``batcher results JOB -o out.jsonl``: the CLI command itself, in this process."""
+    from batcher.cli import main
+
+    _client()
+
+    def body() -> dict[str, Any]:
+        started = time.perf_counter()
+        main(["results", params["job_id"], "-o", params["path"]], standalone_mode=False)
+        return {"wall_s": time.perf_counter() - started}
+
+    return body
+
+
+_EXPORT_SQL = """
+COPY (
+    SELECT json_build_object(
+        'index', r.idx, 'custom_id', r.custom_id, 'model', r.model, 'state', r.state, 'attempts', r.attempts,
+        'response', resp.body,
+        'error', CASE WHEN resp.body IS NULL
+                      THEN json_build_object('type', r.error_type, 'message', r.error, 'status_code', r.status_code)
+                 END)
+      FROM requests AS r LEFT JOIN responses AS resp ON resp.request_id = r.id
+     WHERE r.job_id = %s
+     ORDER BY r.idx
+) TO STDOUT WITH (FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02')
+"""
+# CSV with a quote and delimiter that JSON never contains: each line is the JSON text, unescaped.
+
+
+def read_results_copy(params: dict[str, Any]) -> Callable[[], dict[str, Any]]:
+    """What-if for W5: Postgres writes the JSONL lines itself (``COPY (SELECT json_build_object ...)``).
+
+    Not batcher's code: a measured proposal for ``batcher results``, which today builds a
+    ``ModelResponse`` per row and dumps it again.
+    """
+    client = _client()
+
+    def body() -> dict[str, Any]:
+        started = time.perf_counter()
+        raw = client.engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            with open(params["path"], "wb") as out, cursor.copy(_EXPORT_SQL, (params["job_id"],)) as copy:  # type: ignore[attr-defined]
+                for chunk in copy:
+                    out.write(chunk)
+        finally:
+            raw.close()
+        return {"wall_s": time.perf_counter() - started}
+
+    return body
+
+
+WORKLOADS: dict[str, Callable[[dict[str, Any]], Callable[[], dict[str, Any]]]] = {
+    "batch": batch,
+    "race": race,
+    "submit_file": submit_file,
+    "read_results": read_results,
+    "read_results_copy": read_results_copy,
+}
+
+if __name__ == "__main__":
+    serve(WORKLOADS[sys.argv[1]])

@@ -1,0 +1,496 @@
+"""The workloads, each checked for correctness, and the services they run on.
+
+Each repetition gives one :class:`Run`. A run whose results are wrong (a prompt unanswered,
+a response stored twice, a provider call made twice) raises :class:`BenchCheckError`: the
+benchmark fails loudly instead of reporting a number for work that was not done.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, text
+
+from bench import _config as cfg
+from bench._cpu import CpuMeter, Usage, find_redis_server
+from bench._protocol import Child, ChildError, ChildSetupError
+from bench._services import BenchDatabase, BenchRedis, FakeProviderProcess, Workers
+
+SETUP_ATTEMPTS = 3
+
+
+class BenchCheckError(AssertionError):
+    """The benchmark's own correctness check failed."""
+
+
+@dataclass
+class Run:
+    """One repetition of one workload by one system."""
+
+    workload: str
+    system: str  # "batcher" | "litellm"
+    n: int
+    wall_s: float
+    result: dict[str, Any]
+    usage: Usage
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.n / self.wall_s if self.wall_s else 0.0
+
+    def cpu_ms(self) -> dict[str, float]:
+        return self.usage.per_item_ms(self.n)
+
+
+def check(condition: bool, message: str) -> None:
+    if not condition:
+        raise BenchCheckError(message)
+
+
+class Bench:
+    """The services of one benchmark run and the workloads that use them."""
+
+    def __init__(
+        self,
+        *,
+        sizes: cfg.Sizes,
+        workdir: Path,
+        admin_url: str,
+        redis_url: str,
+        litellm: bool,
+        say: Callable[[str], None],
+    ) -> None:
+        self.sizes = sizes
+        self.workdir = workdir
+        self.litellm = litellm
+        self.say = say
+        self.tag = uuid.uuid4().hex[:8]
+        self.db = BenchDatabase(admin_url, self.tag)
+        self.redis = BenchRedis(redis_url, self.tag)
+        self.fake = FakeProviderProcess(cfg.fake_provider_config(), workdir)
+        self.queue = f"bench-{self.tag}"
+        self.workers: Workers | None = None
+        self._workers_key: tuple[Any, ...] | None = None
+        self.job_ids: list[str] = []
+        self.redis_pids = find_redis_server()
+        self.runs: list[Run] = []
+        self.last_max_in_flight = 0
+
+    # --- services ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.say(f"database {self.db.name}: create + migrate")
+        self.db.create()
+        self.fake.start()
+        self.say(f"fake provider (pid {self.fake.pid}) on {self.fake.url}")
+
+    def close(self) -> None:
+        self.stop_workers()
+        self.fake.stop()
+        try:
+            self.redis.cleanup(self.job_ids)
+        finally:
+            self.db.drop()
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment of workers and batcher children."""
+        # Every BATCHER_* setting is the bench's own: a stray one in the caller's shell must not change the run.
+        inherited = {
+            k: v for k, v in os.environ.items() if not k.startswith("BATCHER_") or k.startswith("BATCHER_BENCH")
+        }
+        return {
+            **inherited,
+            "BATCHER_DATABASE_URL": self.db.url,
+            "BATCHER_REDIS_URL": self.redis.url,
+            "BATCHER_QUEUE": self.queue,
+            "BATCHER_RACE_QUEUE": f"{self.queue}.race",
+            "BATCHER_MAX_PROMPTS_PER_JOB": str(max(200_000, self.sizes.w4_prompts, self.sizes.w5_rows)),
+            "BATCHER_LOG_LEVEL": "WARNING",
+            "OPENAI_BASE_URL": self.fake.openai_base,
+            "OPENAI_API_KEY": cfg.API_KEY,
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    def ensure_workers(self, concurrency: int, extra_env: dict[str, str] | None = None) -> Workers:
+        key = (self.sizes.workers, concurrency, tuple(sorted((extra_env or {}).items())))
+        if self.workers is not None and self._workers_key == key:
+            return self.workers
+        self.stop_workers()
+        self.say(f"starting {self.sizes.workers} workers x {concurrency} threads")
+        self.workers = Workers(
+            {**self.env, **(extra_env or {})},
+            self.workdir,
+            count=self.sizes.workers,
+            concurrency=concurrency,
+            db_pool_max=self.sizes.db_pool_max,
+        ).start()
+        self._workers_key = key
+        # Warm the fleet (connection pools, HTTP keep-alive, lazy imports) as a running deployment is.
+        if not self.sizes.warm_up:
+            return self.workers
+        slots = self.sizes.workers * concurrency
+        try:
+            result, _ = self.run_child("batcher", "batch", {"prompts": 2 * slots, "model": cfg.W1_MODEL}, timeout=300)
+        except ChildError as exc:
+            raise ChildError(f"warm-up: {exc}\nrequests by state: {self.request_states()}") from None
+        self.check_job(result, 2 * slots, "warm-up")
+        return self.workers
+
+    def stop_workers(self) -> None:
+        if self.workers is not None:
+            self.workers.stop()
+            self.workers = None
+            self._workers_key = None
+
+    # --- running one child ----------------------------------------------------------------
+
+    def run_child(
+        self, system: str, workload: str, params: dict[str, Any], *, env: dict[str, str] | None = None, timeout: float
+    ) -> tuple[dict[str, Any], Usage]:
+        # A child that cannot connect while it sets up (Postgres' max_connections is shared with
+        # whatever else runs on this machine) is started again; nothing was measured yet.
+        for attempt in range(1, SETUP_ATTEMPTS + 1):
+            try:
+                return self._run_child(system, workload, params, env=env, timeout=timeout)
+            except ChildSetupError as exc:
+                if attempt == SETUP_ATTEMPTS:
+                    raise
+                self.say(f"{system} {workload}: set-up failed ({str(exc)[:120]}); retrying in 10 s")
+                time.sleep(10)
+        raise AssertionError("unreachable")
+
+    def _run_child(
+        self, system: str, workload: str, params: dict[str, Any], *, env: dict[str, str] | None, timeout: float
+    ) -> tuple[dict[str, Any], Usage]:
+        module = "bench._batcher_child" if system == "batcher" else "bench._litellm_child"
+        child = Child(module, workload, params, env or self.env, self.workdir / f"{system}-{workload}.log")
+        try:
+            child.wait_ready()
+            self.fake.reset()
+            roles: dict[str, list[int]] = {"client": [child.pid], "fake": [self.fake.pid]}
+            database: str | None = None
+            if system == "batcher":  # LiteLLM uses neither workers, Redis nor Postgres
+                roles["workers"] = self.workers.pids if self.workers else []
+                roles["redis"] = self.redis_pids
+                database = self.db.name
+            meter = CpuMeter(roles, database).start()
+            try:
+                child.go()
+                result = child.result(timeout)
+            finally:
+                usage = meter.stop()
+            child.finish()
+        finally:
+            child.kill()
+        if "job_id" in result:
+            self.job_ids.append(result["job_id"])
+        self.job_ids.extend(result.get("job_ids", []))
+        return result, usage
+
+    def _litellm_params(self, **params: Any) -> dict[str, Any]:
+        return {"api_base": self.fake.openai_base, "api_key": cfg.API_KEY, **params}
+
+    # --- correctness ------------------------------------------------------------------------
+
+    def check_job(self, result: dict[str, Any], n: int, what: str) -> None:
+        """All answered, none duplicated: in the job's status, in Postgres and at the provider."""
+        job = result["job_id"]
+        check(result["state"] == "completed", f"{what}: job {job} ended {result['state']}, not completed")
+        check(result["ok"] == n, f"{what}: {result['ok']} of {n} results are responses")
+        rows = self.db.scalar("SELECT count(*) FROM responses WHERE job_id = :j", j=job)
+        distinct = self.db.scalar("SELECT count(DISTINCT idx) FROM responses WHERE job_id = :j", j=job)
+        check(rows == n and distinct == n, f"{what}: {rows} stored responses ({distinct} distinct) for {n} prompts")
+        succeeded = self.db.scalar("SELECT count(*) FROM requests WHERE job_id = :j AND state = 'succeeded'", j=job)
+        check(succeeded == n, f"{what}: {succeeded} of {n} requests succeeded")
+
+    def request_states(self) -> dict[str, int]:
+        """Requests of the run's newest job by state (to tell a stuck job from a slow one)."""
+        engine = create_engine(self.db.url)
+        try:
+            with engine.connect() as conn:
+                job = conn.execute(text("SELECT id FROM jobs ORDER BY created_at DESC LIMIT 1")).scalar()
+                rows = conn.execute(
+                    text("SELECT state, count(*) FROM requests WHERE job_id = :j GROUP BY state"), {"j": job}
+                ).all()
+        finally:
+            engine.dispose()
+        return {str(state): int(count) for state, count in rows}
+
+    def provider_calls(self, model: str) -> tuple[int, int]:
+        """(200s, 429s) the fake provider answered since its last reset (one child per reset)."""
+        stats = self.fake.stats()
+        self.last_max_in_flight = int(stats.get("max_in_flight", 0))
+        by_status = stats["by_status"]
+        return int(by_status.get("200", 0)), int(by_status.get("429", 0))
+
+    def check_provider(self, n: int, what: str) -> int:
+        """Exactly ``n`` successful provider calls: no prompt was paid for twice. Returns the 429s."""
+        ok, limited = self.provider_calls("")
+        check(ok == n, f"{what}: the provider answered {ok} successful calls for {n} prompts")
+        return limited
+
+    # --- W1 / W2 / scale / rate limit: a batch of N prompts ---------------------------------
+
+    def batch(
+        self, workload: str, model: str, n: int, concurrency: int, extra_env: dict[str, str] | None = None
+    ) -> Run:
+        self.ensure_workers(concurrency, extra_env)
+        try:
+            result, usage = self.run_child(
+                "batcher", "batch", {"prompts": n, "model": model}, timeout=max(600.0, n * 0.2)
+            )
+        except ChildError as exc:
+            raise ChildError(f"{exc}\nrequests by state: {self.request_states()}") from None
+        self.check_job(result, n, f"{workload} (batcher, {n} prompts)")
+        limited = self.check_provider(n, f"{workload} (batcher, {n} prompts)")
+        run = Run(
+            workload,
+            "batcher",
+            n,
+            result["wall_s"],
+            result,
+            usage,
+            {"429s": limited, "in_flight": self.last_max_in_flight},
+        )
+        self.runs.append(run)
+        return run
+
+    def litellm_batch(self, workload: str, model: str, n: int, max_workers: int) -> Run:
+        result, usage = self.run_child(
+            "litellm",
+            "batch",
+            self._litellm_params(prompts=n, model=model, max_workers=max_workers),
+            timeout=max(900.0, n * 0.5),
+        )
+        ok, limited = self.provider_calls(model)
+        run = Run(
+            workload,
+            "litellm",
+            n,
+            result["wall_s"],
+            result,
+            usage,
+            {"429s": limited, "provider_200s": ok, "in_flight": self.last_max_in_flight},
+        )
+        self.runs.append(run)
+        return run
+
+    def w1(self) -> None:
+        s = self.sizes
+        for rep in range(s.reps):
+            run = self.batch("W1", cfg.W1_MODEL, s.w1_prompts, s.w1_slots_per_worker)
+            self.say(f"W1 batcher #{rep + 1}: {run.rate:.0f} completions/s ({run.wall_s:.1f} s)")
+            if self.litellm:
+                lrun = self.litellm_batch("W1", cfg.W1_MODEL, s.w1_prompts, 100)
+                self.say(f"W1 litellm #{rep + 1}: {lrun.rate:.0f} completions/s ({lrun.wall_s:.1f} s)")
+
+    def w2(self) -> None:
+        s = self.sizes
+        for rep in range(s.reps):
+            run = self.batch("W2", cfg.W2_MODEL, s.w2_prompts, s.w2_slots // s.workers)
+            self.say(f"W2 batcher #{rep + 1}: {run.wall_s:.1f} s")
+            if self.litellm:
+                lrun = self.litellm_batch("W2", cfg.W2_MODEL, s.w2_prompts, s.litellm_w2_workers)
+                self.say(f"W2 litellm #{rep + 1}: {lrun.wall_s:.1f} s")
+
+    def scale(self) -> None:
+        s = self.sizes
+        largest = max(s.scale_prompts)
+        for n in s.scale_prompts:
+            if n == s.w1_prompts and any(r.workload == "W1" and r.system == "batcher" for r in self.runs):
+                for r in [r for r in self.runs if r.workload == "W1" and r.system == "batcher"]:
+                    self.runs.append(Run("scale", "batcher", r.n, r.wall_s, r.result, r.usage, r.extra))
+                continue
+            for rep in range(s.scale_reps_large if n == largest and n > s.w1_prompts else s.reps):
+                run = self.batch("scale", cfg.W1_MODEL, n, s.w1_slots_per_worker)
+                self.say(f"scale {n} #{rep + 1}: {run.wall_s:.1f} s, {run.rate:.0f}/s")
+
+    def rate_limited(self) -> None:
+        s = self.sizes
+        env = {"BATCHER_RATE_LIMITS": json.dumps(cfg.rate_limits_setting())}
+        for rep in range(s.reps):
+            self._forget_rate_windows()
+            run = self.batch("RL", cfg.RL_MODEL, s.rl_prompts, s.w1_slots_per_worker, env)
+            self.say(f"RL batcher #{rep + 1}: {run.wall_s:.1f} s, {run.extra['429s']} 429s")
+            if self.litellm:
+                lrun = self.litellm_batch("RL", cfg.RL_MODEL, s.rl_prompts, 100)
+                self.say(f"RL litellm #{rep + 1}: {lrun.wall_s:.1f} s, {lrun.extra['429s']} 429s")
+
+    def _forget_rate_windows(self) -> None:
+        # The fake's windows restart with each reset; batcher's windows in Redis must too.
+        keys = list(self.redis.client.scan_iter(match="batcher:ratelimit:*", count=1_000))
+        if keys:
+            self.redis.client.delete(*keys)
+
+    # --- what-ifs: a proposed change, measured on W1 against the code as it is ----------------
+
+    def experiment(self, name: str) -> None:
+        s = self.sizes
+        variant = {"BATCHER_BENCH_EXPERIMENTS": name}
+        for rep in range(min(s.reps, 2)):  # alternating pairs; two are enough to see the direction
+            for label, env in (("baseline", None), (name, variant)):
+                run = self.batch(f"X:{name}", cfg.W1_MODEL, s.w1_prompts, s.w1_slots_per_worker, env)
+                run.extra["variant"] = label
+                self.say(f"what-if {name} #{rep + 1} {label}: {run.rate:.0f}/s, {sum(run.cpu_ms().values()):.2f} ms")
+
+    # --- W3: fastest of three models ---------------------------------------------------------
+
+    def w3(self) -> None:
+        s = self.sizes
+        self.ensure_workers(s.w1_slots_per_worker)
+        fastest = cfg.model_name(cfg.RACE_MODELS[0])
+        for rep in range(s.reps):
+            result, usage = self.run_child(
+                "batcher", "race", {"models": list(cfg.RACE_MODELS), "calls": s.w3_calls}, timeout=600
+            )
+            check(
+                result["winners"] == [fastest],
+                f"W3 (batcher): the winners were {result['winners']}, not only {fastest}",
+            )
+            won = self.fake.stats()["by_model"].get(fastest, 0)
+            check(won == s.w3_calls, f"W3 (batcher): {won} calls reached {fastest} for {s.w3_calls} races")
+            run = Run("W3", "batcher", s.w3_calls, sum(result["times_s"]), result, usage)
+            run.extra["median_ms"] = 1000 * result["median_s"]
+            self.runs.append(run)
+            self.say(f"W3 batcher #{rep + 1}: median {run.extra['median_ms']:.0f} ms")
+            if self.litellm:
+                lres, lusage = self.run_child(
+                    "litellm", "race", self._litellm_params(models=list(cfg.RACE_MODELS), calls=s.w3_calls), timeout=900
+                )
+                lrun = Run("W3", "litellm", s.w3_calls, sum(lres["times_s"]), lres, lusage)
+                lrun.extra["median_ms"] = 1000 * lres["median_s"]
+                self.runs.append(lrun)
+                self.say(f"W3 litellm #{rep + 1}: median {lrun.extra['median_ms']:.0f} ms")
+
+    # --- W4: submit 100,000 prompts -----------------------------------------------------------
+
+    def w4(self) -> None:
+        s = self.sizes
+        n = s.w4_prompts
+        self.stop_workers()  # nothing consumes while W4 measures what submission leaves in Redis
+        path = self.workdir / "w4_prompts.jsonl"
+        with path.open("w", encoding="utf-8") as out:
+            for i in range(n):
+                out.write(json.dumps(f"Question {i}: what is {i} + {i}?") + "\n")
+        queue = f"{self.queue}.w4"
+        env = {**self.env, "BATCHER_QUEUE": queue}
+        for rep in range(s.reps):
+            before = self.redis.used_memory()
+            result, usage = self.run_child(
+                "batcher", "submit_file", {"path": str(path), "model": cfg.W1_MODEL}, env=env, timeout=900
+            )
+            queued = self.redis.queue_length(queue)
+            queue_bytes = self.redis.queue_memory(queue)
+            after = self.redis.used_memory()
+            stored = self.db.scalar("SELECT count(*) FROM requests WHERE job_id = :j", j=result["job_id"])
+            enqueued = self.db.scalar("SELECT enqueued_at IS NOT NULL FROM jobs WHERE id = :j", j=result["job_id"])
+            self.redis.purge(queue)
+            check(stored == n, f"W4: {stored} requests stored for {n} prompts")
+            check(queued == n, f"W4: {queued} messages queued for {n} prompts")
+            check(bool(enqueued), "W4: the job was not marked enqueued")
+            run = Run("W4", "batcher", n, result["wall_s"], result, usage)
+            run.extra.update(queue_bytes=queue_bytes, redis_delta=after - before)
+            self.runs.append(run)
+            self.say(
+                f"W4 #{rep + 1}: {run.rate:,.0f} prompts/s (COPY {result.get('copy_s', 0):.1f} s, "
+                f"publish {result.get('publish_s', 0):.1f} s), peak RSS {result['peak_rss'] / 2**20:.0f} MB"
+            )
+        path.unlink()
+
+    # --- W5: read back 100,000 results --------------------------------------------------------
+
+    def seed_results(self, n: int) -> str:
+        """A completed job of ``n`` stored responses, written with SQL (no provider calls)."""
+        template = self.db.scalar("SELECT body::text FROM responses LIMIT 1")
+        if template is None:
+            from batcher._response import mock_model_response
+
+            template = json.dumps(mock_model_response("echo: seed", model="bench-w1").model_dump(mode="json"))
+        job = str(uuid.uuid4())
+        self.db.execute(
+            """
+            INSERT INTO jobs (id, kind, state, total, succeeded, failed, cancelled, expired, params,
+                              created_at, enqueued_at, started_at, finished_at)
+            VALUES (:job, 'batch', 'completed', :n, :n, 0, 0, 0, '{"params": {}}', now(), now(), now(), now())
+            """,
+            job=job,
+            n=n,
+        )
+        self.db.execute(
+            """
+            INSERT INTO requests (job_id, idx, model, provider, messages, state, attempts, status_code,
+                                  latency_ms, started_at, finished_at)
+            SELECT :job, i, :model, 'openai',
+                   jsonb_build_array(jsonb_build_object('role', 'user', 'content', 'Question ' || i)),
+                   'succeeded', 1, 200, 100.0, now(), now()
+              FROM generate_series(0, :n - 1) AS i
+            """,
+            job=job,
+            n=n,
+            model=cfg.W1_MODEL,
+        )
+        self.db.execute(
+            """
+            INSERT INTO responses (request_id, job_id, idx, provider, model, body, prompt_tokens,
+                                   completion_tokens, total_tokens, latency_ms)
+            SELECT r.id, r.job_id, r.idx, 'openai', 'bench-w1',
+                   jsonb_set(CAST(:template AS jsonb), '{choices,0,message,content}',
+                             to_jsonb('echo: Question ' || r.idx)),
+                   8, 10, 18, 100.0
+              FROM requests AS r WHERE r.job_id = :job
+            """,
+            job=job,
+            template=template,
+        )
+        self.db.execute("ANALYZE requests; ANALYZE responses")
+        self.job_ids.append(job)
+        return job
+
+    def w5(self) -> None:
+        s = self.sizes
+        n = s.w5_rows
+        self.stop_workers()
+        job = self.seed_results(n)
+        out = self.workdir / "w5_results.jsonl"
+        for rep in range(s.reps):
+            # The CLI as it is, then the what-if of Postgres writing the lines itself (bench/_batcher_child.py).
+            for workload, child in (("W5", "read_results"), ("W5:copy", "read_results_copy")):
+                result, usage = self.run_child("batcher", child, {"job_id": job, "path": str(out)}, timeout=900)
+                self._check_export(out, n, workload)
+                run = Run(workload, "batcher", n, result["wall_s"], result, usage)
+                run.extra["bytes"] = out.stat().st_size
+                self.runs.append(run)
+                self.say(f"{workload} #{rep + 1}: {run.rate:,.0f} rows/s, peak RSS {result['peak_rss'] / 2**20:.0f} MB")
+                out.unlink()
+
+    @staticmethod
+    def _check_export(out: Path, n: int, what: str) -> None:
+        rows = 0
+        with out.open(encoding="utf-8") as lines:
+            for expected, line in enumerate(lines):
+                item = json.loads(line)
+                check(item["index"] == expected, f"{what}: line {expected + 1} holds index {item['index']}")
+                check(item["response"] is not None, f"{what}: line {expected + 1} has no response")
+                rows += 1
+        check(rows == n, f"{what}: {rows} lines written for {n} stored results")
+
+    # --- limits known up front ----------------------------------------------------------------
+
+    @staticmethod
+    def rl_ideal_s(n: int) -> float:
+        return n / (cfg.RL_LIMIT / cfg.RL_WINDOW_S)
+
+    @staticmethod
+    def rl_floor_s(n: int) -> float:
+        """The fastest any client can finish under a moving window: full windows, then the latency."""
+        return (math.ceil(n / cfg.RL_LIMIT) - 1) * cfg.RL_WINDOW_S + cfg.RL_LATENCY_MS / 1000

@@ -1,0 +1,59 @@
+"""The benchmark harness at tiny sizes, so it cannot rot: ``python -m bench --quick``.
+
+It starts everything a real benchmark run does (its own database, the fake provider as a
+process, worker processes, client children; LiteLLM's too when it is installed), checks its
+own results and cleans up. No timings are asserted: only that it ran, checked what it
+measured, wrote its table and left nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from tests.conftest import PG_ADMIN_URL
+
+pytestmark = pytest.mark.acceptance
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_quick_benchmark_runs_checks_and_cleans_up(tmp_path: Path) -> None:
+    pytest.importorskip("psutil", reason="the benchmark needs the bench extra: pip install -e '.[bench]'")
+    output = tmp_path / "benchmarks.md"
+    # A clean environment: the bench sets every BATCHER_* it needs; the test session's must not leak in.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BATCHER_", "OPENAI_", "ANTHROPIC_", "CO"))}
+    env["BATCHER_BENCH_PG_ADMIN_URL"] = PG_ADMIN_URL
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--workloads", "w1,w4,w5", "--no-profile", "--output", str(output)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+
+    report = output.read_text()
+    assert "## Results against the targets" in report
+    for row in ("| W1: 200 prompts", "| W4: submit 2,000 prompts", "| W5: read back 2,000 results"):
+        assert row in report, report
+    assert "## CPU per completion by process (W1)" in report
+
+    # Everything it created is gone: its database was dropped.
+    name = re.search(r"dropped (batcher_bench_\w+)", log)
+    assert name, log[-2000:]
+    admin = create_engine(PG_ADMIN_URL)
+    try:
+        with admin.connect() as conn:
+            left = conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name.group(1)}).first()
+    finally:
+        admin.dispose()
+    assert left is None
