@@ -215,9 +215,16 @@ class Job:
         try:
             item = self.client.redis.blpop([key], timeout=max(timeout_s, 0.01))
             if item is not None:
-                self.client.redis.rpush(key, item[1])  # give it back for other waiters
+                self._give_back(key, item[1])  # for other waiters
         except redis.RedisError:
             time.sleep(timeout_s)  # Redis is away: fall back to polling Postgres
+
+    def _give_back(self, key: Any, value: Any) -> None:
+        """Push a popped wake-up back, re-arming its expiry (the pop may have deleted the list and its TTL)."""
+        pipe = self.client.redis.pipeline()
+        pipe.rpush(key, value)
+        pipe.expire(key, _keys.WAKE_TTL_S)
+        pipe.execute()
 
     def results(self) -> Iterator[Result]:
         """Every request in input order, streamed from Postgres (never the whole job in memory)."""
@@ -263,9 +270,9 @@ class Job:
             if item is not None:
                 event = json.loads(item[1])
                 if event.get("event") == "win":
-                    self.client.redis.rpush(item[0], item[1])
+                    self._give_back(item[0], item[1])
                     return ModelResponse.model_validate(event["response"])
-                self.client.redis.rpush(item[0], item[1])
+                self._give_back(item[0], item[1])
             status = self.status()
             if status.winner_index is not None:
                 return self._response_at(status.winner_index)
