@@ -188,9 +188,9 @@ def submit(
 
 def enqueue(engine: Engine, app: Celery, settings: Settings, job_id: uuid.UUID, kind: JobKind, total: int) -> None:
     """Publish every request of a stored job and mark it enqueued (also used by recovery)."""
-    if kind is JobKind.FASTEST and total <= FANOUT_GROUP_MAX:
-        publish_fanout(app, job_id, total, queue=settings.race_queue)
-    elif kind is JobKind.ALL and total <= FANOUT_GROUP_MAX:
+    # A race's messages take the direct path of batches (one LPUSH, ~0.1 ms against ~0.8 ms for a
+    # Celery group): its caller is waiting for the first answer. Gather-all keeps the group.
+    if kind is JobKind.ALL and total <= FANOUT_GROUP_MAX:
         publish_fanout(app, job_id, total, queue=settings.queue)
     else:
         queue = settings.race_queue if kind is JobKind.FASTEST else settings.queue

@@ -160,6 +160,8 @@ def worker(ctx: click.Context, concurrency: int | None, loglevel: str) -> None:
         f"--concurrency={concurrency or settings.worker_concurrency}",
         f"--queues={settings.queue},{settings.race_queue}",
         f"--loglevel={loglevel}",
+        # Gossip and mingle only matter to workers that talk to each other; heartbeats stay, since
+        # they keep the event dispatcher that a running Flower switches task events on through.
         "--without-gossip",
         "--without-mingle",
         *ctx.args,

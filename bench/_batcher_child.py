@@ -29,6 +29,34 @@ def _client() -> Any:
     return client
 
 
+TIMELINE_SQL = """
+SELECT
+  extract(epoch FROM min(r.started_at) - j.created_at),
+  percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM r.started_at - j.created_at)),
+  extract(epoch FROM max(r.started_at) - j.created_at),
+  extract(epoch FROM max(r.finished_at) - j.created_at),
+  extract(epoch FROM j.finished_at - j.created_at),
+  avg(extract(epoch FROM r.finished_at - r.started_at) * 1000 - r.latency_ms),
+  avg(r.latency_ms)
+FROM requests r JOIN jobs j ON j.id = r.job_id
+WHERE r.job_id = :job
+GROUP BY j.created_at, j.finished_at
+"""
+"""Where a batch's wall time went, from the timestamps batcher keeps (seconds from the job's creation)."""
+
+
+def _timeline(client: Any, job_id: str) -> dict[str, float]:
+    from sqlalchemy import text
+
+    names = ("first_start_s", "median_start_s", "last_start_s", "last_finish_s", "job_finished_s")
+    with client.engine.connect() as conn:
+        row = conn.execute(text(TIMELINE_SQL), {"job": job_id}).one()
+    timeline = {name: float(value or 0.0) for name, value in zip(names, row[:5], strict=True)}
+    timeline["worker_overhead_ms"] = float(row[5] or 0.0)
+    timeline["provider_latency_ms"] = float(row[6] or 0.0)
+    return timeline
+
+
 def batch(params: dict[str, Any]) -> Callable[[], dict[str, Any]]:
     """``batch_completion``'s path: submit N prompts, wait for the job, read every result back."""
     client = _client()
@@ -54,6 +82,7 @@ def batch(params: dict[str, Any]) -> Callable[[], dict[str, Any]]:
             "done_s": done - started,
             "read_s": read - done,
             "wall_s": read - started,
+            "timeline": _timeline(client, str(job.id)),
         }
 
     return body

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from batcher._config import DEFAULT_WORKER_CONCURRENCY
+
 API_KEY = "sk-bench-0123456789abcdef"
 """The fake provider accepts any key; this one is shared by batcher's workers and LiteLLM."""
 
@@ -62,12 +64,10 @@ class Sizes:
 
     reps: int = 3
     w1_prompts: int = 5_000
-    w1_slots_per_worker: int = 50
-    """2 workers x 50 threads = 100 requests in flight, as LiteLLM's 100 threads."""
+    w1_slots_per_worker: int = DEFAULT_WORKER_CONCURRENCY
+    """Threads per worker in W1, scale and RL: batcher's default (``batcher worker`` as deployed)."""
     workers: int = 2
     """One worker process per core."""
-    db_pool_max: int = 10
-    """Postgres connections per worker (+10 overflow): see ``bench/_worker.py`` for why it is capped."""
     w2_prompts: int = 5_000
     w2_slots: int = 500
     w3_calls: int = 50

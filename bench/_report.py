@@ -40,6 +40,10 @@ class Stat:
         )
 
 
+BUSY_LOAD_BEFORE = 1.0
+"""1-minute load average before a run above which its numbers are marked preliminary (2 cores)."""
+
+
 def stat(runs: Iterable[Run], fn: Callable[[Run], float]) -> Stat:
     return Stat([fn(r) for r in runs])
 
@@ -82,8 +86,10 @@ def machine(bench: Bench) -> list[str]:
         f"{platform.system()} {platform.release()}",
         f"- Python {platform.python_version()}; {pg.split(' on ')[0]}; Redis {redis_version}; "
         f"LiteLLM {litellm_version}",
-        f"- Worker setup: {bench.sizes.workers} Celery worker processes (threads pool), everything on this machine; "
-        "fake provider on loopback in its own process",
+        f"- Worker setup: {bench.sizes.workers} Celery worker processes (threads pool, started with the flags of "
+        f"`batcher worker` and its defaults: {bench.sizes.w1_slots_per_worker} threads each, task events off, "
+        f"prefetch 1; W2: {bench.sizes.w2_slots // bench.sizes.workers} threads each), everything on this machine; "
+        "fake provider on loopback in its own process; LiteLLM's `batch_completion` with its 100 threads",
     ]
 
 
@@ -105,7 +111,8 @@ def write(
             f"- `{session['command']}` on {session['started']} ({', '.join(session['workloads'])}); "
             f"1-minute load average {lb[0]:.2f} before, {la[0]:.2f} after"
         )
-    if any(max(x["load_before"][0], x["load_after"][0]) > 0.5 for x in sessions):
+    # The load after a run is the run's own; only the load before it says whether others were busy.
+    if any(x["load_before"][0] > BUSY_LOAD_BEFORE for x in sessions):
         out += [
             "",
             f"**Preliminary:** the machine was busy ({os.cpu_count()} cores shared with other test suites "
@@ -128,6 +135,7 @@ def write(
     out += _cpu_table(bench)
     out += _w4(bench)
     out += _w5(bench)
+    out += _timelines(bench)
     out += _scale(bench)
     out += _rate_limit(bench, limiter_wired)
     out += _experiments(bench)
@@ -254,6 +262,35 @@ def _cpu_table(bench: Bench) -> list[str]:
         total = stat(runs, _total_cpu).fmt(".2f")
         fake = stat(runs, lambda r: r.cpu_ms().get("fake", 0.0)).fmt(".2f")
         rows.append(f"| {system} | {' | '.join(cells)} | **{total}** | {fake} |")
+    return rows if any_rows else []
+
+
+def _timelines(bench: Bench) -> list[str]:
+    rows = [
+        "",
+        "## Where a batch's wall time goes (W1, W2)",
+        "",
+        "From the timestamps batcher keeps (seconds from the job's creation): when requests were first claimed "
+        "by a worker, when the last one was, when the last answer was stored and the job finished; per request, "
+        "the provider's latency as the worker measured it and the worker's own time around it (claim, store).",
+        "",
+        "| workload | first start s | median start s | last start s | last finish s | job finished s "
+        "| provider ms per request | worker ms per request |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    keys = ("first_start_s", "median_start_s", "last_start_s", "last_finish_s", "job_finished_s")
+    any_rows = False
+    for workload in ("W1", "W2"):
+        runs = [r for r in _runs(bench, workload, "batcher") if r.result.get("timeline")]
+        if not runs:
+            continue
+        any_rows = True
+        cells = [stat(runs, lambda r, k=k: r.result["timeline"][k]).fmt(".2f") for k in keys]
+        cells += [
+            stat(runs, lambda r, k=k: r.result["timeline"][k]).fmt(".1f")
+            for k in ("provider_latency_ms", "worker_overhead_ms")
+        ]
+        rows.append(f"| {workload} | {' | '.join(cells)} |")
     return rows if any_rows else []
 
 

@@ -184,11 +184,10 @@ class FakeProviderProcess:
 class Workers:
     """Real Celery worker processes (threads pool), as ``batcher worker`` / the tests start them."""
 
-    def __init__(self, env: dict[str, str], workdir: Path, *, count: int, concurrency: int, db_pool_max: int) -> None:
+    def __init__(self, env: dict[str, str], workdir: Path, *, count: int, concurrency: int) -> None:
         self.env = {
             **env,
             "BATCHER_WORKER_CONCURRENCY": str(concurrency),
-            "BATCHER_BENCH_DB_POOL_MAX": str(db_pool_max),
         }
         self.workdir = workdir
         self.count = count
@@ -217,9 +216,8 @@ class Workers:
                             f"--concurrency={self.concurrency}",
                             f"--queues={queues}",
                             "--loglevel=WARNING",
-                            "--without-gossip",
+                            "--without-gossip",  # the flags of `batcher worker`
                             "--without-mingle",
-                            "--without-heartbeat",
                             f"--hostname=bench{i}-{os.getpid()}@%h",
                         ],
                         env=self.env,

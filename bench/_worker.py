@@ -1,38 +1,77 @@
-"""A Celery worker started exactly as ``python -m celery -A workers worker ...``, with one difference:
-its Postgres pool is capped.
+"""A Celery worker started exactly as ``python -m celery -A workers worker ...``, plus the what-ifs.
 
-batcher sizes a worker's pool to its threads (``Settings.db_pool_size`` = threads + 4, plus 10
-overflow) and has no setting to change that. At 2 x 250 threads (W2) that asks for ~500
-connections, and even 2 x 50 threads (W1) can open ~110 at the start of a batch, over the
-``max_connections = 100`` of this machine's Postgres, which other test runs share. A thread
-holds a connection only for the claim and the store (milliseconds), so a pool of
-``BATCHER_BENCH_DB_POOL_MAX`` connections serves hundreds of threads; see docs/benchmarks.md.
+``--experiments`` measures proposed changes to files the benchmark does not own: the workers of
+the variant run with one change applied here at start-up (``BATCHER_BENCH_EXPERIMENTS``), the
+baseline runs the code as it is, alternately, on the same W1 batch.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
-from batcher._config import Settings
-
-_cap = int(os.environ.get("BATCHER_BENCH_DB_POOL_MAX", "0"))
-if _cap > 0:
-
-    def _capped(self: Settings) -> int:
-        return min(self.worker_concurrency + 4, _cap)
-
-    Settings.db_pool_size = property(_capped)  # type: ignore[method-assign,assignment]
-
-# Measured what-ifs for proposed changes to files the benchmark does not own (``--experiments``).
 EXPERIMENTS = {
-    "no-task-events": "worker_send_task_events=False: no task-received/started/succeeded events published to Redis",
+    "task-events": "task events on (what a running Flower switches on): 3 events per task published to Redis",
+    "prefetch-4": "worker_prefetch_multiplier=4: a freed thread finds its next message already fetched",
+    "loop-http": "provider calls on one asyncio event-loop thread per worker (httpx.AsyncClient over aiohttp)",
+    "switch-1ms": "sys.setswitchinterval(0.001): a thread waiting for the GIL gets it sooner",
 }
 _chosen = {e for e in os.environ.get("BATCHER_BENCH_EXPERIMENTS", "").split(",") if e}
-if "no-task-events" in _chosen:
+
+
+def _loop_http() -> None:
+    """Route ``_providers.complete`` through an event loop (needs the bench extra's httpx-aiohttp)."""
+    import asyncio
+    import threading
+    import time
+
+    import httpx
+    from httpx_aiohttp import AiohttpTransport
+
+    from batcher import _providers
+    from batcher._providers._base import parse_http_response
+    from workers import _execute
+
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, name="bench-http-loop", daemon=True).start()
+
+    async def make_client() -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=AiohttpTransport(limits=httpx.Limits(max_connections=1_000)))
+
+    client = asyncio.run_coroutine_threadsafe(make_client(), loop).result()
+
+    async def acomplete(route: Any, messages: Any, params: Any, *, api_key: str, api_base: str, **_: Any) -> Any:
+        adapter = _providers.get_adapter(route.provider)
+        request = adapter.build_request(route.model, messages, params, api_key=api_key, api_base=api_base)
+        started = time.perf_counter()
+        response = await client.send(request)
+        await response.aread()
+        result = parse_http_response(adapter, route.model, response, secrets=[api_key])
+        result.latency_ms = (time.perf_counter() - started) * 1000.0
+        return result
+
+    def complete(http: Any, route: Any, messages: Any, params: Any, **kwargs: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(acomplete(route, messages, params, **kwargs), loop).result()
+
+    class Providers:  # the module as _execute sees it, with complete() replaced
+        def __getattr__(self, name: str) -> Any:
+            return complete if name == "complete" else getattr(_providers, name)
+
+    _execute._providers = Providers()  # type: ignore[assignment]
+
+
+if _chosen:
     from workers.celery_app import app
 
-    app.conf.worker_send_task_events = False
+    if "task-events" in _chosen:
+        app.conf.worker_send_task_events = True
+    if "prefetch-4" in _chosen:
+        app.conf.worker_prefetch_multiplier = 4
+    if "switch-1ms" in _chosen:
+        sys.setswitchinterval(0.001)
+    if "loop-http" in _chosen:
+        _loop_http()
 
 if __name__ == "__main__":
     from celery.__main__ import main

@@ -132,7 +132,6 @@ class Bench:
             self.workdir,
             count=self.sizes.workers,
             concurrency=concurrency,
-            db_pool_max=self.sizes.db_pool_max,
         ).start()
         self._workers_key = key
         # Warm the fleet (connection pools, HTTP keep-alive, lazy imports) as a running deployment is.
@@ -289,7 +288,7 @@ class Bench:
         s = self.sizes
         for rep in range(s.reps):
             run = self.batch("W1", cfg.W1_MODEL, s.w1_prompts, s.w1_slots_per_worker)
-            self.say(f"W1 batcher #{rep + 1}: {run.rate:.0f} completions/s ({run.wall_s:.1f} s)")
+            self.say(f"W1 batcher #{rep + 1}: {run.rate:.0f} completions/s ({run.wall_s:.1f} s) {_timeline(run)}")
             if self.litellm:
                 lrun = self.litellm_batch("W1", cfg.W1_MODEL, s.w1_prompts, 100)
                 self.say(f"W1 litellm #{rep + 1}: {lrun.rate:.0f} completions/s ({lrun.wall_s:.1f} s)")
@@ -298,7 +297,7 @@ class Bench:
         s = self.sizes
         for rep in range(s.reps):
             run = self.batch("W2", cfg.W2_MODEL, s.w2_prompts, s.w2_slots // s.workers)
-            self.say(f"W2 batcher #{rep + 1}: {run.wall_s:.1f} s")
+            self.say(f"W2 batcher #{rep + 1}: {run.wall_s:.1f} s {_timeline(run)}")
             if self.litellm:
                 lrun = self.litellm_batch("W2", cfg.W2_MODEL, s.w2_prompts, s.litellm_w2_workers)
                 self.say(f"W2 litellm #{rep + 1}: {lrun.wall_s:.1f} s")
@@ -494,3 +493,15 @@ class Bench:
     def rl_floor_s(n: int) -> float:
         """The fastest any client can finish under a moving window: full windows, then the latency."""
         return (math.ceil(n / cfg.RL_LIMIT) - 1) * cfg.RL_WINDOW_S + cfg.RL_LATENCY_MS / 1000
+
+
+def _timeline(run: Run) -> str:
+    """Where a batch's wall time went (seconds from the job's creation), for the log."""
+    t = run.result.get("timeline") or {}
+    return (
+        f"[first start {t.get('first_start_s', 0):.2f} s, median start {t.get('median_start_s', 0):.2f} s, "
+        f"last start {t.get('last_start_s', 0):.2f} s, last finish {t.get('last_finish_s', 0):.2f} s, "
+        f"job finished {t.get('job_finished_s', 0):.2f} s; "
+        f"per request: provider {t.get('provider_latency_ms', 0):.0f} ms"
+        f" + worker {t.get('worker_overhead_ms', 0):.1f} ms]"
+    )

@@ -21,6 +21,7 @@ from sqlalchemy import create_engine, text
 from batcher._config import Settings
 from batcher._db.engine import dispose_engines
 from batcher.fake_provider import FakeProvider
+from tests.support.api_server import ApiServer, shared_api_server
 
 PG_ADMIN_URL = os.environ.get("BATCHER_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS_TEST_URL = os.environ.get("BATCHER_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
@@ -167,3 +168,14 @@ MODES = ["cluster", "embedded"]
 def any_client(request: pytest.FixtureRequest) -> object:
     """The core scenarios run in both modes: ``client`` (cluster) and ``embedded_client``."""
     return request.getfixturevalue(f"{request.param}_client")
+
+
+@pytest.fixture(scope="module")
+def api(
+    request: pytest.FixtureRequest,
+    cluster_env: dict[str, str],
+    worker: object,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> ApiServer:
+    """The real ``batcher api`` service (shared by every module of the session), backed by the session's worker."""
+    return shared_api_server(cluster_env, tmp_path_factory.getbasetemp(), request.config)

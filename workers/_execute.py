@@ -63,7 +63,7 @@ def run_request(ctx: WorkerContext, job_id: str, idx: int) -> str:
     if claimed.deadline_at is not None and datetime.now(UTC) >= claimed.deadline_at:
         _end(ctx, claimed, RequestState.EXPIRED, "RequestExpiredError", "the job's completion window ended")
         return "expired"
-    if claimed.kind == JobKind.FASTEST.value and _race_won(ctx, job_id):
+    if claimed.kind == JobKind.FASTEST.value and _race_won_by_another(ctx, job_id, idx):
         _end(
             ctx,
             claimed,
@@ -108,6 +108,10 @@ def run_request(ctx: WorkerContext, job_id: str, idx: int) -> str:
     body = response.model_dump(mode="json")
     usage = body.get("usage")
     latency_ms = float(response.latency_ms or 0.0)
+    # A race's caller is woken first, with the answer in hand; the durable write follows (a few
+    # ms it need not wait for). Should this worker die in between, the request's lease expires
+    # and the re-run finds the race key naming it, so it runs again and stores its answer.
+    won = claimed.kind == JobKind.FASTEST.value and _wake_race_caller(ctx, claimed, body)
     progress = _write(
         ctx,
         lambda conn: store.record_success(
@@ -120,8 +124,8 @@ def run_request(ctx: WorkerContext, job_id: str, idx: int) -> str:
             latency_ms=latency_ms,
         ),
     )
-    if claimed.kind == JobKind.FASTEST.value:
-        _claim_race(ctx, claimed, body)
+    if won:
+        _record_race_winner(ctx, claimed)
     _after_final(ctx, job, progress)
     _metrics.observe_request(claimed.provider, claimed.model, "succeeded", latency_ms / 1000 if call else None)
     log.debug("request succeeded in %.0f ms", latency_ms, extra=extra)
@@ -167,7 +171,11 @@ def _prepare(ctx: WorkerContext, claimed: store.ClaimedRequest) -> _Call:
     route = _providers.resolve_route(claimed.model)
     api_key = _api_key(ctx, claimed)
     api_base = _providers.resolve_api_base(claimed.provider, options.get("api_base"), os.environ)
-    buckets = ctx.limiter.buckets(claimed.provider, route.model, deployment_id(api_base, api_key))
+    buckets = (
+        ctx.limiter.buckets(claimed.provider, route.model, deployment_id(api_base, api_key))
+        if ctx.limiter.limits
+        else []
+    )
     return _Call(
         route=route,
         params=params,
@@ -277,27 +285,45 @@ def _after_final(ctx: WorkerContext, job_id: uuid.UUID, progress: store.Progress
         publish_finalize(ctx.app, job_id, queue=ctx.settings.queue)
 
 
-def _race_won(ctx: WorkerContext, job_id: str) -> bool:
+def _race_won_by_another(ctx: WorkerContext, job_id: str, idx: int) -> bool:
     try:
-        return bool(ctx.redis.exists(_keys.race_first_key(job_id)))
+        winner = ctx.redis.get(_keys.race_first_key(job_id))
     except Exception:  # Redis is coordination only: when it is away, run the request.
         log.warning("race key check failed; running the request anyway", exc_info=True)
         return False
+    return winner is not None and not _names(winner, idx)
 
 
-def _claim_race(ctx: WorkerContext, claimed: store.ClaimedRequest, body: dict[str, Any]) -> None:
-    """First success wins: ``SET NX`` the race key, record the winner, wake the caller."""
+def _names(winner: bytes | str | int | None, idx: int) -> bool:
+    return winner is not None and int(winner) == idx
+
+
+def _wake_race_caller(ctx: WorkerContext, claimed: store.ClaimedRequest, body: dict[str, Any]) -> bool:
+    """First success wins: ``SET NX`` the race key and hand the answer to the waiting caller.
+
+    True when this request is the winner as far as Redis knows, or when Redis cannot be asked:
+    then Postgres decides (the first ``set_race_winner`` wins) and the caller finds it there.
+    """
     job_id = str(claimed.job_id)
-    won = ctx.redis.set(_keys.race_first_key(job_id), claimed.idx, nx=True, ex=_keys.WAKE_TTL_S)
-    if not won:
-        return
-    wake = _keys.race_win_key(job_id)
-    payload = json.dumps({"event": "win", "idx": claimed.idx, "response": body})
-    pipe = ctx.redis.pipeline()
-    pipe.rpush(wake, payload)
-    pipe.expire(wake, _keys.WAKE_TTL_S)
-    pipe.execute()
-    # The caller is awake; now make the race durable and spare the slower models.
+    key = _keys.race_first_key(job_id)
+    try:
+        won = ctx.redis.set(key, claimed.idx, nx=True, ex=_keys.WAKE_TTL_S)
+        if not won and not _names(ctx.redis.get(key), claimed.idx):
+            return False
+        # Won now, or by this request's earlier attempt that died before storing: (re)wake either way.
+        wake = _keys.race_win_key(job_id)
+        payload = json.dumps({"event": "win", "idx": claimed.idx, "response": body})
+        pipe = ctx.redis.pipeline()
+        pipe.rpush(wake, payload)
+        pipe.expire(wake, _keys.WAKE_TTL_S)
+        pipe.execute()
+    except Exception:  # the answer is paid for: store it whatever Redis does
+        log.warning("race key unavailable; Postgres decides the winner", exc_info=True)
+    return True
+
+
+def _record_race_winner(ctx: WorkerContext, claimed: store.ClaimedRequest) -> None:
+    """Make the race durable (its answer is stored already) and spare the slower models."""
     _write(ctx, lambda conn: store.set_race_winner(conn, claimed.job_id, claimed.idx))
     progress = _write(ctx, lambda conn: store.skip_unsent(conn, claimed.job_id))
     _after_final(ctx, claimed.job_id, progress)

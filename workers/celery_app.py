@@ -49,8 +49,9 @@ def make_celery_app(settings: Settings, *, coordination: Any = None) -> Celery:
             RECOVER_TASK: {"queue": settings.queue},
             EVAL_TICK_TASK: {"queue": settings.queue},
         },
-        # Task events feed Flower. They cost ~20 % of a worker's throughput (bench what-if
-        # "no-task-events"): a deployment without Flower can turn them off, BATCHER_TASK_EVENTS=0.
+        # Task events feed Flower, but publishing three per task costs the consumer thread ~20 % of
+        # a worker's throughput (docs/benchmarks.md). Off unless BATCHER_TASK_EVENTS=1: a running
+        # Flower turns them on by remote control (its --enable_events, default on).
         worker_send_task_events=settings.task_events,
         task_send_sent_event=False,
         worker_hijack_root_logger=False,

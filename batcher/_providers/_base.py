@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import abc
 import email.utils
+import functools
 import html
 import json
 import re
@@ -403,20 +404,7 @@ class ProviderAdapter(abc.ABC):
 
         A base that already ends with the full endpoint path is used as is.
         """
-        try:
-            url = httpx.URL(api_base)
-        except (httpx.InvalidURL, TypeError) as exc:
-            raise InvalidRequestError(f"{api_base!r} is not a valid URL ({exc})", field="api_base") from None
-        if url.scheme not in ("http", "https") or not url.host:
-            raise InvalidRequestError(f"{api_base!r} is not an http(s) URL with a host", field="api_base")
-        path = url.path.rstrip("/")
-        if not path.endswith(self.endpoint_path):
-            for suffix in self.base_suffixes:
-                if path.endswith(suffix):
-                    path = path[: -len(suffix)]
-                    break
-            path += self.endpoint_path
-        return url.copy_with(path=path)
+        return _endpoint_url(api_base, self.endpoint_path, tuple(self.base_suffixes))
 
     def build_request(
         self,
@@ -445,6 +433,25 @@ class ProviderAdapter(abc.ABC):
         except (TypeError, ValueError) as exc:
             raise InvalidRequestError(f"the request cannot be encoded as JSON: {exc}", field="messages") from None
         return httpx.Request("POST", self.endpoint_url(api_base), headers=headers, content=content)
+
+
+@functools.lru_cache(maxsize=256)
+def _endpoint_url(api_base: str, endpoint_path: str, base_suffixes: tuple[str, ...]) -> httpx.URL:
+    """Cached (URLs are immutable): a worker sends every request of a job to the same endpoint."""
+    try:
+        url = httpx.URL(api_base)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise InvalidRequestError(f"{api_base!r} is not a valid URL ({exc})", field="api_base") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise InvalidRequestError(f"{api_base!r} is not an http(s) URL with a host", field="api_base")
+    path = url.path.rstrip("/")
+    if not path.endswith(endpoint_path):
+        for suffix in base_suffixes:
+            if path.endswith(suffix):
+                path = path[: -len(suffix)]
+                break
+        path += endpoint_path
+    return url.copy_with(path=path)
 
 
 def check_params_for(adapter: ProviderAdapter, params: Mapping[str, Any], *, drop_params: bool) -> dict[str, Any]:

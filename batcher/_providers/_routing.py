@@ -25,6 +25,7 @@ which the chat endpoint does not serve. Anything else (``azure/...``, ``llama3``
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -120,13 +121,18 @@ def resolve_api_key(provider: str, explicit: str | None, environ: Mapping[str, s
     return None
 
 
-def _check_base(value: str, source: str, *, explicit: bool) -> str:
+@functools.lru_cache(maxsize=256)
+def _is_http_url(value: str) -> bool:
+    """Cached: workers resolve the same few bases for every request."""
     try:
         url = httpx.URL(value)
-        ok = url.scheme in ("http", "https") and bool(url.host)
     except (httpx.InvalidURL, TypeError):
-        ok = False
-    if not ok:
+        return False
+    return url.scheme in ("http", "https") and bool(url.host)
+
+
+def _check_base(value: str, source: str, *, explicit: bool) -> str:
+    if not _is_http_url(value):
         message = f"{source}={value!r} is not an http(s) URL such as https://host/v1"
         if explicit:
             raise InvalidRequestError(message, field="api_base")

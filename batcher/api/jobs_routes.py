@@ -20,9 +20,9 @@ from batcher._db import store
 from batcher._exceptions import InvalidRequestError, JobNotFoundError
 from batcher._files import read_jsonl
 from batcher._files_store import FILE_PURPOSE_BATCH, get_file, iter_chunks, iter_lines
-from batcher._jobs import Result
+from batcher._jobs import JobStatus, Result
 from batcher._states import JobKind, JobState
-from batcher._submit import RequestSpec, describe_params, submit
+from batcher._submit import RequestSpec, submit
 from batcher._validation import check_conversations_shape, split_call_kwargs, validate_messages
 from batcher.api.auth import CurrentPrincipal, Principal
 from batcher.api.context import ApiContext, Ctx
@@ -44,26 +44,9 @@ WAIT_SLICE_S = 1.0
 
 
 def job_object(row: dict[str, Any]) -> JobObject:
-    done = row["succeeded"] + row["failed"] + row["cancelled"] + row["expired"]
-    return JobObject(
-        id=row["id"],
-        kind=row["kind"],
-        state=row["state"],
-        total=row["total"],
-        succeeded=row["succeeded"],
-        failed=row["failed"],
-        cancelled=row["cancelled"],
-        expired=row["expired"],
-        done=done,
-        progress=done / row["total"] if row["total"] else 1.0,
-        params=describe_params(row["params"] or {}),
-        metadata=row["user_metadata"],
-        winner_index=row["winner_index"],
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        deadline_at=row["deadline_at"],
-    )
+    """The API's view of a job: ``JobStatus`` (what ``Client`` returns) plus its ``done`` and ``progress``."""
+    status = JobStatus.from_row(row)
+    return JobObject(**status.model_dump(), done=status.done, progress=status.progress)
 
 
 def _job_uuid(job_id: str) -> uuid.UUID:

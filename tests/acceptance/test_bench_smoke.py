@@ -25,7 +25,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_quick_benchmark_runs_checks_and_cleans_up(tmp_path: Path) -> None:
-    pytest.importorskip("psutil", reason="the benchmark needs the bench extra: pip install -e '.[bench]'")
     output = tmp_path / "benchmarks.md"
     # A clean environment: the bench sets every BATCHER_* it needs; the test session's must not leak in.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BATCHER_", "OPENAI_", "ANTHROPIC_", "CO"))}

@@ -19,21 +19,11 @@ from batcher._config import Settings
 from batcher._db.engine import get_engine
 from batcher.api.auth import create_key
 from batcher.fake_provider import FakeProvider, ModelBehaviour
-from tests.support.api_server import ApiServer, shared_api_server
+from tests.support.api_server import ApiServer
 
 pytestmark = pytest.mark.acceptance
 
 FINAL = ("completed", "failed", "expired", "cancelled")
-
-
-@pytest.fixture(scope="module")
-def api(
-    request: pytest.FixtureRequest,
-    cluster_env: dict[str, str],
-    worker: object,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> ApiServer:
-    return shared_api_server(cluster_env, tmp_path_factory.getbasetemp(), request.config)
 
 
 def _sdk(api: ApiServer, settings: Settings, name: str) -> openai.OpenAI:

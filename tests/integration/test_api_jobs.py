@@ -36,19 +36,9 @@ from batcher._remote import RemoteClient
 from batcher.api.auth import create_key, hash_key
 from batcher.cli import main
 from batcher.fake_provider import FakeProvider, ModelBehaviour
-from tests.support.api_server import ApiServer, shared_api_server
+from tests.support.api_server import ApiServer
 
 HI = [{"role": "user", "content": "hi"}]
-
-
-@pytest.fixture(scope="module")
-def api(
-    request: pytest.FixtureRequest,
-    cluster_env: dict[str, str],
-    worker: object,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> ApiServer:
-    return shared_api_server(cluster_env, tmp_path_factory.getbasetemp(), request.config)
 
 
 @pytest.fixture(scope="module")

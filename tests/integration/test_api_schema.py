@@ -16,17 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from batcher._config import Settings
 from batcher._db.engine import get_engine
 from batcher.api.auth import create_key
-from tests.support.api_server import ApiServer, shared_api_server
-
-
-@pytest.fixture(scope="module")
-def api(
-    request: pytest.FixtureRequest,
-    cluster_env: dict[str, str],
-    worker: object,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> ApiServer:
-    return shared_api_server(cluster_env, tmp_path_factory.getbasetemp(), request.config)
+from tests.support.api_server import ApiServer
 
 
 @pytest.fixture(scope="module")

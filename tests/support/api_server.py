@@ -5,12 +5,11 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
-READY_TIMEOUT_S = 60.0
+from tests.support.processes import READY_TIMEOUT_S, ManagedProcess
 
 
 def free_port() -> int:
@@ -27,41 +26,29 @@ class ApiServer:
         self.log_path = log_path
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self._process = ManagedProcess("api", log_path, stop_timeout_s=20)
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return self._process.proc
 
     def start(self) -> ApiServer:
-        self._log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
+        self._process.start(
             [sys.executable, "-m", "batcher.cli", "api", "--port", str(self.port), "--log-level", "warning"],
-            env=self.env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            cwd=Path(__file__).resolve().parents[2],
+            self.env,
+            self._healthy,
+            timeout_s=READY_TIMEOUT_S,
         )
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"api exited early:\n{self.log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"api not ready in {READY_TIMEOUT_S} s:\n{self.log_path.read_text()[-3000:]}")
+        return self
+
+    def _healthy(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        log = getattr(self, "_log", None)
-        if log is not None and not log.closed:
-            log.close()
+        self._process.stop()
 
     def __enter__(self) -> ApiServer:
         return self.start()

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-READY_TIMEOUT_S = 60.0
+from tests.support.processes import READY_TIMEOUT_S, ManagedProcess
 
 
 class WorkerProcess:
@@ -20,12 +18,15 @@ class WorkerProcess:
         self.log_path = log_path
         self.concurrency = concurrency
         self.name = name
-        self.proc: subprocess.Popen[bytes] | None = None
+        self._process = ManagedProcess("worker", log_path, stop_timeout_s=30)
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return self._process.proc
 
     def start(self) -> WorkerProcess:
         queues = f"{self.env['BATCHER_QUEUE']},{self.env['BATCHER_RACE_QUEUE']}"
-        self._log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
+        self._process.start(
             [
                 sys.executable,
                 "-m",
@@ -37,47 +38,24 @@ class WorkerProcess:
                 f"--concurrency={self.concurrency}",
                 f"--queues={queues}",
                 "--loglevel=INFO",
+                # As `batcher worker`: heartbeats stay on, which keeps the worker's event dispatcher
+                # alive so a running Flower can switch task events on remotely.
                 "--without-gossip",
                 "--without-mingle",
-                "--without-heartbeat",
                 f"--hostname={self.name}-{os.getpid()}@%h",
             ],
-            env=self.env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            cwd=Path(__file__).resolve().parents[2],
+            self.env,
+            lambda: b" ready." in self.log_path.read_bytes(),
+            timeout_s=READY_TIMEOUT_S,
         )
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited early:\n{self.log_path.read_text()[-3000:]}")
-            if b" ready." in self.log_path.read_bytes():
-                return self
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"worker not ready in {READY_TIMEOUT_S} s:\n{self.log_path.read_text()[-3000:]}")
+        return self
 
     def kill(self) -> None:
         """``kill -9``: no warm shutdown, unacknowledged messages stay with the broker."""
-        if self.proc and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-        self._close_log()
+        self._process.kill()
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._close_log()
-
-    def _close_log(self) -> None:
-        log = getattr(self, "_log", None)
-        if log is not None and not log.closed:
-            log.close()
+        self._process.stop()
 
     def __enter__(self) -> WorkerProcess:
         return self.start()
