@@ -16,7 +16,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import IO, Any, cast
 
+import psycopg
+from psycopg.rows import dict_row
 from sqlalchemy import Connection, Engine, Table, text, update
+from sqlalchemy.exc import DBAPIError
 
 from batcher._db import _sqlite
 from batcher._db.models import Job
@@ -28,6 +31,31 @@ _ACTIVE = ", ".join(f"'{s.value}'" for s in ACTIVE_JOB_STATES)
 def _is_sqlite(conn: Connection | Engine) -> bool:
     """Embedded mode stores in SQLite; every function below has its SQLite twin in ``_sqlite``."""
     return conn.dialect.name == "sqlite"
+
+
+def _hot(conn: Connection, sql: str, params: dict[str, Any]) -> dict[str, Any] | None:
+    """One statement of the per-completion path (claim, store), straight through psycopg.
+
+    Twice per completion, SQLAlchemy's per-execution bookkeeping cost ~70 µs of CPU each
+    (measured: 174 µs per statement through ``Connection.execute``, 87 µs on the same pooled
+    connection through its psycopg cursor). It runs on ``conn``'s own DBAPI connection, so it
+    joins ``conn``'s transaction, if any; errors come out as SQLAlchemy's (``OperationalError``
+    for a lost server, which callers retry), and a dropped connection is invalidated, as
+    ``Connection.execute`` would.
+    """
+    if not conn.in_transaction():
+        conn.begin()  # what Connection.execute's autobegin does, so commit/rollback reach this statement
+    dbapi = cast(psycopg.Connection[Any], conn.connection.driver_connection)
+    try:
+        with dbapi.cursor(row_factory=dict_row) as cursor:
+            return cursor.execute(sql, params).fetchone()
+    except psycopg.Error as exc:
+        invalidated = conn.dialect.is_disconnect(exc, conn.connection.dbapi_connection, None)  # type: ignore[arg-type]
+        if invalidated:
+            conn.invalidate(exc)
+        raise DBAPIError.instance(
+            sql, params, exc, psycopg.Error, connection_invalidated=invalidated, dialect=conn.dialect
+        ) from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,17 +211,16 @@ def mark_enqueued(conn: Connection, job_id: uuid.UUID) -> None:
 
 # --- execution (workers) ----------------------------------------------------------------------
 
-_CLAIM = text(
-    f"""
+_CLAIM = f"""
     WITH claimed AS (
         UPDATE requests AS r
            SET state = 'running',
                attempts = r.attempts + 1,
                started_at = COALESCE(r.started_at, now()),
-               lease_until = now() + make_interval(secs => :lease_s),
+               lease_until = now() + make_interval(secs => %(lease_s)s),
                next_attempt_at = NULL
           FROM jobs AS j
-         WHERE r.job_id = :job_id AND r.idx = :idx AND j.id = r.job_id
+         WHERE r.job_id = %(job_id)s AND r.idx = %(idx)s AND j.id = r.job_id
            AND j.state IN ({_ACTIVE}) AND j.state <> 'cancelling'
            AND (r.state IN ('queued', 'retrying') OR (r.state = 'running' AND r.lease_until < now()))
         RETURNING r.id, r.model, r.provider, r.messages, r.params, r.attempts,
@@ -201,11 +228,11 @@ _CLAIM = text(
     ), started AS (
         -- The first claim of a job starts it; later claims match nothing here and write nothing.
         UPDATE jobs SET state = 'running', started_at = now()
-         WHERE id = :job_id AND state = 'queued' AND EXISTS (SELECT 1 FROM claimed)
+         WHERE id = %(job_id)s AND state = 'queued' AND EXISTS (SELECT 1 FROM claimed)
     )
     SELECT * FROM claimed
     """
-)
+"""Run through psycopg directly (``_hot``): its parameters are psycopg's ``%(name)s``."""
 
 
 def claim_request(conn: Connection, job_id: uuid.UUID, idx: int, *, lease_s: float) -> ClaimedRequest | None:
@@ -216,7 +243,7 @@ def claim_request(conn: Connection, job_id: uuid.UUID, idx: int, *, lease_s: flo
     """
     if _is_sqlite(conn):
         return _sqlite.claim_request(conn, job_id, idx, lease_s=lease_s)
-    row = conn.execute(_CLAIM, {"job_id": job_id, "idx": idx, "lease_s": lease_s}).mappings().first()
+    row = _hot(conn, _CLAIM, {"job_id": job_id, "idx": idx, "lease_s": lease_s})
     if row is None:
         return None
     return ClaimedRequest(
@@ -241,24 +268,22 @@ _COUNT_AND_REPORT = """
     RETURNING total, succeeded + failed + cancelled + expired AS done
 """
 
-_RECORD_SUCCESS = text(
-    """
+_RECORD_SUCCESS = """
     WITH ins AS (
         INSERT INTO responses (request_id, job_id, idx, provider, model, body,
                                prompt_tokens, completion_tokens, total_tokens, latency_ms)
-        VALUES (:request_id, :job_id, :idx, :provider, :model, CAST(:body AS jsonb),
-                :prompt_tokens, :completion_tokens, :total_tokens, :latency_ms)
+        VALUES (%(request_id)s, %(job_id)s, %(idx)s, %(provider)s, %(model)s, CAST(%(body)s AS jsonb),
+                %(prompt_tokens)s, %(completion_tokens)s, %(total_tokens)s, %(latency_ms)s)
         ON CONFLICT (request_id) DO NOTHING
         RETURNING request_id
     ), upd AS (
-        UPDATE requests SET state = 'succeeded', finished_at = now(), latency_ms = :latency_ms,
+        UPDATE requests SET state = 'succeeded', finished_at = now(), latency_ms = %(latency_ms)s,
                             lease_until = NULL, error_type = NULL, error = NULL, status_code = 200
          WHERE id = (SELECT request_id FROM ins) AND state = 'running'
         RETURNING job_id
     )
-    """
-    + _COUNT_AND_REPORT.format(counter="succeeded")
-)
+    """ + _COUNT_AND_REPORT.format(counter="succeeded")
+"""Run through psycopg directly (``_hot``)."""
 
 
 def record_success(
@@ -290,7 +315,8 @@ def record_success(
             },
         )
     usage = usage or {}
-    row = conn.execute(
+    row = _hot(
+        conn,
         _RECORD_SUCCESS,
         {
             "request_id": claimed.request_id,
@@ -304,8 +330,8 @@ def record_success(
             "total_tokens": usage.get("total_tokens"),
             "latency_ms": latency_ms,
         },
-    ).first()
-    return Progress(row.total, row.done) if row else None
+    )
+    return Progress(row["total"], row["done"]) if row else None
 
 
 _FINAL_STATE_COUNTER = {

@@ -1,0 +1,56 @@
+"""The per-completion statements run straight through psycopg; their failures must look like SQLAlchemy's.
+
+Workers retry ``sqlalchemy.exc.OperationalError`` (a write after a paid call, and the task itself),
+so a lost Postgres connection on this path must surface as exactly that, with the broken
+connection thrown away rather than handed to the next task.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError, ProgrammingError
+
+from batcher._db import store
+
+
+@pytest.mark.parametrize("how", ["connect", "begin"])  # as tests and as workers (`_write`) open it
+def test_a_lost_server_is_an_operational_error_and_the_connection_is_discarded(database_url: str, how: str) -> None:
+    engine = create_engine(database_url, pool_size=1, max_overflow=0)
+    try:
+        conn = engine.connect()
+        if how == "begin":
+            conn.begin()  # as `with ctx.db.begin()` in a worker's `_write`
+        pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        killer = create_engine(database_url)
+        with killer.connect() as admin:
+            admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        killer.dispose()
+        with pytest.raises(OperationalError) as caught:
+            store.claim_request(conn, uuid.uuid4(), 0, lease_s=60)
+        assert caught.value.connection_invalidated
+        assert conn.invalidated
+        if how == "begin":
+            conn.rollback()  # what leaving `with engine.begin()` on the exception does
+        conn.close()
+        # The pool (of one) opened a fresh connection: the same call works (and finds nothing to claim).
+        with engine.begin() as conn:
+            assert conn.execute(text("SELECT pg_backend_pid()")).scalar_one() != pid
+            assert store.claim_request(conn, uuid.uuid4(), 0, lease_s=60) is None
+    finally:
+        engine.dispose()
+
+
+def test_a_statement_error_is_sqlalchemys_and_leaves_the_connection_usable(database_url: str) -> None:
+    engine = create_engine(database_url, pool_size=1, max_overflow=0)
+    try:
+        with engine.connect() as conn:
+            with pytest.raises(ProgrammingError):
+                store._hot(conn, "SELECT no_such_column FROM jobs", {})
+            assert not conn.invalidated
+            conn.rollback()
+            assert conn.execute(text("SELECT 1")).scalar_one() == 1
+    finally:
+        engine.dispose()
