@@ -29,7 +29,12 @@ from batcher._progress import ProgressBar
 from batcher._response import ModelResponse
 from batcher._states import JobKind, RequestState
 from batcher._submit import RequestSpec, submit
-from batcher._validation import check_conversations_shape, split_call_kwargs, validate_messages
+from batcher._validation import (
+    check_conversations_shape,
+    check_single_conversation,
+    split_call_kwargs,
+    validate_messages,
+)
 
 WAIT_POLL_INTERVAL_S = 1.0
 """Longest a waiter sleeps between Postgres reads when no wake-up arrives (Redis may be gone)."""
@@ -47,6 +52,9 @@ class Client:
     With ``base_url=`` (and ``api_key=``), or ``BATCHER_API_URL`` / ``BATCHER_API_KEY`` set, the
     same calls go to a batcher HTTP service instead (``batcher._remote.RemoteClient``).
     """
+
+    _job_type: type[Job]
+    """The ``Job`` class this client hands out (``RemoteClient``'s talk to the HTTP service)."""
 
     def __new__(
         cls, settings: Settings | None = None, *, base_url: str | None = None, api_key: str | None = None
@@ -137,12 +145,7 @@ class Client:
     def _submit_fanout(self, kind: JobKind, models: Sequence[str], messages: Any, kwargs: dict[str, Any]) -> Job:
         if isinstance(models, str) or not isinstance(models, Sequence) or not models:
             raise InvalidRequestError("must be a non-empty list of model names", field="models")
-        if isinstance(messages, list) and messages and isinstance(messages[0], list):
-            raise InvalidRequestError(
-                "is a list of conversations, but this call sends one conversation to several models: "
-                "pass a single list of messages, e.g. messages=[{'role': 'user', 'content': 'hi'}]",
-                field="messages",
-            )
+        check_single_conversation(messages, sender="this call", example_prefix="messages=")
         validate_messages(messages, "messages")
         options = split_call_kwargs(kwargs)
         specs = (RequestSpec(model=model, messages=messages, where=f"models[{i}]") for i, model in enumerate(models))
@@ -161,7 +164,7 @@ class Client:
         except ValueError:
             raise JobNotFoundError(f"{job_id!r} is not a job id (a UUID)") from None
         status = self._status(jid)
-        return Job(self, jid, status.kind)
+        return self._job_type(self, jid, status.kind)
 
     def _status(self, job_id: uuid.UUID) -> JobStatus:
         with self.engine.connect() as conn:
@@ -314,3 +317,6 @@ def _result(row: dict[str, Any]) -> Result:
         custom_id=row["custom_id"],
         latency_ms=row["latency_ms"],
     )
+
+
+Client._job_type = Job

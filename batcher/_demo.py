@@ -53,24 +53,17 @@ def _check_services(settings: Settings, console: Console) -> None:
 
 
 def _start_worker(env: dict[str, str], concurrency: int, log: Path) -> subprocess.Popen[bytes]:
+    from workers.celery_app import worker_argv
+
+    argv = worker_argv(  # as `batcher worker` starts one
+        concurrency=concurrency,
+        queues=[env["BATCHER_QUEUE"], env["BATCHER_RACE_QUEUE"]],
+        loglevel="WARNING",
+        hostname=f"demo-{os.getpid()}@%h",
+    )
     handle = log.open("wb")
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "workers",
-            "worker",
-            "--pool=threads",
-            f"--concurrency={concurrency}",
-            f"--queues={env['BATCHER_QUEUE']},{env['BATCHER_RACE_QUEUE']}",
-            "--loglevel=WARNING",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-            f"--hostname=demo-{os.getpid()}@%h",
-        ],
+        [sys.executable, "-m", "celery", "-A", "workers", *argv],
         env=env,
         stdout=handle,
         stderr=subprocess.STDOUT,

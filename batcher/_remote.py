@@ -159,14 +159,6 @@ class RemoteClient(Client):
 
     # --- reading -----------------------------------------------------------------------------
 
-    def job(self, job_id: str | uuid.UUID) -> Job:
-        try:
-            jid = job_id if isinstance(job_id, uuid.UUID) else uuid.UUID(str(job_id))
-        except ValueError:
-            raise JobNotFoundError(f"{job_id!r} is not a job id (a UUID)") from None
-        status = self._status(jid)
-        return RemoteJob(self, jid, status.kind)
-
     def _status(self, job_id: uuid.UUID) -> JobStatus:
         return JobStatus.model_validate(self._json("GET", f"/v1/jobs/{job_id}"))
 
@@ -295,3 +287,6 @@ def _checked(response: httpx.Response) -> httpx.Response:
         text = message.removeprefix(f"{field}: ") if field else message
         raise cls(text, field=field)
     raise APIError(f"batcher service error {response.status_code}: {message}", status_code=response.status_code)
+
+
+RemoteClient._job_type = RemoteJob

@@ -186,6 +186,20 @@ def check_conversations_shape(messages: Any) -> None:
         )
 
 
+def check_single_conversation(messages: Any, *, sender: str, example_prefix: str) -> None:
+    """Fan-outs (fastest, gather-all) send one conversation to several models; catch a list of them.
+
+    ``sender`` and ``example_prefix`` word the error for where it came from: ``"this call"`` /
+    ``"messages="`` for Python callers, ``"this kind"`` / ``""`` for the HTTP API's JSON body.
+    """
+    if isinstance(messages, list) and messages and isinstance(messages[0], list):
+        raise InvalidRequestError(
+            f"is a list of conversations, but {sender} sends one conversation to several models: "
+            f"pass a single list of messages, e.g. {example_prefix}[{{'role': 'user', 'content': 'hi'}}]",
+            field="messages",
+        )
+
+
 def to_json(value: Any) -> str:
     """The compact JSON stored for messages and parameters (computed once per request)."""
     return json.dumps(value, separators=(",", ":"))

@@ -151,22 +151,15 @@ def recover() -> None:
 @click.pass_context
 def worker(ctx: click.Context, concurrency: int | None, loglevel: str) -> None:
     """Start a Celery worker tuned for LLM calls (threads pool, both queues). Extra args go to Celery."""
-    from workers.celery_app import app
+    from workers.celery_app import app, worker_argv
 
     settings = get_settings()
-    argv = [
-        "worker",
-        "--pool=threads",
-        f"--concurrency={concurrency or settings.worker_concurrency}",
-        f"--queues={settings.queue},{settings.race_queue}",
-        f"--loglevel={loglevel}",
-        # Gossip and mingle only matter to workers that talk to each other; heartbeats stay, since
-        # they keep the event dispatcher that a running Flower switches task events on through.
-        "--without-gossip",
-        "--without-mingle",
-        *ctx.args,
-    ]
-    app.worker_main(argv)
+    argv = worker_argv(
+        concurrency=concurrency or settings.worker_concurrency,
+        queues=[settings.queue, settings.race_queue],
+        loglevel=loglevel,
+    )
+    app.worker_main([*argv, *ctx.args])
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

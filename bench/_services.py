@@ -199,7 +199,9 @@ class Workers:
         return [p.pid for p in self.procs]
 
     def start(self) -> Workers:
-        queues = f"{self.env['BATCHER_QUEUE']},{self.env['BATCHER_RACE_QUEUE']}"
+        from workers.celery_app import worker_argv
+
+        queues = [self.env["BATCHER_QUEUE"], self.env["BATCHER_RACE_QUEUE"]]
         for i in range(self.count):
             log = self.workdir / f"worker{i}.log"
             with log.open("ab") as handle:
@@ -208,17 +210,15 @@ class Workers:
                         [
                             sys.executable,
                             "-m",
-                            "bench._worker",  # = python -m celery, with the DB pool capped (see there)
+                            "bench._worker",  # = python -m celery, plus the what-ifs (see there)
                             "-A",
                             "workers",
-                            "worker",
-                            "--pool=threads",
-                            f"--concurrency={self.concurrency}",
-                            f"--queues={queues}",
-                            "--loglevel=WARNING",
-                            "--without-gossip",  # the flags of `batcher worker`
-                            "--without-mingle",
-                            f"--hostname=bench{i}-{os.getpid()}@%h",
+                            *worker_argv(  # the flags of `batcher worker`
+                                concurrency=self.concurrency,
+                                queues=queues,
+                                loglevel="WARNING",
+                                hostname=f"bench{i}-{os.getpid()}@%h",
+                            ),
                         ],
                         env=self.env,
                         stdout=handle,

@@ -67,10 +67,30 @@ def make_celery_app(settings: Settings, *, coordination: Any = None) -> Celery:
     return app
 
 
+def worker_argv(*, concurrency: int, queues: list[str], loglevel: str, hostname: str | None = None) -> list[str]:
+    """``celery worker`` arguments of a batcher worker: ``batcher worker`` runs these, and the tests
+    and the benchmark start theirs with them.
+
+    Threads pool (the work is waiting on providers). Gossip and mingle only matter to workers that
+    talk to each other; heartbeats stay, since they keep the event dispatcher through which a
+    running Flower switches task events on.
+    """
+    argv = [
+        "worker",
+        "--pool=threads",
+        f"--concurrency={concurrency}",
+        f"--queues={','.join(queues)}",
+        f"--loglevel={loglevel}",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    return [*argv, f"--hostname={hostname}"] if hostname else argv
+
+
 app = make_celery_app(get_settings())
 
 # Observability of worker and beat processes (process-wide Celery signals, connected once).
 _logging.install_celery_hooks()
 _metrics.install_celery_hooks()
 
-__all__ = ["RUN_REQUEST_TASK", "app", "make_celery_app"]
+__all__ = ["RUN_REQUEST_TASK", "app", "make_celery_app", "worker_argv"]

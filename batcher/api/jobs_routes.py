@@ -23,7 +23,12 @@ from batcher._files_store import FILE_PURPOSE_BATCH, get_file, iter_chunks, iter
 from batcher._jobs import JobStatus, Result
 from batcher._states import JobKind, JobState
 from batcher._submit import RequestSpec, submit
-from batcher._validation import check_conversations_shape, split_call_kwargs, validate_messages
+from batcher._validation import (
+    check_conversations_shape,
+    check_single_conversation,
+    split_call_kwargs,
+    validate_messages,
+)
 from batcher.api.auth import CurrentPrincipal, Principal
 from batcher.api.context import ApiContext, Ctx
 from batcher.api.errors import ApiError
@@ -121,12 +126,7 @@ def _specs(ctx: ApiContext, principal: Principal, body: JobCreate) -> Iterable[R
     if not models:
         raise InvalidRequestError("must be a non-empty list of model names", field="models")
     messages = body.messages
-    if isinstance(messages, list) and messages and isinstance(messages[0], list):
-        raise InvalidRequestError(
-            "is a list of conversations, but this kind sends one conversation to several models: "
-            "pass a single list of messages, e.g. [{'role': 'user', 'content': 'hi'}]",
-            field="messages",
-        )
+    check_single_conversation(messages, sender="this kind", example_prefix="")
     validate_messages(messages, "messages")
     return (RequestSpec(model=m, messages=messages, where=f"models[{i}]") for i, m in enumerate(models))
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from tests.support.processes import READY_TIMEOUT_S, ManagedProcess
+from workers.celery_app import worker_argv
 
 
 class WorkerProcess:
@@ -25,25 +26,14 @@ class WorkerProcess:
         return self._process.proc
 
     def start(self) -> WorkerProcess:
-        queues = f"{self.env['BATCHER_QUEUE']},{self.env['BATCHER_RACE_QUEUE']}"
+        argv = worker_argv(  # exactly as `batcher worker` starts one
+            concurrency=self.concurrency,
+            queues=[self.env["BATCHER_QUEUE"], self.env["BATCHER_RACE_QUEUE"]],
+            loglevel="INFO",
+            hostname=f"{self.name}-{os.getpid()}@%h",
+        )
         self._process.start(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "workers",
-                "worker",
-                "--pool=threads",
-                f"--concurrency={self.concurrency}",
-                f"--queues={queues}",
-                "--loglevel=INFO",
-                # As `batcher worker`: heartbeats stay on, which keeps the worker's event dispatcher
-                # alive so a running Flower can switch task events on remotely.
-                "--without-gossip",
-                "--without-mingle",
-                f"--hostname={self.name}-{os.getpid()}@%h",
-            ],
+            [sys.executable, "-m", "celery", "-A", "workers", *argv],
             self.env,
             lambda: b" ready." in self.log_path.read_bytes(),
             timeout_s=READY_TIMEOUT_S,
