@@ -11,6 +11,7 @@ from typing import IO, Any
 import redis
 from celery import Celery
 from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
 
 from batcher import _keys
 from batcher._config import Settings, get_settings
@@ -20,6 +21,7 @@ from batcher._exceptions import (
     AllModelsFailedError,
     InvalidRequestError,
     JobNotFoundError,
+    ServiceUnavailableError,
     WaitTimeoutError,
     error_from_stored,
 )
@@ -37,6 +39,8 @@ from batcher._validation import (
 )
 
 WAIT_POLL_INTERVAL_S = 1.0
+DB_OUTAGE_TOLERANCE_S = 300.0
+"""How long ``Job.wait`` keeps waiting through a database outage before it says so."""
 """Longest a waiter sleeps between Postgres reads when no wake-up arrives (Redis may be gone)."""
 PROGRESS_REFRESH_S = 0.25
 
@@ -189,15 +193,36 @@ class Job:
         return self.client._status(self.id)
 
     def wait(self, timeout: float | None = None, *, progress: bool = False) -> JobStatus:
-        """Block until the job is final; woken by the finalizer, with Postgres polls as the fallback."""
+        """Block until the job is final; woken by the finalizer, with Postgres polls as the fallback.
+
+        A database outage while waiting is ridden out (the job goes on without us) for up to
+        ``DB_OUTAGE_TOLERANCE_S``; then ``ServiceUnavailableError`` says so."""
         deadline = None if timeout is None else time.monotonic() + timeout
         bar = ProgressBar(f"job {str(self.id)[:8]}") if progress else None
         interval = PROGRESS_REFRESH_S if progress else WAIT_POLL_INTERVAL_S
+        unreachable_since: float | None = None
         try:
             if bar is not None:
                 bar.__enter__()
             while True:
-                status = self.status()
+                try:
+                    status = self.status()
+                    unreachable_since = None
+                except OperationalError as exc:
+                    now = time.monotonic()
+                    unreachable_since = unreachable_since or now
+                    if now - unreachable_since > DB_OUTAGE_TOLERANCE_S:
+                        raise ServiceUnavailableError(
+                            f"the database has been unreachable for {now - unreachable_since:.0f} s while waiting "
+                            f"for job {self.id} ({str(exc.orig).splitlines()[0] if exc.orig else exc}); the job "
+                            "goes on: wait again once the database is back"
+                        ) from None
+                    if deadline is not None and now >= deadline:
+                        raise WaitTimeoutError(
+                            f"job {self.id}: the database was unreachable until the timeout"
+                        ) from None
+                    time.sleep(WAIT_POLL_INTERVAL_S)
+                    continue
                 if bar is not None:
                     bar.update(status)
                 if status.is_final:

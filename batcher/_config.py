@@ -6,11 +6,12 @@ the providers' own SDKs (``OPENAI_API_KEY``, ``ANTHROPIC_API_KEY``, ...), see ``
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from batcher._ratelimit import RateLimitSpec
 
@@ -26,8 +27,13 @@ DEFAULT_MAX_PROMPTS_PER_JOB = 200_000
 DEFAULT_MAX_REQUEST_BYTES = 1_000_000
 DEFAULT_LEASE_MARGIN_S = 30.0
 DEFAULT_BROKER_VISIBILITY_TIMEOUT_S = 7_200
-DEFAULT_RECOVERY_INTERVAL_S = 60.0
-DEFAULT_QUEUED_GRACE_S = 120.0
+DEFAULT_RECOVERY_INTERVAL_S = 5.0
+DEFAULT_QUEUED_GRACE_S = 30.0
+DEFAULT_HEARTBEAT_INTERVAL_S = 5.0
+DEFAULT_WORKER_LAPSE_S = 20.0
+DEFAULT_STRANDED_MESSAGE_S = 30.0
+DEFAULT_SHUTDOWN_GRACE_S = 30.0
+DEFAULT_STORE_RETRY_WINDOW_S = 900.0
 DEFAULT_QUEUE = "batcher"
 DEFAULT_RACE_QUEUE = "batcher.race"
 
@@ -82,16 +88,32 @@ class Settings(BaseSettings):
     """Redis redelivers an unacknowledged message after this long; must exceed any task's run + retry delay."""
 
     recovery_interval_s: float = Field(DEFAULT_RECOVERY_INTERVAL_S, gt=0)
+    """How often the cluster's leader (one worker, elected through Postgres) runs the recovery sweep."""
     queued_grace_s: float = Field(DEFAULT_QUEUED_GRACE_S, ge=0)
-    """A job stored but not marked enqueued after this long is re-published by recovery."""
+    """A retry whose delayed message is overdue by this long is published again by recovery."""
+    heartbeat_interval_s: float = Field(DEFAULT_HEARTBEAT_INTERVAL_S, gt=0)
+    """How often every worker writes its heartbeat to Postgres."""
+    worker_lapse_s: float = Field(DEFAULT_WORKER_LAPSE_S, gt=0)
+    """A worker whose heartbeat is older than this is dead: its requests go to other workers."""
+    stranded_message_s: float = Field(DEFAULT_STRANDED_MESSAGE_S, gt=0)
+    """A message delivered this long ago whose request never started is handed back to the queue
+    (its worker died holding it)."""
+    shutdown_grace_s: float = Field(DEFAULT_SHUTDOWN_GRACE_S, ge=0)
+    """On SIGTERM a worker lets in-flight calls finish for this long, then hands the rest back."""
+    store_retry_window_s: float = Field(DEFAULT_STORE_RETRY_WINDOW_S, gt=0)
+    """How long a worker keeps retrying the write of an answer it already paid for (a Postgres outage)."""
 
     rate_limits: dict[str, RateLimitSpec] = Field(default_factory=dict)
     """Shared limits by ``provider/model`` pattern, e.g. ``{"openai/*": {"rpm": 600, "tpm": 200000}}``."""
-    stall_grace_s: float = Field(600.0, gt=0)
-    """A job with queued requests, none running and none finished for this long is re-enqueued by recovery."""
 
     secret_key: SecretStr | None = None
     """Fernet key shared by submitters and workers; needed only to pass ``api_key=`` per call."""
+    allowed_api_bases: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Base URLs (or URL prefixes) callers may name as ``api_base`` without their own key, and which may be
+    private or local: ``http://10.0.0.5:8000/v1,https://gateway.internal``. Matched on scheme, host and
+    port exactly and the path as a prefix ending at a ``/`` (see ``batcher._egress``). The workers' keys
+    are sent to these, as to the configured bases: list only servers you would give them to. A JSON list
+    or a comma-separated string."""
 
     api_url: str | None = None
     """Base URL of a batcher HTTP service (``http://host:8000``): ``Client()``, the batch functions and the
@@ -115,6 +137,18 @@ class Settings(BaseSettings):
     """Several workers on one host each take the first free port of ``metrics_port`` .. ``+ range - 1``."""
     metrics_host: str = "0.0.0.0"  # noqa: S104  # Prometheus scrapes from another host
     """Interface the workers' metrics exporter listens on."""
+
+    @field_validator("allowed_api_bases", mode="before")
+    @classmethod
+    def _allowed_api_bases(cls, value: Any) -> list[str]:
+        from batcher._egress import normalize_allowed_base
+
+        if isinstance(value, str):
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else [v for v in text.replace(",", " ").split() if v]
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ValueError("BATCHER_ALLOWED_API_BASES must be a list of base URLs")
+        return [normalize_allowed_base(v) for v in value]
 
     @field_validator("database_url")
     @classmethod

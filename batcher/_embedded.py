@@ -88,13 +88,21 @@ class EmbeddedRuntime:
             raise RuntimeError("the embedded worker did not start")
 
     def _recover(self) -> None:
-        """Requests a previous process left unfinished: its in-memory queue is gone, the file is not."""
+        """Requests a previous process left unfinished: its in-memory queue is gone, the file is not.
+
+        Then the same liveness loops as a cluster worker's (heartbeat, recovery sweep), against SQLite.
+        """
         from workers._context import get_context
+        from workers._liveness import start_for
         from workers._recovery import sweep
 
         sweep(get_context(self.app))
+        start_for(self.app, concurrency=self.settings.worker_concurrency)
 
     def stop(self) -> None:
+        from workers._liveness import stop_for
+
+        stop_for(self.app)
         if self._thread.is_alive():
             self.worker.stop(in_sighandler=False)
             self._thread.join(WORKER_STOP_TIMEOUT_S)

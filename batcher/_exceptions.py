@@ -2,7 +2,10 @@
 
     BatcherError
     ├── ConfigurationError          settings are unusable (bad URL, missing secret key, ...)
+    ├── ServiceUnavailableError     Postgres or Redis cannot take the call now (down, full): retry later
+    │   └── EnqueueError            the job is stored but its messages were refused: recovery publishes them
     ├── InvalidRequestError         bad input, refused before anything is stored or enqueued
+    │   ├── IdempotencyKeyReusedError  an Idempotency-Key sent again with another request body
     │   ├── UnknownModelError       no provider serves this model name
     │   ├── MissingAPIKeyError      the chosen provider has no API key
     │   └── UnsupportedParamsError  an OpenAI-style parameter the provider does not take
@@ -12,6 +15,7 @@
     └── RequestError                the outcome of one request that did not succeed
         ├── RequestCancelledError   cancelled (or skipped: another model won the race)
         ├── RequestExpiredError     the job's deadline passed before it ran
+        ├── WorkerLostError         the worker running it died more times than its attempt budget
         └── ProviderError           the provider call failed; stored on the request
             ├── RateLimitError            429 (retryable; carries retry_after_s)
             ├── ProviderServerError       5xx (retryable)
@@ -38,6 +42,8 @@ __all__ = [
     "BatcherError",
     "ConfigurationError",
     "ContextWindowExceededError",
+    "EnqueueError",
+    "IdempotencyKeyReusedError",
     "InvalidRequestError",
     "JobNotFoundError",
     "MalformedResponseError",
@@ -50,9 +56,11 @@ __all__ = [
     "RequestCancelledError",
     "RequestError",
     "RequestExpiredError",
+    "ServiceUnavailableError",
     "UnknownModelError",
     "UnsupportedParamsError",
     "WaitTimeoutError",
+    "WorkerLostError",
     "error_from_stored",
 ]
 
@@ -65,12 +73,42 @@ class ConfigurationError(BatcherError):
     """The settings cannot work (for example an unparsable URL)."""
 
 
+class ServiceUnavailableError(BatcherError):
+    """Postgres or Redis cannot serve the call right now (unreachable, restarting, out of memory).
+
+    Nothing half-done is left behind; the HTTP service answers 503 with ``Retry-After``.
+    """
+
+
+class EnqueueError(ServiceUnavailableError):
+    """The job was stored but the broker refused its messages (Redis down or full).
+
+    The job is not lost: the recovery sweep publishes what is missing as soon as the broker
+    accepts messages again. ``job_id`` names it, so it can be followed with ``Client.job``.
+    """
+
+    def __init__(self, message: str, *, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_enqueue_error, (self.args[0], self.job_id))
+
+
+def _rebuild_enqueue_error(message: str, job_id: str) -> EnqueueError:
+    return EnqueueError(message, job_id=job_id)
+
+
 class InvalidRequestError(BatcherError, ValueError):
     """Bad input. ``field`` names the offending field (``messages[3][0].role``)."""
 
     def __init__(self, message: str, *, field: str | None = None) -> None:
         self.field = field
         super().__init__(f"{field}: {message}" if field else message)
+
+
+class IdempotencyKeyReusedError(InvalidRequestError):
+    """An ``Idempotency-Key`` already used for a job created from another request body (HTTP 422)."""
 
 
 class UnknownModelError(InvalidRequestError):
@@ -148,6 +186,11 @@ class RequestExpiredError(RequestError):
     """The job's deadline passed before this request could run."""
 
 
+class WorkerLostError(RequestError):
+    """The worker running this request died (killed, out of memory, lost machine) more times than the
+    request's attempt budget allows: most likely the request itself brings its worker down."""
+
+
 class ProviderError(RequestError):
     """The provider call failed."""
 
@@ -217,6 +260,7 @@ _REQUEST_ERRORS: dict[str, type[RequestError]] = {
         RequestError,
         RequestCancelledError,
         RequestExpiredError,
+        WorkerLostError,
         ProviderError,
         RateLimitError,
         ProviderServerError,

@@ -13,30 +13,76 @@ transaction, so a bad line on line 40,000 rolls back everything before it.
 
 from __future__ import annotations
 
+import codecs
 import json
 from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
 from batcher._exceptions import InvalidRequestError
 from batcher._submit import RequestSpec
+from batcher._validation import MAX_JSON_DEPTH, NestedTooDeeplyError
 
 OPENAI_BATCH_URLS = frozenset({"/v1/chat/completions", "/chat/completions"})
 _LINE_KEYS = frozenset({"messages", "model", "custom_id"})
 
 
+def decode_line(raw: bytes, number: int) -> str:
+    """One line of a file as text; ``InvalidRequestError`` naming the line if it is not UTF-8."""
+    if number == 1:
+        raw = raw.removeprefix(codecs.BOM_UTF8)  # editors on Windows start files with one
+    try:
+        return raw.decode()
+    except UnicodeDecodeError as exc:
+        raise InvalidRequestError(
+            f"is not UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); save the file as UTF-8",
+            field=f"line {number}",
+        ) from None
+
+
+def parse_line(line: str | bytes, where: str) -> Any:
+    """One JSON value; ``InvalidRequestError`` naming the line if it is not JSON or is nested too deeply."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequestError(
+            f"is not valid JSON ({exc.msg} at column {exc.colno}); each line must be one JSON value",
+            field=where,
+        ) from None
+    except RecursionError:  # thousands of levels: more than the parser can follow
+        raise NestedTooDeeplyError(
+            f"is nested too deeply to read (batcher takes at most {MAX_JSON_DEPTH} levels)", field=where
+        ) from None
+
+
+def _numbered(lines: Iterable[str] | IO[str]) -> Iterator[tuple[int, str]]:
+    """``(number, text)`` of each line. A text file is read as bytes, so that a line that is not
+    UTF-8 is named by its own number (a text reader fails a whole buffer ahead)."""
+    binary = getattr(lines, "buffer", None)
+    if binary is not None and hasattr(binary, "readline"):
+        for number, raw in enumerate(binary, start=1):
+            yield number, decode_line(raw, number)
+        return
+    numbered = enumerate(lines, start=1)
+    number = 0
+    while True:
+        try:
+            number, line = next(numbered)
+        except StopIteration:
+            return
+        except UnicodeDecodeError:
+            raise InvalidRequestError(
+                "or a line shortly after it is not UTF-8; save the file as UTF-8", field=f"line {number + 1}"
+            ) from None
+        yield number, line
+
+
 def read_jsonl(lines: Iterable[str] | IO[str], *, default_model: str | None) -> Iterator[RequestSpec]:
     seen_ids: set[str] = set()
-    for number, line in enumerate(lines, start=1):
+    for number, line in _numbered(lines):
         if not line.strip():
             continue
         where = f"line {number}"
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InvalidRequestError(
-                f"is not valid JSON ({exc.msg} at column {exc.colno}); each line must be one JSON value",
-                field=where,
-            ) from None
+        item = parse_line(line, where)
         spec = _spec(item, where, default_model)
         if spec.custom_id is not None:
             if spec.custom_id in seen_ids:

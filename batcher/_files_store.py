@@ -104,6 +104,8 @@ def save_upload(
 
 
 def get_file(conn: Connection, file_id: str) -> StoredFile | None:
+    if "\x00" in file_id or not file_id.isascii():  # ids are ASCII; Postgres cannot even compare a NUL
+        return None
     row = conn.execute(text("SELECT * FROM files WHERE id = :id"), {"id": file_id}).mappings().first()
     return StoredFile.from_row(row) if row else None
 
@@ -118,8 +120,11 @@ def iter_chunks(engine: Engine, file_id: str) -> Iterator[bytes]:
         result = conn.execution_options(stream_results=True, yield_per=2).execute(
             text("SELECT data FROM file_chunks WHERE file_id = :id ORDER BY seq"), {"id": file_id}
         )
-        for row in result:
-            yield bytes(row.data)
+        try:
+            for row in result:
+                yield bytes(row.data)
+        finally:  # a reader that stops early (a bad line) closes the server-side cursor here, not in __del__
+            result.close()
 
 
 class LineTooLongError(Exception):

@@ -97,7 +97,7 @@ class ContextFilter(logging.Filter):
 # --- formatters -----------------------------------------------------------------------------
 
 
-def _known_secrets() -> list[str]:
+def environment_secrets() -> list[str]:
     """Values of the provider key variables (and batcher's own secrets) in this process's environment."""
     from batcher._providers import PROVIDERS
 
@@ -123,7 +123,7 @@ class JsonFormatter(_JsonFormatter):
             rename_fields={"levelname": "level", "name": "logger", "exc_info": "exception"},
             reserved_attrs=[*RESERVED_ATTRS, "data", "taskName", _HANDLER_MARK],
         )
-        self._secrets = _known_secrets()
+        self._secrets = environment_secrets()
 
     def add_fields(self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]) -> None:
         log_data["time"] = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
@@ -138,7 +138,7 @@ class TextFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-        self._secrets = _known_secrets()
+        self._secrets = environment_secrets()
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)

@@ -9,7 +9,6 @@ embedded otherwise (a notebook on a laptop with nothing else running).
 from __future__ import annotations
 
 import socket
-from functools import lru_cache
 from urllib.parse import urlsplit
 
 from sqlalchemy import make_url
@@ -34,11 +33,20 @@ def _postgres_address(url: str) -> tuple[str, int] | None:
     return parsed.host or "127.0.0.1", parsed.port or 5432
 
 
-@lru_cache(maxsize=32)
+_answered: set[tuple[str, int]] = set()
+
+
 def answers(host: str, port: int) -> bool:
-    """Something accepts TCP connections there (cached: asked once per process)."""
+    """Something accepts TCP connections there.
+
+    Only a success is remembered: a server that was down (a Postgres restart while a worker's
+    schedule tick asked) is asked again next time, never written off for the process's life.
+    """
+    if (host, port) in _answered:
+        return True
     try:
         with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S):
+            _answered.add((host, port))
             return True
     except OSError:
         return False

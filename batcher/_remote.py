@@ -38,6 +38,7 @@ from batcher._progress import ProgressBar
 from batcher._response import ModelResponse
 from batcher._states import JobKind, RequestState
 from batcher._submit import RequestSpec
+from batcher._validation import check_json_value, split_call_kwargs
 
 RETRIES = 2
 """Extra attempts after a connection error or a 5xx (creates are safe: they carry an idempotency key)."""
@@ -126,7 +127,11 @@ class RemoteClient(Client):
     def submit_requests(self, requests: Iterable[RequestSpec], **kwargs: Any) -> Job:
         """Spooled to a temporary JSONL file (never whole in memory), uploaded, then run as one job."""
         with tempfile.TemporaryFile("w+b") as spool:
-            for spec in requests:
+            for idx, spec in enumerate(requests):
+                where = spec.where or f"requests[{idx}]"
+                check_json_value(spec.messages, f"{where}.messages")
+                if spec.params:
+                    check_json_value(spec.params, f"{where}.params")
                 line: dict[str, Any] = {**(spec.params or {}), "model": spec.model, "messages": spec.messages}
                 if spec.custom_id is not None:
                     line["custom_id"] = spec.custom_id
@@ -153,7 +158,13 @@ class RemoteClient(Client):
                 self._request("DELETE", f"/v1/files/{uploaded['id']}")
 
     def _create(self, body: dict[str, Any], kwargs: dict[str, Any]) -> Job:
+        # What the service would refuse, refused here with the same line: the body must first survive
+        # JSON encoding (NaN, nesting, sets, lone surrogates would fail inside httpx, with no field).
+        split_call_kwargs(kwargs)
+        if body.get("messages") is not None:
+            check_json_value(body["messages"], "messages")
         body["params"] = {k: _jsonable(v) for k, v in kwargs.items() if v is not None}
+        check_json_value(body["params"], "params")
         data = self._json("POST", "/v1/jobs", json=body, headers={"Idempotency-Key": str(uuid.uuid4())})
         return RemoteJob(self, uuid.UUID(data["id"]), JobKind(data["kind"]))
 

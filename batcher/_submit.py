@@ -5,13 +5,17 @@ Order matters for "nothing lost, nothing half-accepted":
    transaction; the first bad one raises and the transaction rolls back, so a rejected
    submission leaves nothing stored and nothing enqueued (and a 100 MB file is never held
    in memory);
-2. after the commit, one task per request is published;
-3. the job is marked ``enqueued_at``. A submitter that dies between 1 and 3 leaves a job
-   that the recovery sweep publishes again (duplicates are harmless: claims are atomic).
+2. after the commit, one task per request is published, a chunk at a time, each chunk moving
+   the job's published watermark with it (``batcher._publish``);
+3. the job is marked ``enqueued_at``. A submitter that dies (or that a full Redis refuses)
+   between 1 and 3 leaves a job whose watermark says how far it got: the recovery sweep goes
+   on from there, so no request is left without a message and none gets two. A refusal is
+   raised as ``EnqueueError`` naming the job, which is kept: it starts when the broker has room.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Iterable, Iterator
@@ -19,17 +23,23 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
+import redis
 from celery import Celery
 from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
 
 from batcher import _providers
 from batcher._config import Settings
 from batcher._db import store
-from batcher._exceptions import InvalidRequestError, MissingAPIKeyError
-from batcher._publish import FANOUT_GROUP_MAX, publish_fanout, publish_requests
+from batcher._egress import ApiBaseNotAllowedError, EgressPolicy, parse_base
+from batcher._exceptions import EnqueueError, IdempotencyKeyReusedError, InvalidRequestError, MissingAPIKeyError
+from batcher._publish import Publisher
 from batcher._secrets import seal, strip_url_credentials
 from batcher._states import JobKind
-from batcher._validation import CallOptions, check_size, to_json, validate_messages
+from batcher._validation import CallOptions, check_request, check_size, to_json, validate_messages
+
+log = logging.getLogger("batcher.submit")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,14 +79,28 @@ def describe_params(stored: dict[str, Any]) -> dict[str, Any]:
 
 
 class _Validator:
-    """Checks each request, remembering what it already checked per model and provider."""
+    """Checks each request, remembering what it already checked per model and provider.
 
-    def __init__(self, settings: Settings, options: CallOptions) -> None:
+    A named ``api_base`` is checked here once per provider (``batcher._egress``): refused outright
+    without ``allow_api_base`` (HTTP keys without the permission), parsed, and then it needs the
+    caller's own ``api_key`` unless it is the base configured for that provider or an allowed one,
+    and it must be a public address unless configured or allowed.
+    """
+
+    def __init__(self, settings: Settings, options: CallOptions, *, allow_api_base: bool = True) -> None:
         self.settings = settings
         self.options = options
         self._routes: dict[str, _providers.Route] = {}
         self._keyed: set[str] = set()
         self._params_checked: set[str] = set()
+        self._based: set[str] = set()
+        self._base: httpx.URL | None = None
+        self._egress: EgressPolicy | None = None
+        if options.api_base is not None:
+            if not allow_api_base:
+                raise ApiBaseNotAllowedError
+            self._base = parse_base(options.api_base)
+            self._egress = EgressPolicy.from_settings(settings)
 
     def route(self, model: Any, where: str) -> _providers.Route:
         route = self._routes.get(model) if isinstance(model, str) else None
@@ -89,8 +113,16 @@ class _Validator:
             )
         route = _providers.resolve_route(model)
         self._check_key(route, model)
+        self._check_base(route)
         self._routes[model] = route
         return route
+
+    def _check_base(self, route: _providers.Route) -> None:
+        if self._base is None or self._egress is None or route.provider in self._based:
+            return
+        if self.options.mock_response is None:  # a canned answer calls nobody
+            self._egress.check_named_base(route.provider, self._base, own_key=bool(self.options.api_key))
+        self._based.add(route.provider)
 
     def _check_key(self, route: _providers.Route, model: str) -> None:
         if route.provider in self._keyed or self.options.mock_response is not None or self.options.api_key:
@@ -107,6 +139,7 @@ class _Validator:
     def check(self, idx: int, spec: RequestSpec) -> store.NewRequest:
         where = spec.where or f"messages[{idx}]"
         route = self.route(spec.model, spec.where or "")
+        check_request(spec.model, spec.custom_id, spec.params, spec.where or "")  # text, a line's own params
         messages = validate_messages(spec.messages, where if spec.where is None else f"{where}: messages")
         if route.provider not in self._params_checked:
             _providers.check_params(route.provider, self.options.params, drop_params=self.options.drop_params)
@@ -139,13 +172,17 @@ def submit(
     options: CallOptions,
     owner_id: uuid.UUID | None = None,
     idempotency_key: str | None = None,
+    idempotency_fingerprint: str | None = None,
+    allow_api_base: bool = True,
 ) -> uuid.UUID:
     """Validate, store and enqueue a job; returns its id. Raises before storing anything on bad input.
 
     With an ``idempotency_key``, a second submit of the same owner and key returns the first job
-    and stores nothing (HTTP clients retry creates after timeouts).
+    and stores nothing (HTTP clients retry creates after timeouts). ``allow_api_base=False`` refuses
+    any ``api_base`` (``ApiBaseNotAllowedError``): the HTTP API passes it for keys without the
+    permission; in-process callers are the operator.
     """
-    validator = _Validator(settings, options)
+    validator = _Validator(settings, options, allow_api_base=allow_api_base)
     credentials = seal(options.api_key, settings) if options.api_key else None
     job_id = uuid.uuid4()
     deadline_at = datetime.now(UTC) + options.deadline if options.deadline else None
@@ -172,11 +209,20 @@ def submit(
             user_metadata=options.metadata,
             owner_id=owner_id,
             idempotency_key=idempotency_key,
+            idempotency_fingerprint=idempotency_fingerprint,
+            queue=queue_for(kind, settings),
         )
         if not inserted and owner_id is not None and idempotency_key is not None:
             existing = store.job_by_idempotency_key(conn, owner_id, idempotency_key)
             if existing is not None:
-                return existing
+                existing_id, fingerprint = existing
+                if fingerprint and idempotency_fingerprint and fingerprint != idempotency_fingerprint:
+                    raise IdempotencyKeyReusedError(
+                        f"was already used for job {existing_id} with a different request body; send a new "
+                        "Idempotency-Key for a new job (a retry must resend the same body)",
+                        field="Idempotency-Key",
+                    )
+                return existing_id
         total = store.copy_requests(conn, job_id, checked())
         if total == 0:
             raise InvalidRequestError("is empty; pass at least one prompt", field="messages")
@@ -186,14 +232,52 @@ def submit(
     return job_id
 
 
+def queue_for(kind: JobKind | str, settings: Settings, recorded: str | None = None) -> str:
+    """The queue of a job's requests: the one recorded on the job at submission, else by kind (races
+    have their own queue, so a race never waits behind a large batch)."""
+    if recorded:
+        return recorded
+    return settings.race_queue if JobKind(kind) is JobKind.FASTEST else settings.queue
+
+
+def publisher_for(app: Celery) -> Publisher:
+    """The app's publisher (it caches message templates), built on first use."""
+    publisher: Publisher | None = getattr(app, "_batcher_publisher", None)
+    if publisher is None:
+        publisher = Publisher(app, coordination=app.conf.get("batcher_coordination"))
+        app._batcher_publisher = publisher  # type: ignore[attr-defined]
+    return publisher
+
+
 def enqueue(engine: Engine, app: Celery, settings: Settings, job_id: uuid.UUID, kind: JobKind, total: int) -> None:
-    """Publish every request of a stored job and mark it enqueued (also used by recovery)."""
-    # A race's messages take the direct path of batches (one LPUSH, ~0.1 ms against ~0.8 ms for a
-    # Celery group): its caller is waiting for the first answer. Gather-all keeps the group.
-    if kind is JobKind.ALL and total <= FANOUT_GROUP_MAX:
-        publish_fanout(app, job_id, total, queue=settings.queue)
-    else:
-        queue = settings.race_queue if kind is JobKind.FASTEST else settings.queue
-        publish_requests(app, job_id, range(total), queue=queue)
-    with engine.begin() as conn:
-        store.mark_enqueued(conn, job_id)
+    """Publish every request of a freshly stored job and mark it enqueued.
+
+    Raises ``EnqueueError`` if the broker refuses (down, or out of memory): the job stays stored,
+    its watermark says how far publishing got, and the recovery sweep finishes it.
+    """
+    try:
+        publisher_for(app).publish_job(
+            job_id,
+            total,
+            lambda start, limit: range(start, min(total, start + limit)),
+            queue=queue_for(kind, settings),
+        )
+    except (redis.RedisError, *kombu_errors()) as exc:  # type: ignore[misc]
+        raise EnqueueError(
+            f"job {job_id} is stored, but the broker refused its messages ({type(exc).__name__}: "
+            f"{str(exc)[:200]}); it starts as soon as the broker accepts messages again (the recovery "
+            f"sweep publishes what is missing): follow it with Client().job('{job_id}')",
+            job_id=str(job_id),
+        ) from None
+    try:
+        with engine.begin() as conn:
+            store.mark_enqueued(conn, job_id)
+    except OperationalError:  # published already; the recovery sweep stamps it
+        log.warning("job %s is published but could not be marked enqueued; recovery will", job_id)
+
+
+def kombu_errors() -> tuple[type[BaseException], ...]:
+    """What kombu raises when a broker that is not Redis refuses a message."""
+    from kombu.exceptions import OperationalError as KombuOperationalError
+
+    return (KombuOperationalError, ConnectionError, TimeoutError)

@@ -24,7 +24,12 @@ def _client() -> Any:
 
 
 def _parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:
-    """``-p temperature=0.2 -p stop='["x"]'``: values are JSON when they parse, else strings."""
+    """``-p temperature=0.2 -p stop='["x"]'``: values are JSON when they parse, else strings.
+
+    The values are checked by the client like any keyword argument (``temperature=hot`` is refused
+    with one line naming ``temperature``)."""
+    from batcher._validation import MAX_JSON_DEPTH, NestedTooDeeplyError
+
     params: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
@@ -34,6 +39,10 @@ def _parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:
             params[key] = json.loads(raw)
         except json.JSONDecodeError:
             params[key] = raw
+        except RecursionError:
+            raise NestedTooDeeplyError(
+                f"is nested too deeply (batcher takes at most {MAX_JSON_DEPTH} levels)", field=f"--param {key}"
+            ) from None
     return params
 
 
@@ -135,7 +144,7 @@ def cancel(job_id: str) -> None:
 
 @main.command()
 def recover() -> None:
-    """Run the recovery sweep once (re-enqueue what the broker lost, finalize finished jobs)."""
+    """Run the recovery sweep once, now (the workers' leader runs it every few seconds anyway)."""
     from workers._context import WorkerContext
     from workers._recovery import sweep
     from workers.celery_app import make_celery_app
@@ -162,14 +171,33 @@ def worker(ctx: click.Context, concurrency: int | None, loglevel: str) -> None:
     app.worker_main([*argv, *ctx.args])
 
 
-@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.pass_context
-def beat(ctx: click.Context) -> None:
-    """Start Celery beat (runs the recovery sweep every BATCHER_RECOVERY_INTERVAL_S)."""
-    from workers.celery_app import app
+@main.command()
+def beat() -> None:
+    """Optional: one more contender for the cluster's leadership (the recovery sweep and the evaluation
+    schedules), without being a worker. Workers elect a leader among themselves: nothing needs this."""
+    import signal
+    import threading
 
-    quiet = ["--quiet"] if get_settings().log_format == "json" else []  # its banner is printed, not logged
-    app.start([*quiet, "beat", "--loglevel=INFO", *ctx.args])
+    from workers._context import WorkerContext
+    from workers._liveness import Liveness
+    from workers.celery_app import make_celery_app
+
+    settings = get_settings()
+    ctx = WorkerContext(settings=settings, app=make_celery_app(settings))
+
+    def eval_tick() -> Any:
+        from batcher.evals.schedules import tick
+        from workers.eval_tasks import _get_runner
+
+        return tick(_get_runner(ctx.app))
+
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    liveness = Liveness(ctx, heartbeat=False, eval_tick=eval_tick).start()
+    click.echo("batcher beat: contending for leadership (recovery sweep, evaluation schedules); Ctrl-C stops")
+    done.wait()
+    liveness.stop()
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -183,6 +211,9 @@ def flower(ctx: click.Context, port: int) -> None:
         raise click.ClickException("Flower is not installed: pip install 'batcher[monitoring]'")
     from workers.celery_app import app
 
+    # Flower only reads events and inspects workers: kombu's stock transport (and its redis:// name
+    # in Flower's pages) suits it; the full-Redis-tolerant one is for consumers of tasks.
+    app.conf.broker_transport = None
     app.start(["flower", f"--port={port}", *ctx.args])
 
 
@@ -259,15 +290,22 @@ def keys() -> None:
 
 @keys.command("create")
 @click.option("--name", required=True, help="Who or what the key is for.")
-@click.option("--admin", is_flag=True, help="May read and list every key's jobs, files and batches.")
-def keys_create(name: str, admin: bool) -> None:
+@click.option("--admin", is_flag=True, help="May read and list every key's jobs, files and batches (and set api_base).")
+@click.option(
+    "--allow-api-base",
+    is_flag=True,
+    help="May send jobs naming their own api_base (with their own api_key; a public address unless it is in "
+    "BATCHER_ALLOWED_API_BASES).",
+)
+def keys_create(name: str, admin: bool, allow_api_base: bool) -> None:
     """Create a key and print it. It is shown this once: store it now."""
     from batcher._db.engine import get_engine
     from batcher.api.auth import create_key
 
-    info, key = create_key(get_engine(get_settings()), name, admin=admin)
+    info, key = create_key(get_engine(get_settings()), name, admin=admin, allow_api_base=allow_api_base)
     click.echo(key)
-    click.echo(f"key id {info.id} ({'admin, ' if admin else ''}name {info.name!r}): shown once, store it now", err=True)
+    flags = "".join(f"{f}, " for f, on in (("admin", admin), ("api_base", allow_api_base)) if on)
+    click.echo(f"key id {info.id} ({flags}name {info.name!r}): shown once, store it now", err=True)
 
 
 @keys.command("list")
@@ -277,7 +315,15 @@ def keys_list() -> None:
     from batcher.api.auth import list_keys
 
     for info in list_keys(get_engine(get_settings())):
-        flags = ",".join(f for f, on in (("admin", info.is_admin), ("revoked", info.revoked_at is not None)) if on)
+        flags = ",".join(
+            f
+            for f, on in (
+                ("admin", info.is_admin),
+                ("api_base", info.can_set_api_base),
+                ("revoked", info.revoked_at is not None),
+            )
+            if on
+        )
         click.echo(f"{info.id}  {info.prefix}...  {info.name}  {flags}".rstrip())
 
 

@@ -88,6 +88,8 @@ def worker_env(
         "BATCHER_BACKOFF_MAX_S": "0.5",
         "BATCHER_QUEUED_GRACE_S": "2",
         "BATCHER_WORKER_CONCURRENCY": "20",
+        # The session worker leads its database's cluster; schedule tests drive the tick themselves.
+        "BATCHER_EVAL_TICK_INTERVAL_S": "86400",
         "BATCHER_SECRET_KEY": Fernet.generate_key().decode(),
         "OPENAI_BASE_URL": fake_provider.openai_base,
         "ANTHROPIC_BASE_URL": fake_provider.anthropic_base,

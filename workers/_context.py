@@ -14,6 +14,9 @@ request, a client per thread 3.7 CPU-ms, and 50 % more requests per second.
 
 from __future__ import annotations
 
+import os
+import secrets
+import socket
 import ssl
 import threading
 from dataclasses import dataclass
@@ -27,6 +30,7 @@ from sqlalchemy import Engine
 
 from batcher._config import Settings
 from batcher._db.engine import get_engine
+from batcher._egress import EgressPolicy, EgressTransport
 from batcher._ratelimit import RateLimiter
 from batcher._retry import RetryPolicy
 
@@ -45,6 +49,46 @@ class WorkerContext:
         return get_engine(self.settings)
 
     @cached_property
+    def worker_id(self) -> str:
+        """This process's name in ``workers`` and on the requests it claims (unique per start)."""
+        return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+    # --- in-flight requests (what a graceful shutdown waits for) ------------------------------
+
+    @cached_property
+    def _in_flight(self) -> set[str]:
+        """Task ids (``<job>:<index>``) this process is running."""
+        return set()
+
+    @cached_property
+    def _idle(self) -> threading.Condition:
+        return threading.Condition()
+
+    def started(self, key: str) -> bool:
+        """Record a request this process starts; False if one of its threads runs it already."""
+        with self._idle:
+            if key in self._in_flight:
+                return False
+            self._in_flight.add(key)
+            return True
+
+    def finished(self, key: str) -> None:
+        with self._idle:
+            self._in_flight.discard(key)
+            if not self._in_flight:
+                self._idle.notify_all()
+
+    @property
+    def in_flight_count(self) -> int:
+        with self._idle:
+            return len(self._in_flight)
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Block until no request is in flight (True) or ``timeout_s`` passed (False)."""
+        with self._idle:
+            return self._idle.wait_for(lambda: not self._in_flight, timeout=timeout_s)
+
+    @cached_property
     def db(self) -> Engine:
         """Autocommit on Postgres: every hot-path write is one statement, so BEGIN/COMMIT would only add
         round trips. SQLite (embedded) runs its several statements per write in a transaction."""
@@ -59,15 +103,28 @@ class WorkerContext:
             return override  # type: ignore[no-any-return]
         return redis.Redis.from_url(self.settings.redis_url, socket_timeout=5, health_check_interval=30)
 
+    @cached_property
+    def egress(self) -> EgressPolicy:
+        """Where this worker's keys may go and which bases it trusts (its environment and settings)."""
+        return EgressPolicy.from_settings(self.settings)
+
     @property
     def http(self) -> httpx.Client:
-        """This thread's HTTP client (one thread makes one call at a time, so its pool stays tiny)."""
+        """This thread's HTTP client (one thread makes one call at a time, so its pool stays tiny).
+
+        Its transport applies the egress policy (``batcher._egress.EgressTransport``): configured and
+        allowed bases go out as before; any other URL gets no worker key and is connected only to a
+        public address checked at connect time. Redirects are never followed (they would carry the key).
+        """
         client: httpx.Client | None = getattr(self._threads, "http", None)
         if client is None:
             client = httpx.Client(
-                verify=self._ssl_context,  # built once: loading CA certificates per client costs ~20 ms
-                limits=httpx.Limits(
-                    max_connections=CONNECTIONS_PER_THREAD, max_keepalive_connections=CONNECTIONS_PER_THREAD
+                transport=EgressTransport(
+                    self.egress,
+                    verify=self._ssl_context,  # built once: loading CA certificates per client costs ~20 ms
+                    limits=httpx.Limits(
+                        max_connections=CONNECTIONS_PER_THREAD, max_keepalive_connections=CONNECTIONS_PER_THREAD
+                    ),
                 ),
                 timeout=httpx.Timeout(self.settings.request_timeout_s, connect=CONNECT_TIMEOUT_S),
                 follow_redirects=False,
@@ -119,8 +176,9 @@ def get_context(app: Celery) -> WorkerContext:
             if ctx is None:
                 ctx = WorkerContext(settings=app.conf.batcher_settings, app=app)
                 # Touch the cached properties now, under the lock, so threads never race to build them.
-                _ = (ctx.engine, ctx.db, ctx.redis, ctx.limiter, ctx.retry_policy)
+                _ = (ctx.engine, ctx.db, ctx.redis, ctx.limiter, ctx.retry_policy, ctx.egress)
                 _ = (ctx._ssl_context, ctx._threads, ctx._http_clients)
+                _ = (ctx.worker_id, ctx._in_flight, ctx._idle)
                 _contexts[id(app)] = ctx
     return ctx
 

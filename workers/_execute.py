@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy import Connection
 from sqlalchemy.exc import OperationalError
 
@@ -36,15 +37,15 @@ from batcher._response import mock_model_response
 from batcher._retry import RetryPolicy
 from batcher._secrets import redact, unseal
 from batcher._states import JobKind, RequestState
+from batcher._submit import queue_for
 from workers._context import WorkerContext
 
 log = logging.getLogger("batcher.worker")
 
 ERROR_TEXT_MAX_CHARS = 2_000
-STORE_ATTEMPTS = 8
 STORE_BACKOFF_BASE_S = 0.25
-STORE_BACKOFF_MAX_S = 8.0
-"""A write after a paid call is retried in place for ~30 s before the task gives up."""
+STORE_BACKOFF_MAX_S = 5.0
+"""A write after a paid call is retried in place, at most this far apart (see ``_write``)."""
 
 T = TypeVar("T")
 
@@ -53,10 +54,45 @@ def run_request(ctx: WorkerContext, job_id: str, idx: int) -> str:
     """Run one attempt; returns what happened (for logs and tests)."""
     job = uuid.UUID(job_id)
     settings = ctx.settings
-    with ctx.db.begin() as conn:
-        claimed = store.claim_request(conn, job, idx, lease_s=settings.request_timeout_s + settings.lease_margin_s)
-    if claimed is None:
-        return "not-claimable"
+    key = task_id(job, idx)
+    if not ctx.started(key):
+        return "running-here"  # a duplicate message while another thread of this worker runs it
+    try:
+        with ctx.db.begin() as conn:
+            claimed = store.claim_request(
+                conn,
+                job,
+                idx,
+                timeout_s=settings.request_timeout_s,
+                margin_s=settings.lease_margin_s,
+                worker_id=ctx.worker_id,
+            )
+        if claimed is None:
+            return "not-claimable"
+        try:
+            return _run_claimed(ctx, job, claimed)
+        except (OperationalError, RedisConnectionError):
+            raise  # infrastructure: the task is retried, and recovery backs it up
+        except Exception as exc:  # a bug or an input nothing foresaw: fail this request, never the worker
+            # Whatever the text holds (a header value, a URL), no key of this worker's leaves with it.
+            secrets = [*_logging.environment_secrets(), *(_unsealed(ctx, claimed))]
+            text = redact(f"internal error: {type(exc).__name__}: {exc}", secrets)[:ERROR_TEXT_MAX_CHARS]
+            log.error("request failed with an unexpected %s", type(exc).__name__, extra={"job_id": job_id, "idx": idx})
+            _end(ctx, claimed, RequestState.FAILED, "RequestError", text)
+            return "failed"
+    finally:
+        ctx.finished(key)
+
+
+def _unsealed(ctx: WorkerContext, claimed: store.ClaimedRequest) -> list[str]:
+    try:
+        return [unseal(claimed.credentials, ctx.settings)] if claimed.credentials else []
+    except Exception:  # a key that cannot be unsealed cannot leak either
+        return []
+
+
+def _run_claimed(ctx: WorkerContext, job: uuid.UUID, claimed: store.ClaimedRequest) -> str:
+    job_id, idx = str(job), claimed.idx
     extra = {"job_id": job_id, "idx": idx, "model": claimed.model, "attempt": claimed.attempts}
     _logging.bind(provider=claimed.provider, model=claimed.model, attempt=claimed.attempts)
 
@@ -133,22 +169,25 @@ def run_request(ctx: WorkerContext, job_id: str, idx: int) -> str:
 
 
 def _write(ctx: WorkerContext, statement: Callable[[Connection], T]) -> T:
-    """Run a write whose outcome was already paid for, riding out a short database outage.
+    """Run a write whose outcome was already paid for, riding out a database outage.
 
-    Re-running the whole task instead would find the request claimed (its lease still
-    live) and do nothing, leaving the answer unstored until the lease expired and the
-    request was sent — and paid for — again.
+    Retried in place for up to ``BATCHER_STORE_RETRY_WINDOW_S`` (15 min): re-running the task
+    instead would send the request — and pay for it — again. The worker's heartbeat goes on
+    meanwhile (its own thread), so nobody takes the request away while its answer waits here.
     """
-    for attempt in range(1, STORE_ATTEMPTS + 1):
+    deadline = time.monotonic() + ctx.settings.store_retry_window_s
+    attempt = 0
+    while True:
+        attempt += 1
         try:
             with ctx.db.begin() as conn:
                 return statement(conn)
         except OperationalError:
-            if attempt == STORE_ATTEMPTS:
+            if time.monotonic() >= deadline:
                 raise
-            log.warning("database write failed (attempt %d), retrying", attempt, exc_info=True)
-            time.sleep(min(STORE_BACKOFF_MAX_S, STORE_BACKOFF_BASE_S * 2 ** (attempt - 1)))
-    raise AssertionError("unreachable")
+            if attempt == 1 or attempt % 10 == 0:
+                log.warning("database write failed (attempt %d), retrying", attempt, exc_info=attempt == 1)
+            time.sleep(min(STORE_BACKOFF_MAX_S, STORE_BACKOFF_BASE_S * 2 ** min(attempt - 1, 10)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,8 +208,10 @@ def _prepare(ctx: WorkerContext, claimed: store.ClaimedRequest) -> _Call:
     params: dict[str, Any] = {**options.get("params", {}), **(claimed.request_params or {})}
     params = _providers.check_params(claimed.provider, params, drop_params=bool(options.get("drop_params")))
     route = _providers.resolve_route(claimed.model)
-    api_key = _api_key(ctx, claimed)
     api_base = _providers.resolve_api_base(claimed.provider, options.get("api_base"), os.environ)
+    api_key = _api_key(ctx, claimed, api_base)
+    if options.get("api_base"):  # submission's rules again, under this worker's configuration (names: at connect)
+        ctx.egress.check_named_base(claimed.provider, api_base, own_key=True, resolve=None)
     buckets = (
         ctx.limiter.buckets(claimed.provider, route.model, deployment_id(api_base, api_key))
         if ctx.limiter.limits
@@ -187,9 +228,18 @@ def _prepare(ctx: WorkerContext, claimed: store.ClaimedRequest) -> _Call:
     )
 
 
-def _api_key(ctx: WorkerContext, claimed: store.ClaimedRequest) -> str:
+def _api_key(ctx: WorkerContext, claimed: store.ClaimedRequest, api_base: str) -> str:
+    """The job's own key, else this worker's key for the provider: only for a base configured with it or
+    allowed (``BATCHER_ALLOWED_API_BASES``), whatever the job says."""
     if claimed.credentials:
         return unseal(claimed.credentials, ctx.settings)
+    if not ctx.egress.key_may_go(claimed.provider, api_base):
+        raise AuthenticationError(
+            f"the job names an api_base that is not configured for {claimed.provider} nor allowed, without its own "
+            "api_key: workers send their keys only to the bases configured with them",
+            model=claimed.model,
+            provider=claimed.provider,
+        )
     key = _providers.resolve_api_key(claimed.provider, None, os.environ)
     if key is None:
         names = " or ".join(_providers.PROVIDERS[claimed.provider].api_key_env_vars)
@@ -204,7 +254,7 @@ def _api_key(ctx: WorkerContext, claimed: store.ClaimedRequest) -> str:
 
 def _requeue(ctx: WorkerContext, claimed: store.ClaimedRequest, delay_s: float) -> None:
     """A new message for the request's next attempt, due in ``delay_s``: no worker slot waits for it."""
-    queue = ctx.settings.race_queue if claimed.kind == JobKind.FASTEST.value else ctx.settings.queue
+    queue = queue_for(claimed.kind, ctx.settings, claimed.queue)
     ctx.app.send_task(
         RUN_REQUEST_TASK,
         args=(str(claimed.job_id), claimed.idx),
@@ -217,7 +267,9 @@ def _requeue(ctx: WorkerContext, claimed: store.ClaimedRequest, delay_s: float) 
 
 def _defer(ctx: WorkerContext, claimed: store.ClaimedRequest, wait_s: float, extra: dict[str, Any]) -> str:
     """Over a shared rate limit: give the attempt back and come back when there is capacity."""
-    parked = _write(ctx, lambda conn: store.record_deferral(conn, claimed.request_id, delay_s=wait_s))
+    parked = _write(
+        ctx, lambda conn: store.record_deferral(conn, claimed.request_id, attempt=claimed.attempts, delay_s=wait_s)
+    )
     if parked:
         _requeue(ctx, claimed, wait_s)
     _metrics.observe_deferral(claimed.provider, claimed.model, wait_s)
@@ -244,6 +296,7 @@ def _failed(
             lambda conn: store.record_retry(
                 conn,
                 claimed.request_id,
+                attempt=claimed.attempts,
                 delay_s=delay_s,
                 error_type=type(err).__name__,
                 error=text,
@@ -272,7 +325,13 @@ def _end(
     progress = _write(
         ctx,
         lambda conn: store.record_end(
-            conn, claimed.request_id, state, error_type=error_type, error=error, status_code=status_code
+            conn,
+            claimed.request_id,
+            state,
+            attempt=claimed.attempts,
+            error_type=error_type,
+            error=error,
+            status_code=status_code,
         ),
     )
     _metrics.observe_request(claimed.provider, claimed.model, state.value)
@@ -334,9 +393,21 @@ def finalize(ctx: WorkerContext, job_id: str) -> str | None:
     with ctx.db.begin() as conn:
         state = store.finalize_job(conn, uuid.UUID(job_id))
     if state is not None:
-        wake_waiters(ctx.redis, job_id, state)
+        try:
+            wake_waiters(ctx.redis, job_id, state)
+        except Exception:  # Redis is coordination only: waiters also poll Postgres
+            log.warning("could not wake the waiters of job %s", job_id, exc_info=True)
+        _forget_watermark(ctx, job_id)
         log.info("job finished: %s", state, extra={"job_id": job_id})
     return state
+
+
+def _forget_watermark(ctx: WorkerContext, job_id: str) -> None:
+    """A final job publishes nothing more (best effort: the key expires anyway)."""
+    try:
+        ctx.redis.delete(_keys.published_key(job_id))
+    except Exception:  # Redis is coordination only
+        log.debug("could not delete the publish watermark of %s", job_id, exc_info=True)
 
 
 def wake_waiters(client: Any, job_id: str, state: str) -> None:

@@ -1,42 +1,67 @@
 """The recovery sweep: Postgres says what must still happen; make sure the broker knows.
 
-Run periodically by Celery beat (``batcher.recover``) and on demand by ``batcher recover``.
-Re-enqueueing is always safe: a request is claimed atomically, so a duplicate message for
-it is a no-op. What it repairs:
+Run every ``BATCHER_RECOVERY_INTERVAL_S`` by the cluster's leader (one worker, elected through a
+Postgres advisory lock: ``workers._liveness``), and on demand by ``batcher recover``. Every step
+is idempotent and re-sending is always safe (a request is claimed atomically, so a duplicate
+message is a no-op), but each step also takes care not to create duplicates. What it repairs, in
+order:
 
-- a worker died mid-request (``kill -9``): the request's lease runs out and it is re-sent;
-  messages it had reserved but not started are re-sent once their job stalls;
-- Redis lost its data (FLUSHALL, restart without persistence), detected by the missing
-  epoch key: every queued request of an active job is re-sent;
-- a delayed retry message was lost: retrying requests overdue by the grace period;
-- a submitter died between storing and publishing: jobs never marked enqueued;
-- a job's deadline passed: its unsent requests end ``expired``;
-- a finalizer message was lost: jobs whose requests are all final are finalized.
+1. **A worker died** (``kill -9``, OOM kill, lost machine): its heartbeat lapsed, so every request
+   it was running is queued again (or ``failed`` with ``WorkerLostError`` once the worker was lost
+   as often as the request's attempt budget, or ``cancelled`` if its job is being cancelled), and
+   its message is moved back from the dead worker's unacknowledged set to the queue (or published
+   afresh if Redis no longer has it). A new leader waits one lapse before reaping, so workers cut
+   off from Postgres for a while (an outage) are not declared dead on their first missed beat.
+2. **Messages stranded with a dead worker**: messages delivered ``BATCHER_STRANDED_MESSAGE_S``
+   ago whose request never started go back to their queue.
+3. **Publishing that did not finish**: a submitter died or a full Redis refused it mid-way, or
+   Redis lost its data (the watermark is gone with the messages): publishing goes on from the
+   job's watermark (``batcher._publish``).
+4. **A delayed retry's message was lost**: retries overdue by ``BATCHER_QUEUED_GRACE_S``.
+5. **Orphans**: with both queues empty, a queued request of a fully published job that no worker
+   holds has lost its message (seen twice in a row, to let a delivery in progress land).
+6. Deadlines (unsent requests end ``expired``) and finalizers (jobs whose requests are all final).
 """
 
 from __future__ import annotations
 
 import logging
+import random
+import time
 import uuid
-from dataclasses import asdict, dataclass
-from itertools import groupby
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+
+import redis
+from sqlalchemy import Connection
 
 from batcher import _keys
-from batcher._db import store
-from batcher._publish import publish_requests
-from batcher._states import JobKind
-from batcher._submit import enqueue
+from batcher._db import recovery, store
+from batcher._db.recovery import ActiveJob, RequestRef
+from batcher._publish import RUN_REQUEST_TASK, task_id
+from batcher._submit import kombu_errors, publisher_for, queue_for
 from workers import _execute
+from workers._broker import BrokerMessages, HeldMessage
 from workers._context import WorkerContext
 
 log = logging.getLogger("batcher.recovery")
 
+REAPED_JITTER_S = 2.0
+"""A request taken back from a dead worker runs again after a random delay of up to this."""
+WORKER_RETENTION_S = 86_400.0
+"""Rows of workers that stopped or died are kept a day (the dashboard and ``batcher workers`` show them)."""
+ORPHAN_CONFIRMATIONS = 2
+"""Sweeps in a row that must see a queued request without any message before it is re-sent."""
+
 
 @dataclass
 class SweepReport:
-    broker_data_lost: bool = False
-    requests_reenqueued: int = 0
-    jobs_republished: int = 0
+    requests_reaped: int = 0
+    requests_failed_worker_lost: int = 0
+    messages_moved_back: int = 0
+    requests_republished: int = 0
+    jobs_published: int = 0
     jobs_expired: int = 0
     jobs_finalized: int = 0
 
@@ -44,33 +69,194 @@ class SweepReport:
         return {k: int(v) for k, v in asdict(self).items()}
 
 
-def sweep(ctx: WorkerContext) -> SweepReport:
+@dataclass
+class SweepState:
+    """What one leader remembers between sweeps."""
+
+    orphan_candidates: dict[tuple[uuid.UUID, int], int] = field(default_factory=dict)
+
+
+def sweep(
+    ctx: WorkerContext, conn: Connection | None = None, *, reap: bool = True, state: SweepState | None = None
+) -> SweepReport:
+    """One pass. ``conn`` is the leader's own session (its loss aborts the pass: the fence);
+    ``reap=False`` skips step 1 (a new leader's first lapse)."""
+    if conn is None:
+        with ctx.engine.connect() as own:
+            return sweep(ctx, own, reap=reap, state=state)
     settings = ctx.settings
     report = SweepReport()
-    # SET NX returns True only when the key was missing: Redis lost its data, or this is the first sweep.
-    report.broker_data_lost = bool(ctx.redis.set(_keys.BROKER_EPOCH_KEY, "1", nx=True))
+    state = state or SweepState()
+    broker = broker_messages(ctx)
+    to_publish: list[RequestRef] = []
+    reaped_refs: list[RequestRef] = []
+    finished_jobs: set[uuid.UUID] = set()
 
-    with ctx.engine.begin() as conn:
-        stale = store.requests_to_reenqueue(
-            conn, everything_queued=report.broker_data_lost, grace_s=settings.queued_grace_s
-        )
-        stale += store.stalled_requests(conn, stall_s=settings.stall_grace_s)
-        never = store.jobs_never_enqueued(conn, grace_s=settings.queued_grace_s)
-    for (job_id, kind), group in groupby(sorted(set(stale)), key=lambda row: (row[0], row[2])):
-        indices = [idx for _, idx, _ in group]
-        queue = settings.race_queue if kind == JobKind.FASTEST.value else settings.queue
-        publish_requests(ctx.app, job_id, indices, queue=queue)
-        report.requests_reenqueued += len(indices)
-    for job_id, kind, total in never:
-        enqueue(ctx.engine, ctx.app, settings, job_id, JobKind(kind), total)
-        report.jobs_republished += 1
+    # 1. Requests whose worker is gone.
+    if reap:
+        with conn.begin():
+            reaped = recovery.reap_lost(
+                conn,
+                lapse_s=settings.worker_lapse_s,
+                default_max_attempts=settings.max_attempts,
+                stuck_s=settings.store_retry_window_s + settings.worker_lapse_s,
+            )
+        for item in reaped:
+            if item.state == "queued":
+                report.requests_reaped += 1
+                reaped_refs.append(RequestRef(item.job_id, item.idx, item.kind, item.queue))
+            else:
+                report.requests_failed_worker_lost += int(item.state == "failed")
+                finished_jobs.add(item.job_id)
 
-    with ctx.engine.begin() as conn:
+    held: list[HeldMessage] = list(broker.held()) if broker is not None else []
+    held_by_request = {(m.job_id, m.idx): m for m in held}
+
+    # 1b. A reaped request's old message (held by the dead worker) is dropped and a new one sent,
+    # each after a random short delay: requests that died together do not all run together again,
+    # so a poison request ends up alone when it kills its next worker, and its neighbours survive.
+    if broker is not None and reaped_refs:
+        reaped_keys = {(r.job_id, r.idx) for r in reaped_refs}
+        broker.forget([m for m in held if (m.job_id, m.idx) in reaped_keys])
+        held = [m for m in held if (m.job_id, m.idx) not in reaped_keys]
+        held_by_request = {(m.job_id, m.idx): m for m in held}
+    report.requests_republished += publish_each(ctx, reaped_refs, jitter_s=REAPED_JITTER_S)
+
+    # 2. Messages stranded with a dead worker: delivered long ago, their request never started.
+    if broker is not None:
+        cutoff = time.time() - settings.stranded_message_s
+        old = [m for m in held if m.delivered_at < cutoff]
+        with conn.begin():
+            states = recovery.request_states(conn, [(m.job_id, m.idx) for m in old])
+        stranded = [m for m in old if states.get((m.job_id, m.idx)) == "queued"]
+        report.messages_moved_back = broker.move_back(stranded)
+
+    # 3. Publishing that did not finish (or whose messages Redis lost).
+    with conn.begin():
+        active = recovery.active_jobs(conn)
+    published = _finish_publishing(ctx, conn, active, report)
+
+    # 4. Retries whose delayed message was lost.
+    with conn.begin():
+        overdue = recovery.overdue_retries(conn, grace_s=settings.queued_grace_s)
+    to_publish += [r for r in overdue if (r.job_id, r.idx) not in held_by_request]
+
+    # 5. Orphans: queues empty, yet queued requests that no worker holds.
+    if broker is not None:
+        to_publish += _orphans(ctx, conn, broker, published, held_by_request, state)
+
+    report.requests_republished += publish_each(ctx, to_publish)
+
+    # 6. Deadlines and finalizers.
+    with conn.begin():
         report.jobs_expired = len(store.expire_overdue(conn))
         due: list[uuid.UUID] = store.jobs_due_for_finalize(conn)
-    for job_id in due:
+    for job_id in {*due, *finished_jobs}:
         if _execute.finalize(ctx, str(job_id)) is not None:
             report.jobs_finalized += 1
+    with conn.begin():
+        recovery.prune_workers(conn, older_than_s=WORKER_RETENTION_S)
     if any(asdict(report).values()):
         log.info("recovery sweep: %s", report.as_dict())
     return report
+
+
+def broker_messages(ctx: WorkerContext) -> BrokerMessages | None:
+    """The broker's view, when it is Redis (embedded mode's in-memory broker dies with its process)."""
+    url = ctx.settings.redis_url
+    if not url.startswith(("redis://", "rediss://")):
+        return None
+    prefix = str(ctx.app.conf.broker_transport_options.get("global_keyprefix", ""))
+    return BrokerMessages(ctx.redis, prefix=prefix)
+
+
+def _finish_publishing(
+    ctx: WorkerContext, conn: Connection, active: list[ActiveJob], report: SweepReport
+) -> list[ActiveJob]:
+    """Go on publishing every active job from its watermark; returns the jobs completely published."""
+    if not active:
+        return []
+    publisher = publisher_for(ctx.app)
+    store_redis = ctx.redis  # the broker's Redis in a cluster; embedded mode's in-process store
+    keys = [_keys.published_key(str(job.id)) for job in active]
+    marks = store_redis.mget(keys)
+    complete: set[uuid.UUID] = set()
+    for job, raw in zip(active, marks, strict=True):
+        mark = int(raw) if raw is not None and raw.isdigit() else None
+        if mark is not None and mark >= job.total:
+            complete.add(job.id)
+            continue
+
+        def pending(start: int, limit: int, job_id: uuid.UUID = job.id) -> list[int]:
+            with conn.begin():
+                return recovery.pending_indices(conn, job_id, start, limit)
+
+        try:
+            if publisher.publish_job(job.id, job.total, pending, queue=queue_for(job.kind, ctx.settings, job.queue)):
+                complete.add(job.id)
+                report.jobs_published += 1
+        except redis.RedisError as exc:  # still full or away: the next sweep goes on from the watermark
+            log.warning("could not publish job %s yet: %s", job.id, exc)
+    if complete:
+        pipe = store_redis.pipeline(transaction=False)
+        for job_id in complete:
+            pipe.expire(_keys.published_key(str(job_id)), _keys.PUBLISHED_TTL_S)
+        pipe.execute()
+        with conn.begin():
+            recovery.mark_enqueued(conn, [j.id for j in active if j.id in complete and not j.enqueued])
+    return [job for job in active if job.id in complete]
+
+
+def _orphans(
+    ctx: WorkerContext,
+    conn: Connection,
+    broker: BrokerMessages,
+    published: list[ActiveJob],
+    held: dict[tuple[uuid.UUID, int], HeldMessage],
+    state: SweepState,
+) -> list[RequestRef]:
+    queues = {queue_for(job.kind, ctx.settings, job.queue) for job in published}
+    if not published or any(broker.queue_length(queue) for queue in queues):
+        state.orphan_candidates.clear()
+        return []
+    with conn.begin():
+        queued = recovery.queued_requests(conn, sorted(job.id for job in published))
+    seen: dict[tuple[uuid.UUID, int], int] = {}
+    out = []
+    for ref in queued:
+        key = (ref.job_id, ref.idx)
+        if key in held:
+            continue
+        seen[key] = state.orphan_candidates.get(key, 0) + 1
+        if seen[key] >= ORPHAN_CONFIRMATIONS:
+            out.append(ref)
+            del seen[key]
+    state.orphan_candidates = seen
+    return out
+
+
+def publish_each(ctx: WorkerContext, refs: Iterable[RequestRef], *, jitter_s: float = 0.0) -> int:
+    """A new message for each request (``jitter_s``: each due after a random delay up to that)."""
+    by_queue: dict[tuple[uuid.UUID, str], list[int]] = defaultdict(list)
+    for ref in refs:
+        by_queue[(ref.job_id, queue_for(ref.kind, ctx.settings, ref.queue))].append(ref.idx)
+    publisher = publisher_for(ctx.app)
+    count = 0
+    for (job_id, queue), indices in by_queue.items():
+        try:
+            if jitter_s > 0:
+                for idx in sorted(set(indices)):
+                    ctx.app.send_task(
+                        RUN_REQUEST_TASK,
+                        args=(str(job_id), idx),
+                        task_id=task_id(job_id, idx),
+                        countdown=random.uniform(0, jitter_s),
+                        queue=queue,
+                        ignore_result=True,
+                    )
+            else:
+                publisher.publish_requests(job_id, sorted(set(indices)), queue=queue)
+            count += len(indices)
+        except (redis.RedisError, *kombu_errors()) as exc:  # type: ignore[misc]
+            log.warning("could not re-publish %d requests of job %s yet: %s", len(indices), job_id, exc)
+    return count

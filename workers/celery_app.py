@@ -9,7 +9,9 @@ from celery import Celery
 from batcher import _logging, _metrics
 from batcher._config import Settings, get_settings
 from batcher._publish import FINALIZE_JOB_TASK, RECOVER_TASK, RUN_REQUEST_TASK
-from batcher.evals.settings import EVAL_TICK_TASK, EvalSettings
+from batcher.evals.settings import EVAL_TICK_TASK
+from workers import _liveness
+from workers._broker import TRANSPORT
 
 MEMORY_POLLING_INTERVAL_S = 0.01
 
@@ -21,8 +23,10 @@ def make_celery_app(settings: Settings, *, coordination: Any = None) -> Celery:
     (embedded mode passes its in-process server).
     """
     app = Celery("batcher", broker=settings.redis_url, include=["workers.tasks", "workers.eval_tasks"])
-    eval_tick_s = EvalSettings().tick_interval_s
+    redis_broker = settings.redis_url.startswith(("redis://", "rediss://"))
     app.conf.update(
+        # kombu's Redis transport, made to keep workers up when Redis is at its memory limit.
+        broker_transport=TRANSPORT if redis_broker else None,
         # "Not lost": a message is acknowledged only after its task returned, a worker killed
         # mid-task gives its message back, and a worker holds few unstarted messages.
         task_acks_late=True,
@@ -55,12 +59,8 @@ def make_celery_app(settings: Settings, *, coordination: Any = None) -> Celery:
         worker_send_task_events=settings.task_events,
         task_send_sent_event=False,
         worker_hijack_root_logger=False,
-        beat_schedule={
-            "batcher-recover": {"task": RECOVER_TASK, "schedule": settings.recovery_interval_s},
-            # Evaluation schedules live in Postgres; this tick fires the due ones (see batcher.evals.schedules).
-            # A tick not started within its own interval is dropped: the next one does the same work.
-            "batcher-eval-tick": {"task": EVAL_TICK_TASK, "schedule": eval_tick_s, "options": {"expires": eval_tick_s}},
-        },
+        # No beat schedule: the recovery sweep and the evaluation tick run inside the workers, on the
+        # one elected leader (workers/_liveness.py). `batcher beat` is an optional extra contender.
     )
     app.conf.batcher_settings = settings
     app.conf.batcher_coordination = coordination
@@ -92,5 +92,6 @@ app = make_celery_app(get_settings())
 # Observability of worker and beat processes (process-wide Celery signals, connected once).
 _logging.install_celery_hooks()
 _metrics.install_celery_hooks()
+_liveness.install_celery_hooks()
 
 __all__ = ["RUN_REQUEST_TASK", "app", "make_celery_app", "worker_argv"]

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Connection, Engine, Table, and_, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, Table, func, insert, select, update
 
 from batcher._db.models import Job, Request, Response
 from batcher._states import ACTIVE_JOB_STATES, JobState, RequestState
@@ -112,7 +112,9 @@ def mark_enqueued(conn: Connection, job_id: uuid.UUID) -> None:
 # --- execution --------------------------------------------------------------------------------
 
 
-def claim_request(conn: Connection, job_id: uuid.UUID, idx: int, *, lease_s: float) -> ClaimedRequest | None:
+def claim_request(
+    conn: Connection, job_id: uuid.UUID, idx: int, *, timeout_s: float, margin_s: float, worker_id: str | None
+) -> ClaimedRequest | None:
     from batcher._db.store import ClaimedRequest
 
     now = _now()
@@ -127,11 +129,13 @@ def claim_request(conn: Connection, job_id: uuid.UUID, idx: int, *, lease_s: flo
                 R.c.attempts,
                 R.c.state,
                 R.c.lease_until,
+                R.c.worker_id,
                 J.c.kind,
                 J.c.params.label("job_params"),
                 J.c.state.label("job_state"),
                 J.c.deadline_at,
                 J.c.credentials,
+                J.c.queue,
             )
             .select_from(R.join(J, J.c.id == R.c.job_id))
             .where(R.c.job_id == job_id, R.c.idx == idx)
@@ -141,9 +145,12 @@ def claim_request(conn: Connection, job_id: uuid.UUID, idx: int, *, lease_s: flo
     )
     if row is None or row["job_state"] not in _ACTIVE or row["job_state"] == JobState.CANCELLING.value:
         return None
-    lease_expired = row["state"] == RequestState.RUNNING.value and row["lease_until"] and row["lease_until"] < now
+    lease_expired = row["state"] == RequestState.RUNNING.value and (
+        (row["lease_until"] and row["lease_until"] < now) or (worker_id is not None and row["worker_id"] == worker_id)
+    )
     if row["state"] not in _UNSENT and not lease_expired:
         return None
+    lease_s = float((row["job_params"] or {}).get("timeout_s") or timeout_s) + margin_s
     conn.execute(
         update(R)
         .where(R.c.id == row["id"])
@@ -153,6 +160,7 @@ def claim_request(conn: Connection, job_id: uuid.UUID, idx: int, *, lease_s: flo
             started_at=func.coalesce(R.c.started_at, now),
             lease_until=now + timedelta(seconds=lease_s),
             next_attempt_at=None,
+            worker_id=worker_id,
         )
     )
     if row["job_state"] == JobState.QUEUED.value:
@@ -174,21 +182,20 @@ def claim_request(conn: Connection, job_id: uuid.UUID, idx: int, *, lease_s: flo
         attempts=row["attempts"] + 1,
         deadline_at=_aware(row["deadline_at"]),
         credentials=row["credentials"],
+        queue=row["queue"],
     )
 
 
 def record_success(conn: Connection, claimed: ClaimedRequest, values: dict[str, Any]) -> Progress | None:
-    if conn.execute(select(RESP.c.request_id).where(RESP.c.request_id == claimed.request_id)).first():
-        return None
-    conn.execute(insert(RESP).values(request_id=claimed.request_id, created_at=_now(), **values))
     updated = conn.execute(
         update(R)
-        .where(R.c.id == claimed.request_id, R.c.state == RequestState.RUNNING.value)
+        .where(R.c.id == claimed.request_id, R.c.state.in_(_OPEN))
         .values(
             state=RequestState.SUCCEEDED.value,
             finished_at=_now(),
             latency_ms=values["latency_ms"],
             lease_until=None,
+            worker_id=None,
             error_type=None,
             error=None,
             status_code=200,
@@ -196,31 +203,42 @@ def record_success(conn: Connection, claimed: ClaimedRequest, values: dict[str, 
     ).rowcount
     if not updated:
         return None
+    if conn.execute(select(RESP.c.request_id).where(RESP.c.request_id == claimed.request_id)).first() is None:
+        conn.execute(insert(RESP).values(request_id=claimed.request_id, created_at=_now(), **values))
     return _bump(conn, claimed.job_id, "succeeded")
 
 
 def record_end(
-    conn: Connection, request_id: int, state: RequestState, counter: str, values: dict[str, Any]
+    conn: Connection, request_id: int, state: RequestState, counter: str, values: dict[str, Any], *, attempt: int
 ) -> Progress | None:
-    job_id = conn.execute(select(R.c.job_id).where(R.c.id == request_id, R.c.state.in_(_OPEN))).scalar()
+    job_id = conn.execute(
+        select(R.c.job_id).where(R.c.id == request_id, R.c.state == RequestState.RUNNING.value, R.c.attempts == attempt)
+    ).scalar()
     if job_id is None:
         return None
     latency = values.pop("latency_ms", None)
-    changes: dict[str, Any] = {"state": state.value, "finished_at": _now(), "lease_until": None, **values}
+    changes: dict[str, Any] = {
+        "state": state.value,
+        "finished_at": _now(),
+        "lease_until": None,
+        "worker_id": None,
+        **values,
+    }
     if latency is not None:
         changes["latency_ms"] = latency
     conn.execute(update(R).where(R.c.id == request_id).values(**changes))
     return _bump(conn, job_id, counter)
 
 
-def record_retry(conn: Connection, request_id: int, *, delay_s: float, values: dict[str, Any]) -> bool:
+def record_retry(conn: Connection, request_id: int, *, delay_s: float, values: dict[str, Any], attempt: int) -> bool:
     return bool(
         conn.execute(
             update(R)
-            .where(R.c.id == request_id, R.c.state == RequestState.RUNNING.value)
+            .where(R.c.id == request_id, R.c.state == RequestState.RUNNING.value, R.c.attempts == attempt)
             .values(
                 state=RequestState.RETRYING.value,
                 lease_until=None,
+                worker_id=None,
                 next_attempt_at=_now() + timedelta(seconds=delay_s),
                 **values,
             )
@@ -228,15 +246,16 @@ def record_retry(conn: Connection, request_id: int, *, delay_s: float, values: d
     )
 
 
-def record_deferral(conn: Connection, request_id: int, *, delay_s: float) -> bool:
+def record_deferral(conn: Connection, request_id: int, *, delay_s: float, attempt: int) -> bool:
     return bool(
         conn.execute(
             update(R)
-            .where(R.c.id == request_id, R.c.state == RequestState.RUNNING.value)
+            .where(R.c.id == request_id, R.c.state == RequestState.RUNNING.value, R.c.attempts == attempt)
             .values(
                 state=RequestState.RETRYING.value,
                 attempts=R.c.attempts - 1,
                 lease_until=None,
+                worker_id=None,
                 next_attempt_at=_now() + timedelta(seconds=delay_s),
             )
         ).rowcount
@@ -336,50 +355,6 @@ def stream_results(engine: Engine, job_id: uuid.UUID, *, page_size: int) -> Iter
 # --- recovery ---------------------------------------------------------------------------------
 
 
-def requests_to_reenqueue(
-    conn: Connection, *, everything_queued: bool, grace_s: float
-) -> list[tuple[uuid.UUID, int, str]]:
-    now = _now()
-    due = or_(
-        and_(R.c.state == RequestState.RUNNING.value, R.c.lease_until < now),
-        and_(R.c.state == RequestState.RETRYING.value, R.c.next_attempt_at < now - timedelta(seconds=grace_s)),
-    )
-    if everything_queued:
-        due = or_(due, R.c.state.in_(_UNSENT))
-    rows = conn.execute(
-        select(R.c.job_id, R.c.idx, J.c.kind)
-        .select_from(R.join(J, J.c.id == R.c.job_id))
-        .where(J.c.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]), J.c.enqueued_at.is_not(None), due)
-        .order_by(R.c.job_id, R.c.idx)
-    ).all()
-    return [(row.job_id, row.idx, row.kind) for row in rows]
-
-
-def stalled_requests(conn: Connection, *, stall_s: float) -> list[tuple[uuid.UUID, int, str]]:
-    since = _now() - timedelta(seconds=stall_s)
-    running = select(R.c.id).where(R.c.job_id == J.c.id, R.c.state == RequestState.RUNNING.value).exists()
-    recent = select(R.c.id).where(R.c.job_id == J.c.id, R.c.finished_at > since).exists()
-    jobs = select(J.c.id, J.c.kind).where(
-        J.c.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]), J.c.enqueued_at < since, ~running, ~recent
-    )
-    out: list[tuple[uuid.UUID, int, str]] = []
-    for job in conn.execute(jobs).all():
-        idxs = conn.execute(
-            select(R.c.idx).where(R.c.job_id == job.id, R.c.state == RequestState.QUEUED.value).order_by(R.c.idx)
-        ).scalars()
-        out += [(job.id, idx, job.kind) for idx in idxs]
-    return out
-
-
-def jobs_never_enqueued(conn: Connection, *, grace_s: float) -> list[tuple[uuid.UUID, str, int]]:
-    rows = conn.execute(
-        select(J.c.id, J.c.kind, J.c.total).where(
-            J.c.state.in_(_ACTIVE), J.c.enqueued_at.is_(None), J.c.created_at < _now() - timedelta(seconds=grace_s)
-        )
-    ).all()
-    return [(row.id, row.kind, row.total) for row in rows]
-
-
 def expire_overdue(conn: Connection) -> list[uuid.UUID]:
     overdue = conn.execute(select(J.c.id).where(J.c.state.in_(_ACTIVE), J.c.deadline_at < _now())).scalars().all()
     touched = []
@@ -395,8 +370,4 @@ def expire_overdue(conn: Connection) -> list[uuid.UUID]:
 
 def jobs_due_for_finalize(conn: Connection) -> list[uuid.UUID]:
     done = J.c.succeeded + J.c.failed + J.c.cancelled + J.c.expired
-    return list(
-        conn.execute(
-            select(J.c.id).where(J.c.state.in_(_ACTIVE), J.c.enqueued_at.is_not(None), done >= J.c.total)
-        ).scalars()
-    )
+    return list(conn.execute(select(J.c.id).where(J.c.state.in_(_ACTIVE), done >= J.c.total)).scalars())

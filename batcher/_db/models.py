@@ -102,6 +102,10 @@ class Job(Base):
     """The API key that submitted the job over HTTP; ``None`` for jobs submitted in-process."""
     idempotency_key: Mapped[str | None] = mapped_column(Text, nullable=True)
     """The ``Idempotency-Key`` header of the HTTP create: a retried create returns this job."""
+    idempotency_fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    """SHA-256 of the create's body: the same key with another body is refused, not answered with this job."""
+    queue: Mapped[str | None] = mapped_column(Text, nullable=True)
+    """The broker queue its requests go to (chosen at submission); recovery re-sends them there."""
 
 
 class Request(Base):
@@ -138,6 +142,29 @@ class Request(Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    worker_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    """The worker (``workers.id``) whose claim is running it; a lapsed heartbeat hands it to another."""
+    lost: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """How many times the worker running it died; past the attempt budget the request fails."""
+
+
+class Worker(Base):
+    """A worker process, alive while its heartbeat is recent (see ``workers/_liveness.py``)."""
+
+    __tablename__ = "workers"
+    __table_args__ = (Index("ix_workers_heartbeat_at", "heartbeat_at"),)
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    hostname: Mapped[str] = mapped_column(Text)
+    pid: Mapped[int] = mapped_column(Integer)
+    queues: Mapped[str] = mapped_column(Text, default="", server_default="")
+    concurrency: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    stopping_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    """Set at SIGTERM: the worker takes no new work and hands back what it cannot finish."""
+    stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    """Set when it exited cleanly: its requests were handed back already."""
 
 
 class Response(Base):
@@ -178,6 +205,8 @@ class ApiKey(Base):
     prefix: Mapped[str] = mapped_column(String(16))
     """The key's first characters, to recognise it in listings without revealing it."""
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    can_set_api_base: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    """May send jobs with their own ``api_base`` (with their own ``api_key``); admins always may."""
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 

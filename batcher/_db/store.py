@@ -18,7 +18,7 @@ from typing import IO, Any, cast
 
 import psycopg
 from psycopg.rows import dict_row
-from sqlalchemy import Connection, Engine, Table, text, update
+from sqlalchemy import Connection, Engine, Table, select, text, update
 from sqlalchemy.exc import DBAPIError
 
 from batcher._db import _sqlite
@@ -91,6 +91,8 @@ class ClaimedRequest:
     attempts: int
     deadline_at: datetime | None
     credentials: str | None
+    queue: str | None = None
+    """The job's broker queue (``None`` for jobs stored before it was recorded)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +122,8 @@ def insert_job(
     user_metadata: dict[str, Any] | None = None,
     owner_id: uuid.UUID | None = None,
     idempotency_key: str | None = None,
+    idempotency_fingerprint: str | None = None,
+    queue: str | None = None,
 ) -> bool:
     """Insert the job row. False if ``(owner_id, idempotency_key)`` already names a job (nothing inserted)."""
     if _is_sqlite(conn):
@@ -136,6 +140,8 @@ def insert_job(
                 "user_metadata": user_metadata,
                 "owner_id": owner_id,
                 "idempotency_key": idempotency_key,
+                "idempotency_fingerprint": idempotency_fingerprint,
+                "queue": queue,
                 "succeeded": 0,
                 "failed": 0,
                 "cancelled": 0,
@@ -145,9 +151,9 @@ def insert_job(
     result = conn.execute(
         text(
             "INSERT INTO jobs (id, kind, state, total, params, deadline_at, credentials, user_metadata, "
-            "owner_id, idempotency_key) "
+            "owner_id, idempotency_key, idempotency_fingerprint, queue) "
             "VALUES (:id, :kind, 'queued', :total, CAST(:params AS jsonb), :deadline_at, :credentials, "
-            "CAST(:user_metadata AS jsonb), :owner_id, :idempotency_key) "
+            "CAST(:user_metadata AS jsonb), :owner_id, :idempotency_key, :idempotency_fingerprint, :queue) "
             "ON CONFLICT (owner_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
         ),
         {
@@ -160,16 +166,22 @@ def insert_job(
             "user_metadata": json.dumps(user_metadata) if user_metadata is not None else None,
             "owner_id": owner_id,
             "idempotency_key": idempotency_key,
+            "idempotency_fingerprint": idempotency_fingerprint,
+            "queue": queue,
         },
     )
     return bool(result.rowcount)
 
 
-def job_by_idempotency_key(conn: Connection, owner_id: uuid.UUID, key: str) -> uuid.UUID | None:
-    return conn.execute(
-        text("SELECT id FROM jobs WHERE owner_id = :owner AND idempotency_key = :key"),
-        {"owner": owner_id, "key": key},
-    ).scalar_one_or_none()
+def job_by_idempotency_key(conn: Connection, owner_id: uuid.UUID, key: str) -> tuple[uuid.UUID, str | None] | None:
+    """The job created with this key, and the fingerprint of the body that created it."""
+    jobs = cast(Table, Job.__table__)
+    row = conn.execute(
+        select(jobs.c.id, jobs.c.idempotency_fingerprint).where(
+            jobs.c.owner_id == owner_id, jobs.c.idempotency_key == key
+        )
+    ).first()
+    return (row.id, row.idempotency_fingerprint) if row else None
 
 
 def copy_requests(conn: Connection, job_id: uuid.UUID, requests: Iterable[NewRequest]) -> int:
@@ -217,14 +229,18 @@ _CLAIM = f"""
            SET state = 'running',
                attempts = r.attempts + 1,
                started_at = COALESCE(r.started_at, now()),
-               lease_until = now() + make_interval(secs => %(lease_s)s),
-               next_attempt_at = NULL
+               lease_until = now() + make_interval(
+                   secs => COALESCE((j.params ->> 'timeout_s')::float8, %(timeout_s)s) + %(margin_s)s),
+               next_attempt_at = NULL,
+               worker_id = %(worker_id)s
           FROM jobs AS j
          WHERE r.job_id = %(job_id)s AND r.idx = %(idx)s AND j.id = r.job_id
            AND j.state IN ({_ACTIVE}) AND j.state <> 'cancelling'
-           AND (r.state IN ('queued', 'retrying') OR (r.state = 'running' AND r.lease_until < now()))
+           AND (r.state IN ('queued', 'retrying')
+                OR (r.state = 'running' AND (r.lease_until < now() OR r.worker_id = %(worker_id)s)))
         RETURNING r.id, r.model, r.provider, r.messages, r.params, r.attempts,
-                  j.kind, j.params AS job_params, j.state AS job_state, j.deadline_at, j.credentials
+                  j.kind, j.params AS job_params, j.state AS job_state, j.deadline_at, j.credentials,
+                  j.queue
     ), started AS (
         -- The first claim of a job starts it; later claims match nothing here and write nothing.
         UPDATE jobs SET state = 'running', started_at = now()
@@ -232,18 +248,36 @@ _CLAIM = f"""
     )
     SELECT * FROM claimed
     """
-"""Run through psycopg directly (``_hot``): its parameters are psycopg's ``%(name)s``."""
+"""Run through psycopg directly (``_hot``): its parameters are psycopg's ``%(name)s``.
+
+The lease is the call's own timeout (``timeout=`` of the job, else the worker's default) plus a
+margin: it only matters when no live worker holds the request (see ``batcher._db.recovery``).
+A worker may claim again a request it holds itself: its first claim committed but the answer
+was lost with the connection (a database restart), and the task is being retried."""
 
 
-def claim_request(conn: Connection, job_id: uuid.UUID, idx: int, *, lease_s: float) -> ClaimedRequest | None:
+def claim_request(
+    conn: Connection,
+    job_id: uuid.UUID,
+    idx: int,
+    *,
+    timeout_s: float,
+    margin_s: float,
+    worker_id: str | None = None,
+) -> ClaimedRequest | None:
     """Take the request for one attempt, or ``None`` if it is not ours to run.
 
     ``None`` means: already final, running under another worker's live lease, or its job is
     cancelled or finished. That is how redelivered and duplicate messages become no-ops.
+    ``worker_id`` records who holds it, so its death hands the request to another worker.
     """
     if _is_sqlite(conn):
-        return _sqlite.claim_request(conn, job_id, idx, lease_s=lease_s)
-    row = _hot(conn, _CLAIM, {"job_id": job_id, "idx": idx, "lease_s": lease_s})
+        return _sqlite.claim_request(conn, job_id, idx, timeout_s=timeout_s, margin_s=margin_s, worker_id=worker_id)
+    row = _hot(
+        conn,
+        _CLAIM,
+        {"job_id": job_id, "idx": idx, "timeout_s": timeout_s, "margin_s": margin_s, "worker_id": worker_id},
+    )
     if row is None:
         return None
     return ClaimedRequest(
@@ -259,6 +293,7 @@ def claim_request(conn: Connection, job_id: uuid.UUID, idx: int, *, lease_s: flo
         attempts=row["attempts"],
         deadline_at=row["deadline_at"],
         credentials=row["credentials"],
+        queue=row["queue"],
     )
 
 
@@ -269,21 +304,27 @@ _COUNT_AND_REPORT = """
 """
 
 _RECORD_SUCCESS = """
-    WITH ins AS (
+    WITH upd AS (
+        UPDATE requests SET state = 'succeeded', finished_at = now(), latency_ms = %(latency_ms)s,
+                            lease_until = NULL, worker_id = NULL, error_type = NULL, error = NULL,
+                            status_code = 200
+         WHERE id = %(request_id)s AND state IN ('running', 'queued', 'retrying')
+        RETURNING job_id
+    ), ins AS (
         INSERT INTO responses (request_id, job_id, idx, provider, model, body,
                                prompt_tokens, completion_tokens, total_tokens, latency_ms)
-        VALUES (%(request_id)s, %(job_id)s, %(idx)s, %(provider)s, %(model)s, CAST(%(body)s AS jsonb),
-                %(prompt_tokens)s, %(completion_tokens)s, %(total_tokens)s, %(latency_ms)s)
+        SELECT %(request_id)s, %(job_id)s, %(idx)s, %(provider)s, %(model)s, CAST(%(body)s AS jsonb),
+               %(prompt_tokens)s, %(completion_tokens)s, %(total_tokens)s, %(latency_ms)s
+         WHERE EXISTS (SELECT 1 FROM upd)
         ON CONFLICT (request_id) DO NOTHING
-        RETURNING request_id
-    ), upd AS (
-        UPDATE requests SET state = 'succeeded', finished_at = now(), latency_ms = %(latency_ms)s,
-                            lease_until = NULL, error_type = NULL, error = NULL, status_code = 200
-         WHERE id = (SELECT request_id FROM ins) AND state = 'running'
-        RETURNING job_id
     )
     """ + _COUNT_AND_REPORT.format(counter="succeeded")
-"""Run through psycopg directly (``_hot``)."""
+"""Run through psycopg directly (``_hot``).
+
+Any attempt whose answer arrives while the request is not yet final stores it: a paid answer is
+kept even when its worker was presumed dead and the request handed to another (whose later answer
+then finds it ``succeeded`` and is dropped). The row lock taken by the ``UPDATE`` orders two such
+attempts, so exactly one response is stored and counted."""
 
 
 def record_success(
@@ -346,9 +387,9 @@ _RECORD_END = {
         f"""
         WITH upd AS (
             UPDATE requests SET state = '{state.value}', finished_at = now(), lease_until = NULL,
-                                error_type = :error_type, error = :error, status_code = :status_code,
-                                latency_ms = COALESCE(:latency_ms, latency_ms)
-             WHERE id = :request_id AND state IN ('running', 'queued', 'retrying')
+                                worker_id = NULL, error_type = :error_type, error = :error,
+                                status_code = :status_code, latency_ms = COALESCE(:latency_ms, latency_ms)
+             WHERE id = :request_id AND state = 'running' AND attempts = :attempt
             RETURNING job_id
         )
         """
@@ -363,19 +404,24 @@ def record_end(
     request_id: int,
     state: RequestState,
     *,
+    attempt: int,
     error_type: str | None,
     error: str | None,
     status_code: int | None = None,
     latency_ms: float | None = None,
 ) -> Progress | None:
-    """Move a request to a final non-success state and count it, once."""
+    """Move a running request to a final non-success state and count it, once.
+
+    Fenced by ``attempt`` (the claim's count): an attempt whose request was handed to another
+    worker meanwhile changes nothing."""
     if _is_sqlite(conn):
         values = {"error_type": error_type, "error": error, "status_code": status_code, "latency_ms": latency_ms}
-        return _sqlite.record_end(conn, request_id, state, _FINAL_STATE_COUNTER[state], values)
+        return _sqlite.record_end(conn, request_id, state, _FINAL_STATE_COUNTER[state], values, attempt=attempt)
     row = conn.execute(
         _RECORD_END[state],
         {
             "request_id": request_id,
+            "attempt": attempt,
             "error_type": error_type,
             "error": error,
             "status_code": status_code,
@@ -389,6 +435,7 @@ def record_retry(
     conn: Connection,
     request_id: int,
     *,
+    attempt: int,
     delay_s: float,
     error_type: str,
     error: str,
@@ -397,16 +444,17 @@ def record_retry(
     """Park a running request until its next attempt. False if it was no longer ours."""
     if _is_sqlite(conn):
         values = {"error_type": error_type, "error": error, "status_code": status_code}
-        return _sqlite.record_retry(conn, request_id, delay_s=delay_s, values=values)
+        return _sqlite.record_retry(conn, request_id, delay_s=delay_s, values=values, attempt=attempt)
     result = conn.execute(
         text(
-            "UPDATE requests SET state = 'retrying', lease_until = NULL, error_type = :error_type, "
-            "error = :error, status_code = :status_code, "
+            "UPDATE requests SET state = 'retrying', lease_until = NULL, worker_id = NULL, "
+            "error_type = :error_type, error = :error, status_code = :status_code, "
             "next_attempt_at = now() + make_interval(secs => :delay_s) "
-            "WHERE id = :request_id AND state = 'running'"
+            "WHERE id = :request_id AND state = 'running' AND attempts = :attempt"
         ),
         {
             "request_id": request_id,
+            "attempt": attempt,
             "delay_s": delay_s,
             "error_type": error_type,
             "error": error,
@@ -416,17 +464,17 @@ def record_retry(
     return bool(result.rowcount)
 
 
-def record_deferral(conn: Connection, request_id: int, *, delay_s: float) -> bool:
+def record_deferral(conn: Connection, request_id: int, *, attempt: int, delay_s: float) -> bool:
     """Over a shared rate limit: park the request without spending an attempt. False if not ours."""
     if _is_sqlite(conn):
-        return _sqlite.record_deferral(conn, request_id, delay_s=delay_s)
+        return _sqlite.record_deferral(conn, request_id, delay_s=delay_s, attempt=attempt)
     result = conn.execute(
         text(
             "UPDATE requests SET state = 'retrying', attempts = attempts - 1, lease_until = NULL, "
-            "next_attempt_at = now() + make_interval(secs => :delay_s) "
-            "WHERE id = :request_id AND state = 'running'"
+            "worker_id = NULL, next_attempt_at = now() + make_interval(secs => :delay_s) "
+            "WHERE id = :request_id AND state = 'running' AND attempts = :attempt"
         ),
-        {"request_id": request_id, "delay_s": delay_s},
+        {"request_id": request_id, "delay_s": delay_s, "attempt": attempt},
     )
     return bool(result.rowcount)
 
@@ -595,72 +643,6 @@ def export_results_jsonl(engine: Engine, job_id: uuid.UUID, out: IO[bytes]) -> b
 # --- recovery ---------------------------------------------------------------------------------
 
 
-def requests_to_reenqueue(
-    conn: Connection, *, everything_queued: bool, grace_s: float
-) -> list[tuple[uuid.UUID, int, str]]:
-    """Requests whose message may be gone: ``(job_id, idx, kind)``.
-
-    Always: running past their lease (the worker died) and retrying past their due time
-    plus ``grace_s`` (the delayed message was lost). With ``everything_queued`` (Redis lost
-    its data): every queued request of an active job too.
-    """
-    if _is_sqlite(conn):
-        return _sqlite.requests_to_reenqueue(conn, everything_queued=everything_queued, grace_s=grace_s)
-    rows = conn.execute(
-        text(
-            """
-            SELECT r.job_id, r.idx, j.kind FROM requests AS r JOIN jobs AS j ON j.id = r.job_id
-             WHERE j.state IN ('queued', 'running') AND j.enqueued_at IS NOT NULL AND (
-                   (r.state = 'running' AND r.lease_until < now())
-                OR (r.state = 'retrying' AND r.next_attempt_at < now() - make_interval(secs => :grace_s))
-                OR (:everything AND r.state IN ('queued', 'retrying')))
-             ORDER BY r.job_id, r.idx
-            """
-        ),
-        {"grace_s": grace_s, "everything": everything_queued},
-    ).all()
-    return [(row.job_id, row.idx, row.kind) for row in rows]
-
-
-def stalled_requests(conn: Connection, *, stall_s: float) -> list[tuple[uuid.UUID, int, str]]:
-    """Queued requests of jobs that made no progress for ``stall_s`` with nothing running.
-
-    Catches messages stranded in a dead worker's unacknowledged set, which Redis would only
-    hand back after the broker's visibility timeout.
-    """
-    if _is_sqlite(conn):
-        return _sqlite.stalled_requests(conn, stall_s=stall_s)
-    rows = conn.execute(
-        text(
-            """
-            SELECT r.job_id, r.idx, j.kind FROM requests AS r JOIN jobs AS j ON j.id = r.job_id
-             WHERE j.state IN ('queued', 'running') AND j.enqueued_at < now() - make_interval(secs => :stall_s)
-               AND r.state = 'queued'
-               AND NOT EXISTS (SELECT 1 FROM requests AS x WHERE x.job_id = j.id AND x.state = 'running')
-               AND NOT EXISTS (SELECT 1 FROM requests AS y WHERE y.job_id = j.id
-                                 AND y.finished_at > now() - make_interval(secs => :stall_s))
-             ORDER BY r.job_id, r.idx
-            """
-        ),
-        {"stall_s": stall_s},
-    ).all()
-    return [(row.job_id, row.idx, row.kind) for row in rows]
-
-
-def jobs_never_enqueued(conn: Connection, *, grace_s: float) -> list[tuple[uuid.UUID, str, int]]:
-    """Jobs stored but not marked enqueued for ``grace_s``: their submitter died mid-publish."""
-    if _is_sqlite(conn):
-        return _sqlite.jobs_never_enqueued(conn, grace_s=grace_s)
-    rows = conn.execute(
-        text(
-            f"SELECT id, kind, total FROM jobs WHERE state IN ({_ACTIVE}) AND enqueued_at IS NULL "
-            "AND created_at < now() - make_interval(secs => :grace_s)"
-        ),
-        {"grace_s": grace_s},
-    ).all()
-    return [(row.id, row.kind, row.total) for row in rows]
-
-
 def expire_overdue(conn: Connection) -> list[uuid.UUID]:
     """End every unsent request of jobs past their deadline as ``expired``; returns those jobs."""
     if _is_sqlite(conn):
@@ -691,9 +673,6 @@ def jobs_due_for_finalize(conn: Connection) -> list[uuid.UUID]:
     if _is_sqlite(conn):
         return _sqlite.jobs_due_for_finalize(conn)
     rows = conn.execute(
-        text(
-            f"SELECT id FROM jobs WHERE state IN ({_ACTIVE}) AND enqueued_at IS NOT NULL "
-            "AND succeeded + failed + cancelled + expired >= total"
-        )
+        text(f"SELECT id FROM jobs WHERE state IN ({_ACTIVE}) AND succeeded + failed + cancelled + expired >= total")
     ).all()
     return [row.id for row in rows]

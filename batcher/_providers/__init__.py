@@ -23,11 +23,16 @@ SDK types it follows: ``_openai`` (Chat Completions), ``_anthropic`` (Messages A
   ``drop_params=True`` drops it.
 * ``extra_body`` / ``extra_headers`` (dicts) are taken by every provider and merged into the
   JSON body / headers verbatim: the escape hatch for provider options batcher does not map
-  (e.g. vLLM's ``top_k`` via ``openai/``).
+  (e.g. vLLM's ``top_k`` via ``openai/``). ``extra_headers`` may not set authentication,
+  framing or routing headers, and each must be sendable (``batcher._egress.check_extra_headers``):
+  refused with ``InvalidRequestError`` naming ``extra_headers.<name>``, even with ``drop_params``.
+
+``complete`` redacts the key it sent from the answer too, should the provider echo it.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -40,6 +45,7 @@ from batcher._providers._base import (
     check_params_for,
     parse_http_response,
     redact,
+    request_secrets,
     retry_after_seconds,
 )
 from batcher._providers._http import send
@@ -65,6 +71,7 @@ __all__ = [
     "get_adapter",
     "parse_response",
     "redact",
+    "redact_response",
     "resolve_api_base",
     "resolve_api_key",
     "resolve_route",
@@ -129,6 +136,28 @@ def complete(
         secrets=[api_key],
     )
     latency_ms = (time.perf_counter() - started) * 1000.0
-    result = parse_http_response(adapter, route.model, response, secrets=[api_key])
+    secrets = [api_key, *request_secrets(request)]
+    result = parse_http_response(adapter, route.model, response, secrets=secrets)
+    if _may_echo(response.content, secrets):
+        result = redact_response(result, secrets)
     result.latency_ms = latency_ms
     return result
+
+
+def _may_echo(body: bytes, secrets: Sequence[str | None]) -> bool:
+    """A cheap first look at the raw body: a secret in it as is, or JSON ``\\u`` escapes that could spell one."""
+    return any(s.encode() in body for s in secrets if s) or b"\\u" in body
+
+
+def redact_response(response: ModelResponse, secrets: Sequence[str | None]) -> ModelResponse:
+    """``response`` without any of ``secrets`` (a provider that echoes the key it was sent, which would
+    then be stored in clear): a substring check per secret on the serialised answer, and a re-parse
+    only when one is there."""
+    found = [s for s in secrets if s]
+    if not found:
+        return response
+    text = response.model_dump_json()
+    hidden = [*found, *(json.dumps(s)[1:-1] for s in found)]  # also as JSON text spells them
+    if not any(s in text for s in hidden):
+        return response
+    return ModelResponse.model_validate_json(redact(text, hidden))

@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 import httpx
 import pydantic
 
+from batcher._egress import EGRESS_EXTENSION, check_extra_headers
 from batcher._exceptions import (
     AuthenticationError,
     BadRequestError,
@@ -59,6 +60,8 @@ __all__ = [
 ]
 
 MAX_ERROR_CHARS = 500
+NAMED_BASE_ERROR_CHARS = 120
+"""An answer from a base a caller named (neither configured nor allowed) is quoted this short in errors."""
 DROP_PARAMS_HINT = "pass drop_params=True to drop unsupported parameters"
 
 # Parameters every adapter takes: the SDKs' escape hatches for anything batcher does not map.
@@ -94,14 +97,19 @@ _SCRIPT_RE = re.compile(r"<(script|style)\b.*?</\1\s*>", re.IGNORECASE | re.DOTA
 _SPACE_RE = re.compile(r"\s+")
 
 
-def body_snippet(text: str) -> str:
+def body_snippet(text: str, limit: int = MAX_ERROR_CHARS) -> str:
     """A one-line, readable excerpt of a body that is not the expected JSON (HTML pages
     from proxies become their visible text)."""
     stripped = text.lstrip()
     if stripped[:1] == "<":
         text = html.unescape(_TAG_RE.sub(" ", _SCRIPT_RE.sub(" ", text)))
     text = _SPACE_RE.sub(" ", text).strip()
-    return truncate(text) if text else "(empty body)"
+    return truncate(text, limit) if text else "(empty body)"
+
+
+def error_chars(response: httpx.Response) -> int:
+    """How much of ``response`` an error may quote: little when it came from a base a caller named."""
+    return NAMED_BASE_ERROR_CHARS if response.extensions.get(EGRESS_EXTENSION) == "named" else MAX_ERROR_CHARS
 
 
 # ---------------------------------------------------------------------------------------
@@ -312,10 +320,11 @@ def error_from_response(
             body = response.json()
         except ValueError:
             body = None
+    limit = error_chars(response)
     message, code = error_details(body)
     if message is None:
-        message = body_snippet(response.text)
-    message = truncate(message.strip() or "(no message)")
+        message = body_snippet(response.text, limit)
+    message = truncate(message.strip() or "(no message)", limit)
     cls = error_class_for(status_for_class or status, message, code)
 
     text = f"{provider} returned HTTP {status}"
@@ -350,7 +359,8 @@ def malformed(
     secrets: Iterable[str | None] = (),
 ) -> MalformedResponseError:
     """A 2xx answer that is not the JSON we expect."""
-    text = f"{provider} returned HTTP {response.status_code} with {why}: {body_snippet(response.text)}"
+    snippet = body_snippet(response.text, error_chars(response))
+    text = f"{provider} returned HTTP {response.status_code} with {why}: {snippet}"
     return MalformedResponseError(
         redact(text, secrets),
         model=model,
@@ -421,18 +431,23 @@ class ProviderAdapter(abc.ABC):
         extra_headers = checked.pop("extra_headers", None) or {}
         body = self.build_body(model, messages, checked)
         body.update(extra_body)
-        headers = {
-            "content-type": "application/json",
-            "accept": "application/json",
-            "user-agent": "batcher",
-            **self.auth_headers(api_key),
-        }
-        headers.update({str(k): str(v) for k, v in extra_headers.items()})
         try:
             content = json.dumps(body, ensure_ascii=False, allow_nan=False).encode("utf-8")
         except (TypeError, ValueError) as exc:
             raise InvalidRequestError(f"the request cannot be encoded as JSON: {exc}", field="messages") from None
-        return httpx.Request("POST", self.endpoint_url(api_base), headers=headers, content=content)
+        url = self.endpoint_url(api_base)
+        try:
+            headers = httpx.Headers({"content-type": "application/json", "accept": "application/json"})
+            headers["user-agent"] = "batcher"
+            for name, value in extra_headers.items():  # checked: no auth, framing or routing header
+                headers[name] = value
+            for name, value in self.auth_headers(api_key).items():
+                if name in headers and not (api_key and api_key in value):
+                    continue  # an extra header may choose what carries no key (anthropic-version)
+                headers[name] = value
+            return httpx.Request("POST", url, headers=headers, content=content)
+        except (UnicodeError, ValueError, TypeError) as exc:  # e.g. a non-ASCII api_key: never a worker crash
+            raise InvalidRequestError(f"the request cannot be sent: {type(exc).__name__}", field="api_key") from None
 
 
 @functools.lru_cache(maxsize=256)
@@ -471,7 +486,7 @@ def check_params_for(adapter: ProviderAdapter, params: Mapping[str, Any], *, dro
         if name in PASSTHROUGH_PARAMS:
             if not isinstance(value, Mapping):
                 raise UnsupportedParamsError(f"{name} must be a dict", field=name)
-            kept[name] = dict(value)
+            kept[name] = check_extra_headers(value) if name == "extra_headers" else dict(value)
             continue
         if name not in adapter.supported_params:
             reason = f"{adapter.name} does not support the {name!r} parameter"

@@ -6,7 +6,9 @@ read/write errors, remote protocol errors, proxy errors) becomes ProviderConnect
 httpx timeouts bound each network operation, not the whole exchange, so the body is read
 against a deadline too: a server that trickles bytes cannot hold a worker past
 ``timeout_s``. Error messages name the request's method and URL (without query string or
-credentials) and never its headers; any API key is redacted from them.
+credentials) and never its headers; any API key is redacted from them. A request httpx cannot
+send (``LocalProtocolError``) is an ``InvalidRequestError``, never retried; the egress policy's
+refusals (``batcher._egress.EgressDeniedError``) pass through as they are.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Iterable
 import httpx
 
 from batcher._exceptions import (
+    InvalidRequestError,
     MalformedResponseError,
     ProviderConnectionError,
     ProviderError,
@@ -55,6 +58,11 @@ def send(
 
     try:
         response = client.send(request, stream=True)
+    except httpx.LocalProtocolError as exc:
+        # The request itself cannot be sent (a header value h11 refuses): retrying cannot help.
+        raise InvalidRequestError(
+            redact(f"{provider or 'provider'}: the request cannot be sent ({_where(request)}): {exc}", hidden)
+        ) from None
     except httpx.TimeoutException as exc:
         raise fail(ProviderTimeoutError, f"no answer within {timeout_s:g}s: {type(exc).__name__}") from None
     except httpx.TransportError as exc:

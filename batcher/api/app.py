@@ -93,7 +93,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(UploadLimit, limit=ctx.settings.max_file_bytes)
 
-    @app.get("/healthz", response_model=Health, tags=["health"], summary="Postgres and Redis reachable")
+    @app.get(
+        "/healthz",
+        response_model=Health,
+        tags=["health"],
+        summary="Postgres and Redis reachable",
+        responses={503: {"model": Health, "description": "Postgres or Redis is not reachable."}},
+    )
     async def healthz() -> JSONResponse:
         health = await run_in_threadpool(_health, ctx)
         return JSONResponse(health.model_dump(), status_code=200 if health.status == "ok" else 503)

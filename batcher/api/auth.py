@@ -37,6 +37,13 @@ class Principal:
     id: uuid.UUID
     name: str
     is_admin: bool
+    can_set_api_base: bool = False
+    """Made with ``--allow-api-base``: may send jobs with their own ``api_base`` (and their own ``api_key``)."""
+
+    @property
+    def may_set_api_base(self) -> bool:
+        """Admins always may; other keys with the permission."""
+        return self.is_admin or self.can_set_api_base
 
     def owner_filter(self, column: str = "owner_id") -> tuple[str, dict[str, Any]]:
         """A SQL condition limiting rows to this key's (admins see everything)."""
@@ -56,10 +63,14 @@ class KeyInfo:
     is_admin: bool
     created_at: datetime
     revoked_at: datetime | None
+    can_set_api_base: bool = False
 
 
-def create_key(engine: Engine, name: str, *, admin: bool = False) -> tuple[KeyInfo, str]:
-    """Store a new key's hash; returns its record and the key itself (the only time it exists in clear)."""
+def create_key(engine: Engine, name: str, *, admin: bool = False, allow_api_base: bool = False) -> tuple[KeyInfo, str]:
+    """Store a new key's hash; returns its record and the key itself (the only time it exists in clear).
+
+    ``allow_api_base``: the key may send jobs naming their own ``api_base`` (admins always may).
+    """
     if not name.strip():
         raise ValueError("a key needs a name")
     key = generate_key()
@@ -67,10 +78,17 @@ def create_key(engine: Engine, name: str, *, admin: bool = False) -> tuple[KeyIn
         row = (
             conn.execute(
                 text(
-                    "INSERT INTO api_keys (id, name, key_hash, prefix, is_admin) "
-                    "VALUES (:id, :name, :hash, :prefix, :admin) RETURNING *"
+                    "INSERT INTO api_keys (id, name, key_hash, prefix, is_admin, can_set_api_base) "
+                    "VALUES (:id, :name, :hash, :prefix, :admin, :api_base) RETURNING *"
                 ),
-                {"id": uuid.uuid4(), "name": name, "hash": hash_key(key), "prefix": key[:10], "admin": admin},
+                {
+                    "id": uuid.uuid4(),
+                    "name": name,
+                    "hash": hash_key(key),
+                    "prefix": key[:10],
+                    "admin": admin,
+                    "api_base": allow_api_base,
+                },
             )
             .mappings()
             .one()
@@ -99,6 +117,7 @@ def _info(row: Any) -> KeyInfo:
         is_admin=row["is_admin"],
         created_at=row["created_at"],
         revoked_at=row["revoked_at"],
+        can_set_api_base=row["can_set_api_base"],
     )
 
 
@@ -106,13 +125,18 @@ def lookup(engine: Engine, key: str) -> Principal | None:
     with engine.connect() as conn:
         row = (
             conn.execute(
-                text("SELECT id, name, is_admin FROM api_keys WHERE key_hash = :hash AND revoked_at IS NULL"),
+                text(
+                    "SELECT id, name, is_admin, can_set_api_base FROM api_keys "
+                    "WHERE key_hash = :hash AND revoked_at IS NULL"
+                ),
                 {"hash": hash_key(key)},
             )
             .mappings()
             .first()
         )
-    return Principal(id=row["id"], name=row["name"], is_admin=row["is_admin"]) if row else None
+    if row is None:
+        return None
+    return Principal(id=row["id"], name=row["name"], is_admin=row["is_admin"], can_set_api_base=row["can_set_api_base"])
 
 
 _bearer = HTTPBearer(auto_error=False, description="An API key made with `batcher keys create`.")

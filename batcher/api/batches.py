@@ -31,7 +31,7 @@ from sqlalchemy.exc import DataError
 
 from batcher._db import store
 from batcher._exceptions import InvalidRequestError, UnknownModelError, UnsupportedParamsError
-from batcher._files import OPENAI_BATCH_URLS
+from batcher._files import OPENAI_BATCH_URLS, decode_line, parse_line
 from batcher._files_store import (
     FILE_PURPOSE_BATCH,
     FILE_PURPOSE_BATCH_OUTPUT,
@@ -42,10 +42,16 @@ from batcher._files_store import (
 )
 from batcher._states import JobKind, JobState, RequestState
 from batcher._submit import RequestSpec, _Validator, enqueue, job_params
-from batcher._validation import CallOptions, parse_window
+from batcher._validation import (
+    CallOptions,
+    NestedTooDeeplyError,
+    check_json_value,
+    parse_window,
+    text_problem,
+)
 from batcher.api.auth import Principal
 from batcher.api.context import ApiContext
-from batcher.api.errors import ApiError, data_error_detail, not_found
+from batcher.api.errors import ApiError, data_error_detail, is_unavailable, not_found
 from batcher.api.schemas import BatchCreate, BatchError, BatchErrors, BatchObject, BatchRequestCounts
 
 log = logging.getLogger("batcher.api.batches")
@@ -84,6 +90,8 @@ def _lock(conn: Connection, batch_id: str) -> bool:
 
 
 def load(conn: Connection, batch_id: str) -> dict[str, Any] | None:
+    if text_problem(batch_id) is not None:  # an id Postgres cannot even compare names no batch
+        return None
     row = conn.execute(text(_LOAD + " WHERE b.id = :id"), {"id": batch_id}).mappings().first()
     return dict(row) if row else None
 
@@ -149,6 +157,7 @@ def check_create(body: BatchCreate) -> timedelta:
                 param="metadata",
                 code="invalid_value",
             )
+    check_json_value(metadata, "metadata")  # text Postgres can store
     return window
 
 
@@ -211,7 +220,14 @@ def _error_code(exc: InvalidRequestError) -> str:
         return "model_not_found"
     if isinstance(exc, UnsupportedParamsError):
         return "unsupported_parameter"
-    return "invalid_request"
+    if isinstance(exc, NestedTooDeeplyError):
+        return exc.code
+    return "invalid_request"  # text Postgres cannot store included, as before (UnstorableValueError)
+
+
+def _bare(exc: InvalidRequestError, number: int) -> str:
+    """The error's text without its ``line N: `` prefix (the line is reported on its own)."""
+    return str(exc).removeprefix(f"line {number}: ")
 
 
 def _checked_requests(
@@ -232,15 +248,13 @@ def _checked_requests(
             continue
         if not raw.strip():
             continue
-        if b"\\u0000" in raw:
-            _line_error(
-                errors, number, "invalid_request", "The line holds a NUL character (\\u0000), which cannot be stored."
-            )
-            continue
         try:
-            item = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            _line_error(errors, number, "invalid_json_line", f"This line is not valid JSON: {exc}.")
+            item = parse_line(decode_line(raw, number), f"line {number}")
+        except NestedTooDeeplyError as exc:
+            _line_error(errors, number, exc.code, f"This line {_bare(exc, number)}.")
+            continue
+        except InvalidRequestError as exc:  # not UTF-8, not JSON
+            _line_error(errors, number, "invalid_json_line", f"This line {_bare(exc, number)}.")
             continue
         if not isinstance(item, dict):
             _line_error(errors, number, "invalid_request", "Each line must be a JSON object.")
@@ -299,6 +313,9 @@ def _checked_requests(
             message = str(exc).removeprefix(f"line {number}: ")
             param = (exc.field or "").removeprefix(f"line {number}").removeprefix(": ").removeprefix(".") or None
             _line_error(errors, number, _error_code(exc), message, param)
+            continue
+        except RecursionError:  # a guard: the checks above bound nesting, but a line must never hang a batch
+            _line_error(errors, number, "nested_too_deeply", "The line is nested too deeply to read.")
             continue
         if not errors:
             yield request
@@ -399,11 +416,27 @@ def _validate(ctx: ApiContext, batch_id: str) -> tuple[uuid.UUID, int] | None:
 
 
 def validate_quietly(ctx: ApiContext, batch_id: str) -> None:
-    """Background-task wrapper: an unexpected failure is logged and left for the next read to retry."""
+    """Background-task wrapper. Postgres or Redis away: logged and left for the next read to retry.
+    Anything else would fail again on every retry (the batch would stay ``validating`` forever): it
+    is logged and the batch fails, with an error entry saying so."""
     try:
         validate_and_start(ctx, batch_id)
-    except Exception:
-        log.exception("validating batch %s failed; it will be retried on its next read", batch_id)
+    except Exception as exc:
+        if is_unavailable(exc):
+            log.warning("validating batch %s stopped (%s); it will be retried on its next read", batch_id, exc)
+            return
+        log.exception("validating batch %s failed", batch_id)
+        error = {
+            "code": "validation_failed",
+            "message": f"The input file could not be validated ({type(exc).__name__}); the service logged the "
+            "error. Check the file's lines, or upload it again and create a new batch.",
+            "param": None,
+            "line": None,
+        }
+        try:
+            _fail(ctx, batch_id, [error])
+        except Exception:
+            log.exception("could not mark batch %s failed; it will be retried on its next read", batch_id)
 
 
 def needs_validation(row: dict[str, Any]) -> bool:

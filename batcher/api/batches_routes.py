@@ -10,12 +10,12 @@ from batcher.api import batches
 from batcher.api.auth import CurrentPrincipal
 from batcher.api.context import Ctx
 from batcher.api.pagination import page
-from batcher.api.schemas import BatchCreate, BatchList, BatchObject, ErrorBody
+from batcher.api.schemas import ERROR_RESPONSES, BatchCreate, BatchList, BatchObject
 
 router = APIRouter(
     prefix="/v1",
     tags=["batches"],
-    responses={400: {"model": ErrorBody}, 401: {"model": ErrorBody}, 404: {"model": ErrorBody}},
+    responses=ERROR_RESPONSES,
 )
 
 

@@ -23,12 +23,12 @@ from batcher.api.auth import CurrentPrincipal, Principal
 from batcher.api.context import ApiContext, Ctx
 from batcher.api.errors import ApiError, not_found
 from batcher.api.pagination import page
-from batcher.api.schemas import ErrorBody, FileDeleted, FileList, FileObject
+from batcher.api.schemas import ERROR_RESPONSES, ErrorBody, FileDeleted, FileList, FileObject
 
 router = APIRouter(
     prefix="/v1",
     tags=["files"],
-    responses={400: {"model": ErrorBody}, 401: {"model": ErrorBody}, 404: {"model": ErrorBody}},
+    responses=ERROR_RESPONSES,
 )
 
 
@@ -44,6 +44,11 @@ def to_object(f: StoredFile) -> FileObject:
     )
 
 
+def _storable_name(name: str | None) -> str:
+    """The upload's file name as Postgres can store it (a name is a label: NULs and broken text are dropped)."""
+    return (name or "").replace("\x00", "").encode("utf-8", "replace").decode()[:512]
+
+
 def visible_file(ctx: ApiContext, principal: Principal, file_id: str) -> StoredFile:
     with ctx.engine.connect() as conn:
         f = get_file(conn, file_id)
@@ -52,12 +57,17 @@ def visible_file(ctx: ApiContext, principal: Principal, file_id: str) -> StoredF
     return f
 
 
-@router.post("/files", response_model=FileObject, summary="Upload a file (multipart: file, purpose=batch)")
+@router.post(
+    "/files",
+    response_model=FileObject,
+    summary="Upload a file (multipart: file, purpose=batch)",
+    responses={413: {"model": ErrorBody, "description": "The file is larger than BATCHER_MAX_FILE_BYTES."}},
+)
 def upload_file(
     ctx: Ctx,
     principal: CurrentPrincipal,
     file: Annotated[UploadFile, File(description="A JSONL file, one request per line.")],
-    purpose: Annotated[str, Form()],
+    purpose: Annotated[str, Form(json_schema_extra={"enum": [FILE_PURPOSE_BATCH]})],
 ) -> FileObject:
     if purpose != FILE_PURPOSE_BATCH:
         raise ApiError(
@@ -72,7 +82,7 @@ def upload_file(
         stored = save_upload(
             ctx.engine,
             owner_id=principal.id,
-            filename=file.filename or "upload.jsonl",
+            filename=_storable_name(file.filename) or "upload.jsonl",
             purpose=purpose,
             source=file.file,
             chunk_bytes=ctx.settings.file_chunk_bytes,
@@ -92,6 +102,8 @@ def list_files(
     order: Literal["asc", "desc"] = "desc",
     purpose: Annotated[str | None, Query(max_length=32)] = None,
 ) -> FileList:
+    if purpose is not None and "\x00" in purpose:  # no file has such a purpose (Postgres cannot compare it)
+        return FileList(data=[], has_more=False)
     with ctx.engine.connect() as conn:
         rows, has_more = page(
             conn,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -18,7 +19,7 @@ from batcher import _keys
 from batcher._client import _result
 from batcher._db import store
 from batcher._exceptions import InvalidRequestError, JobNotFoundError
-from batcher._files import read_jsonl
+from batcher._files import decode_line, read_jsonl
 from batcher._files_store import FILE_PURPOSE_BATCH, get_file, iter_chunks, iter_lines
 from batcher._jobs import JobStatus, Result
 from batcher._states import JobKind, JobState
@@ -33,12 +34,21 @@ from batcher.api.auth import CurrentPrincipal, Principal
 from batcher.api.context import ApiContext, Ctx
 from batcher.api.errors import ApiError
 from batcher.api.pagination import page
-from batcher.api.schemas import ErrorBody, JobCreate, JobList, JobObject, JobRun, JobWait, ResultErrorOut, ResultLine
+from batcher.api.schemas import (
+    ERROR_RESPONSES,
+    JobCreate,
+    JobList,
+    JobObject,
+    JobRun,
+    JobWait,
+    ResultErrorOut,
+    ResultLine,
+)
 
 router = APIRouter(
     prefix="/v1",
     tags=["jobs"],
-    responses={400: {"model": ErrorBody}, 401: {"model": ErrorBody}, 404: {"model": ErrorBody}},
+    responses=ERROR_RESPONSES,
 )
 
 WAIT_SLICE_S = 1.0
@@ -94,10 +104,7 @@ def _file_lines(ctx: ApiContext, file_id: str) -> Iterator[str]:
     for number, raw in iter_lines(iter_chunks(ctx.engine, file_id), max_line_bytes=limit):
         if raw is None:
             raise InvalidRequestError(f"is longer than {limit:,} bytes", field=f"line {number}")
-        try:
-            yield raw.decode()
-        except UnicodeDecodeError:
-            raise InvalidRequestError("is not UTF-8 text", field=f"line {number}") from None
+        yield decode_line(raw, number)
 
 
 def _specs(ctx: ApiContext, principal: Principal, body: JobCreate) -> Iterable[RequestSpec]:
@@ -132,18 +139,26 @@ def _specs(ctx: ApiContext, principal: Principal, body: JobCreate) -> Iterable[R
 
 
 def _create(ctx: ApiContext, principal: Principal, body: JobCreate, idempotency_key: str | None) -> dict[str, Any]:
+    from batcher._egress import ApiBaseNotAllowedError  # local: this function's own dependency
+
     options = split_call_kwargs(body.params)
     specs = _specs(ctx, principal, body)
-    job_id = submit(
-        ctx.engine,
-        ctx.celery,
-        ctx.settings,
-        kind=body.kind,
-        specs=specs,
-        options=options,
-        owner_id=principal.id,
-        idempotency_key=idempotency_key,
-    )
+    fingerprint = hashlib.sha256(body.model_dump_json().encode()).hexdigest() if idempotency_key else None
+    try:
+        job_id = submit(
+            ctx.engine,
+            ctx.celery,
+            ctx.settings,
+            kind=body.kind,
+            specs=specs,
+            options=options,
+            owner_id=principal.id,
+            idempotency_key=idempotency_key,
+            idempotency_fingerprint=fingerprint,
+            allow_api_base=principal.may_set_api_base,
+        )
+    except ApiBaseNotAllowedError as exc:  # a permission, not a malformed request: OpenAI's 403 shape
+        raise ApiError(403, str(exc), param="api_base", code="api_base_not_allowed") from None
     with ctx.engine.connect() as conn:
         row = store.job_row(conn, job_id)
     assert row is not None

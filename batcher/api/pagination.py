@@ -31,6 +31,8 @@ def page(
     bind = {**bind, **(params or {}), "limit": limit + 1}
     conditions = [owner_sql, where]
     if after is not None:
+        if isinstance(after, str) and "\x00" in after:  # Postgres cannot even compare it: it names nothing
+            raise ApiError(400, f"'after' names no object of yours: {after!r}.", param="after", code="invalid_cursor")
         cursor = conn.execute(
             text(f"SELECT created_at, id FROM {table} WHERE id = :after_id AND {owner_sql}"),
             {**bind, "after_id": after},

@@ -1,14 +1,207 @@
-"""Request and response bodies. OpenAI objects mirror ``openai.types`` (every key present, ``null`` when unset)."""
+"""Request and response bodies. OpenAI objects mirror ``openai.types`` (every key present, ``null`` when unset).
+
+The request bodies' JSON schemas (``/openapi.json``) describe what the routes really accept, so
+that a client (or schemathesis) that follows them is never refused for the shape of its request:
+model names batcher can route, message shapes, parameter types and ranges (the same pydantic
+adapters the checks use), the ``completion_window`` format. The runtime checks stay batcher's own
+(``batcher._validation``), for their field names and messages; the schema test keeps the two equal.
+What a schema cannot say is documented instead: text must not hold NUL characters, nesting is at
+most ``MAX_JSON_DEPTH`` levels, a parameter must be one the chosen model's provider takes.
+"""
 
 from __future__ import annotations
 
+import copy
+import functools
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from batcher._states import JobKind, JobState, RequestState
+from batcher._validation import (
+    MAX_COMPLETION_WINDOW_S,
+    MAX_JSON_DEPTH,
+    MAX_TIMEOUT_S,
+    PARAM_TYPES,
+    ROLES,
+    WINDOW_PATTERN,
+    param_adapter,
+)
+
+MODEL_PATTERN = (
+    r"^(?:(?:openai|anthropic|cohere|cohere_chat)/[\s\S]"
+    r"|(?:[gG][pP][tT]|[cC][hH][aA][tT][gG][pP][tT]|[fF][tT]:[gG][pP][tT]|[cC][lL][aA][uU][dD][eE])-"
+    r"|[cC]4[aA][iI]-[aA][yY][aA]-"
+    r"|[oO][1-9]\d*(?:-|$)"
+    r"|[cC][oO][mM][mM][aA][nN][dD](?:-|$))"
+)
+"""Model names batcher routes (``batcher._providers._routing``): a provider prefix, or a known family."""
+
+_MODEL: dict[str, Any] = {
+    "type": "string",
+    "pattern": MODEL_PATTERN,
+    "description": "openai/…, anthropic/…, cohere/… (any model of that provider), or a name of a known family: "
+    "gpt-…, o1…, claude-…, command…",
+}
+_TRUTHY: dict[str, Any] = {"not": {"enum": [None, False, 0, "", [], {}]}}
+_MESSAGE: dict[str, Any] = {
+    "type": "object",
+    "description": "A chat message. Extra keys (name, tool_calls, ...) are passed to the provider.",
+    "required": ["role", "content"],
+    "properties": {
+        "role": {"enum": sorted(ROLES)},
+        "content": {
+            "anyOf": [
+                {"type": "string"},
+                {"type": "array", "items": {"type": "object", "required": ["type"]}},
+                {"type": "null"},
+            ],
+            "description": "Text, content parts, or null for an assistant message with tool_calls.",
+        },
+    },
+    "allOf": [
+        {
+            "if": {"properties": {"content": {"type": "null"}}, "required": ["content"]},
+            "then": {"properties": {"role": {"const": "assistant"}, "tool_calls": _TRUTHY}, "required": ["tool_calls"]},
+        },
+        {
+            "if": {"properties": {"role": {"const": "tool"}}, "required": ["role"]},
+            "then": {"properties": {"tool_call_id": _TRUTHY}, "required": ["tool_call_id"]},
+        },
+    ],
+}
+_CONVERSATION: dict[str, Any] = {"type": "array", "minItems": 1, "items": _MESSAGE, "description": "One conversation."}
+_OPTIONS: dict[str, dict[str, Any]] = {
+    "api_key": {"type": "string", "pattern": r"\S", "description": "A provider key for this job (sealed)."},
+    "api_base": {"type": "string", "pattern": "^https?://", "description": "Needs a key allowed to set it."},
+    "base_url": {"type": "string", "pattern": "^https?://", "description": "Another name of api_base."},
+    "timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_TIMEOUT_S, "description": "Seconds."},
+    "request_timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_TIMEOUT_S},
+    "mock_response": {"type": "string", "description": "A canned answer; no provider is called."},
+    "drop_params": {"type": "boolean", "description": "Drop parameters the provider does not take."},
+    "num_retries": {"type": "integer", "minimum": 0, "maximum": 49},
+    "max_workers": {"type": "integer", "minimum": 1, "description": "Accepted for LiteLLM compatibility; ignored."},
+    "completion_window": {
+        "anyOf": [
+            {"type": "string", "pattern": WINDOW_PATTERN},
+            {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_COMPLETION_WINDOW_S},
+        ],
+        "description": "A deadline: '24h', '90m', '30d' or a number of seconds; at most 30 days.",
+    },
+    "metadata": {"type": "object", "description": "Stored on the job, returned with it."},
+}
+
+
+def _inline(schema: dict[str, Any]) -> dict[str, Any]:
+    """A pydantic JSON schema with its ``$defs`` references replaced by their definitions."""
+    defs = schema.get("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return resolve(defs[node["$ref"].rsplit("/", 1)[-1]])
+            # discriminator mappings point into $defs, which are inlined away; anyOf alone says the same
+            return {k: resolve(v) for k, v in node.items() if k not in ("$defs", "title", "discriminator")}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    resolved: dict[str, Any] = resolve(schema)
+    if "patternProperties" in resolved and "additionalProperties" not in resolved:
+        resolved["additionalProperties"] = False  # batcher refuses keys outside the pattern (logit_bias)
+    return resolved
+
+
+def _extra_headers_schema() -> dict[str, Any]:
+    """``extra_headers`` as ``batcher._egress.check_extra_headers`` takes them: sendable names and values, none
+    that carries credentials or that batcher and the HTTP client set."""
+    from batcher import _egress
+
+    reserved = sorted(_egress.AUTH_HEADERS | _egress.FRAMING_HEADERS)
+    prefixes = "|".join(p.replace("-", "\\-") for p in _egress.FORBIDDEN_HEADER_PREFIXES)
+    return {
+        "type": "object",
+        "maxProperties": _egress.MAX_EXTRA_HEADERS,
+        "propertyNames": {
+            "pattern": _egress.HEADER_NAME_PATTERN.pattern,
+            "maxLength": _egress.MAX_HEADER_NAME,
+            "not": {"pattern": f"(?i)^(?:(?:{'|'.join(reserved)})$|{prefixes})"},
+        },
+        "additionalProperties": {
+            "type": "string",
+            "pattern": _egress.HEADER_VALUE_PATTERN.pattern,
+            "maxLength": _egress.MAX_HEADER_VALUE,
+        },
+        "description": "Headers added to the provider request; not authentication, framing or proxy headers.",
+    }
+
+
+@functools.cache
+def params_schema() -> dict[str, Any]:
+    """``params`` of a job: batcher's options, the OpenAI parameters it checks, the other parameters some
+    provider takes. Unknown names are refused unless ``drop_params`` is true."""
+    from batcher._providers import PROVIDERS
+
+    known: dict[str, Any] = {name: {} for adapter in PROVIDERS.values() for name in adapter.supported_params}
+    known.update({name: _inline(param_adapter(name).json_schema()) for name in PARAM_TYPES})
+    known["extra_headers"] = _extra_headers_schema()
+    known.update(_OPTIONS)
+    properties = {name: {"anyOf": [schema, {"type": "null"}]} if schema else {} for name, schema in known.items()}
+    return {
+        "type": "object",
+        "description": "Keyword arguments as in batch_completion: provider parameters (OpenAI's names, types and "
+        "ranges) and batcher options. A parameter the model's provider does not take is refused (400 "
+        f"unsupported_params) unless drop_params is true. Text must not hold NUL characters; JSON is at most "
+        f"{MAX_JSON_DEPTH} levels deep.",
+        # Two complete alternatives rather than if/then/else, which generators merge less reliably.
+        "anyOf": [
+            {"properties": properties, "additionalProperties": False},
+            {"properties": {**properties, "drop_params": {"const": True}}, "required": ["drop_params"]},
+        ],
+    }
+
+
+def _job_schema(schema: dict[str, Any], *, run: bool) -> None:
+    """``JobCreate`` / ``JobRun``: which fields each kind takes (a batch of conversations to one model, a batch
+    from an uploaded file, or one conversation to several models)."""
+    props = schema["properties"]
+    props["params"] = copy.deepcopy({**params_schema(), "default": {}})  # copies: pydantic edits schemas in place
+    fanout = {
+        "properties": {
+            "kind": {"enum": [JobKind.FASTEST.value, JobKind.ALL.value]},
+            "models": {"type": "array", "minItems": 1, "items": _MODEL},
+            "messages": _CONVERSATION,
+            "model": {"type": "null"},
+            "input_file_id": {"type": "null"},
+        },
+        "required": ["kind", "models", "messages"],
+    }
+    if run:
+        schema["allOf"] = [copy.deepcopy(fanout)]
+        return
+    batch = {
+        "properties": {
+            "kind": {"const": JobKind.BATCH.value},
+            "model": _MODEL,
+            "messages": {"type": "array", "minItems": 1, "items": _CONVERSATION},
+            "models": {"type": "null"},
+            "input_file_id": {"type": "null"},
+        },
+        "required": ["model", "messages"],
+    }
+    from_file = {
+        "properties": {
+            "kind": {"const": JobKind.BATCH.value},
+            "input_file_id": {"type": "string"},
+            "messages": {"type": "null"},
+            "models": {"type": "null"},
+        },
+        "required": ["input_file_id"],
+    }
+    schema["anyOf"] = copy.deepcopy([batch, from_file, fanout])
+
 
 BatchStatus = Literal[
     "validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling", "cancelled"
@@ -24,6 +217,20 @@ class ErrorDetail(BaseModel):
 
 class ErrorBody(BaseModel):
     error: ErrorDetail
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "A client mistake, named in `param`."},
+    401: {"model": ErrorBody, "description": "A missing or unknown API key."},
+    403: {"model": ErrorBody, "description": "The key may not do this (such as setting `api_base`)."},
+    404: {"model": ErrorBody, "description": "No such object, or not yours."},
+    503: {
+        "model": ErrorBody,
+        "description": "Postgres or Redis is unavailable (or Redis is full): retry after `Retry-After` seconds.",
+        "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait."}},
+    },
+}
+"""The error answers every ``/v1`` route can give (``batcher.api.errors``)."""
 
 
 # --- OpenAI Files -------------------------------------------------------------------------------
@@ -62,9 +269,28 @@ class BatchCreate(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     input_file_id: str = Field(min_length=1, max_length=64)
-    endpoint: str
-    completion_window: str
-    metadata: dict[str, str] | None = None
+    endpoint: str = Field(json_schema_extra={"enum": ["/v1/chat/completions"]})
+    completion_window: str = Field(
+        json_schema_extra={"pattern": WINDOW_PATTERN},
+        description="'24h' (OpenAI's only value), or any whole number of s, m, h or d up to 30 days.",
+    )
+    metadata: Annotated[
+        dict[str, str] | None,
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {
+                        "type": "object",
+                        "maxProperties": 16,
+                        "propertyNames": {"maxLength": 64},
+                        "additionalProperties": {"type": "string", "maxLength": 512},
+                    },
+                    {"type": "null"},
+                ],
+                "description": "At most 16 pairs; keys at most 64 characters, values at most 512.",
+            }
+        ),
+    ] = None
 
 
 class BatchRequestCounts(BaseModel):
@@ -124,7 +350,7 @@ class BatchList(BaseModel):
 class JobCreate(BaseModel):
     """A job of one of the three kinds, or a batch job from an uploaded JSONL file."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=lambda schema, _: _job_schema(schema, run=False))
 
     kind: JobKind = Field(
         JobKind.BATCH,
@@ -147,6 +373,8 @@ class JobCreate(BaseModel):
 
 
 class JobRun(JobCreate):
+    model_config = ConfigDict(extra="forbid", json_schema_extra=lambda schema, _: _job_schema(schema, run=True))
+
     timeout: float = Field(
         60.0, gt=0, le=3_600, description="Seconds to wait (capped by BATCHER_API_MAX_WAIT_S); the job goes on after."
     )

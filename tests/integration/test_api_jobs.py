@@ -9,6 +9,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -163,6 +164,23 @@ def test_idempotency_key_makes_a_retried_create_return_the_same_job(http_a: http
         assert requests.scalar_one() == 2
 
 
+def test_an_idempotency_key_sent_again_with_another_body_is_refused(http_a: httpx.Client, settings: Settings) -> None:
+    """Not answered with the first job, which would silently drop the second request (IETF draft: 422)."""
+    headers = {"Idempotency-Key": f"reuse-{uuid.uuid4()}"}
+    first = http_a.post("/v1/jobs", json={"model": "gpt-4o-mini", "messages": [HI]}, headers=headers)
+    assert first.status_code == 201
+    other = http_a.post("/v1/jobs", json={"model": "gpt-4o-mini", "messages": [HI, HI]}, headers=headers)
+    assert other.status_code == 422
+    error = other.json()["error"]
+    assert (error["code"], error["param"]) == ("idempotency_key_reused", "Idempotency-Key")
+    assert first.json()["id"] in error["message"]
+    with get_engine(settings).connect() as conn:
+        n = conn.execute(
+            text("SELECT count(*) FROM jobs WHERE idempotency_key = :k"), {"k": headers["Idempotency-Key"]}
+        )
+        assert n.scalar_one() == 1
+
+
 def test_synchronous_fastest_and_all(http_a: httpx.Client, fake_provider: FakeProvider) -> None:
     fake_provider.set_behaviour("gpt-sync-slow", ModelBehaviour(latency_ms=2_000))
     fastest = http_a.post(
@@ -295,3 +313,20 @@ def test_cli_uses_the_service_when_api_url_is_set(
         assert [x["custom_id"] for x in lines] == [None, "two"] and all(x["state"] == "succeeded" for x in lines)
     finally:
         get_settings.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("messages", "kwargs", "field"),
+    [
+        ([[{"role": "user", "content": "x"}]], {"temperature": float("nan")}, "temperature"),
+        ([[{"role": "user", "content": "bad \ud800 text"}]], {}, "messages[0][0].content"),
+        ([[{"role": "user", "content": "x"}]], {"extra_body": {"a": {1, 2}}}, "extra_body.a"),
+    ],
+)
+def test_remote_client_refuses_what_json_cannot_carry_with_the_field_named(
+    remote: Client, messages: list[Any], kwargs: dict[str, Any], field: str
+) -> None:
+    """Caught before the body is encoded (httpx would fail with no field), worded as a local client words it."""
+    with pytest.raises(InvalidRequestError) as refused:
+        remote.submit(model="gpt-4o-mini", messages=messages, **kwargs)
+    assert refused.value.field == field

@@ -167,17 +167,3 @@ def test_schedule_whose_suite_broke_records_one_failed_run(client: Client, tmp_p
     (run,) = runs_of(client, schedule["id"])
     assert run["state"] == "failed" and "'containz' is not a scorer type" in run["error"]
     remove_schedule(client.engine, str(schedule["id"]))
-
-
-def test_beat_sends_the_tick(settings: Any) -> None:
-    from batcher.evals.settings import EVAL_TICK_TASK
-    from workers.celery_app import make_celery_app
-
-    app = make_celery_app(settings)
-    try:
-        entry = app.conf.beat_schedule["batcher-eval-tick"]
-        assert entry["task"] == EVAL_TICK_TASK and entry["schedule"] == 30.0
-        assert "batcher-recover" in app.conf.beat_schedule
-        assert app.conf.task_routes[EVAL_TICK_TASK] == {"queue": settings.queue}
-    finally:
-        app.close()

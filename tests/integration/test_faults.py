@@ -3,57 +3,23 @@
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import redis
 
-from batcher import Client, JobState, MalformedResponseError, Settings
+from batcher import Client, JobState, MalformedResponseError
 from batcher.fake_provider import FakeProvider, ModelBehaviour, max_in_window
 from tests.integration.helpers import requests_of, rows
+from tests.integration.test_liveness import FAST, until
+from tests.support.servers import RedisServer
 from tests.support.workers import IsolatedCluster
-from workers._context import WorkerContext
-from workers._recovery import sweep
-from workers.celery_app import make_celery_app
 
 
 @pytest.fixture
 def log_dir(tmp_path: Path) -> Path:
     return tmp_path
-
-
-def _client_for(cluster: IsolatedCluster, settings: Settings) -> Client:
-    env = cluster.env
-    return Client(
-        settings.model_copy(
-            update={
-                "queue": env["BATCHER_QUEUE"],
-                "race_queue": env["BATCHER_RACE_QUEUE"],
-                "request_timeout_s": float(env.get("BATCHER_REQUEST_TIMEOUT_S", settings.request_timeout_s)),
-                "lease_margin_s": float(env.get("BATCHER_LEASE_MARGIN_S", settings.lease_margin_s)),
-                "stall_grace_s": float(env.get("BATCHER_STALL_GRACE_S", settings.stall_grace_s)),
-            }
-        )
-    )
-
-
-def _sweep_until_done(client: Client, job_id: object, timeout_s: float) -> JobState:
-    """What beat does in production: run the recovery sweep periodically until the job is final."""
-    ctx = WorkerContext(settings=client.settings, app=make_celery_app(client.settings))
-    job = client.job(str(job_id))
-    deadline = time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < deadline:
-            sweep(ctx)
-            status = job.status()
-            if status.is_final:
-                return status.state
-            time.sleep(0.5)
-    finally:
-        ctx.app.close()
-    raise AssertionError(f"job not final after {timeout_s} s: {job.status()}")
 
 
 def _prompt_counts(fake: FakeProvider, model: str) -> Counter[str]:
@@ -91,52 +57,32 @@ def test_429_and_5xx_storm_every_request_succeeds_within_budget(client: Client, 
     assert statuses[429] > 0 and statuses[500] > 0
 
 
-def test_kill_9_mid_batch_answers_every_prompt_exactly_once(
-    settings: Settings, cluster_env: dict[str, str], fake_provider: FakeProvider, log_dir: Path
-) -> None:
-    model = "gpt-kill9"
-    fake_provider.set_behaviour(model, ModelBehaviour(latency_ms=100))
-    overrides = {"BATCHER_REQUEST_TIMEOUT_S": "3", "BATCHER_LEASE_MARGIN_S": "1", "BATCHER_STALL_GRACE_S": "3"}
-    n = 1_000
-    with IsolatedCluster(cluster_env, log_dir, overrides) as cluster, _client_for(cluster, settings) as client:
-        job = client.submit(model=model, messages=[[{"role": "user", "content": f"k{i}"}] for i in range(n)])
-        while job.status().succeeded < 250:
-            time.sleep(0.05)
-        cluster.workers[0].kill()
-        in_flight = job.status()
-        assert in_flight.succeeded < n
-        cluster.add_worker()
-        assert _sweep_until_done(client, job.id, timeout_s=120) is JobState.COMPLETED
-        _assert_exactly_one_response_each(client, job.id, n)
-        assert job.status().succeeded == n
-        # At-least-once execution: only prompts in flight at the kill may have been sent twice.
-        sent = _prompt_counts(fake_provider, model)
-        assert len(sent) == n
-        assert sum(c - 1 for c in sent.values()) <= 2 * 20  # twice the worker's concurrency, at most
-
-
 def test_redis_flush_mid_batch_loses_nothing(
-    settings: Settings, cluster_env: dict[str, str], fake_provider: FakeProvider, log_dir: Path, redis_url: str
+    cluster_env: dict[str, str], fake_provider: FakeProvider, log_dir: Path
 ) -> None:
+    """FLUSHALL of a Redis of the test's own: every queued message and the jobs' publish marks are
+    gone; the workers' leader publishes what is still queued again, by itself (no beat, no call)."""
     model = "gpt-flush"
     fake_provider.set_behaviour(model, ModelBehaviour(latency_ms=100))
     n = 600
-    with IsolatedCluster(cluster_env, log_dir, {}) as cluster, _client_for(cluster, settings) as client:
-        ctx = WorkerContext(settings=client.settings, app=make_celery_app(client.settings))
-        sweep(ctx)  # the beat's first sweep: records the broker epoch
-        ctx.app.close()
-        job = client.submit(model=model, messages=[[{"role": "user", "content": f"f{i}"}] for i in range(n)])
-        while job.status().succeeded < 100:
-            time.sleep(0.05)
-        r = redis.Redis.from_url(redis_url)
-        r.flushdb()  # the test database's FLUSHALL: every queued message is gone
-        r.close()
-        assert _sweep_until_done(client, job.id, timeout_s=120) is JobState.COMPLETED
-        _assert_exactly_one_response_each(client, job.id, n)
+    with RedisServer(log_dir) as server:
+        overrides = {**FAST, "BATCHER_REDIS_URL": server.url}
+        with (
+            IsolatedCluster(cluster_env, log_dir, overrides, own_database=True) as cluster,
+            cluster.client() as client,
+        ):
+            job = client.submit(model=model, messages=[[{"role": "user", "content": f"f{i}"}] for i in range(n)])
+            until(lambda: job.status().succeeded >= 100, 60, "100 done")
+            flusher = server.client()
+            flusher.flushall()
+            flusher.close()
+            status = job.wait(timeout=120)
+            assert (status.state, status.succeeded) == (JobState.COMPLETED, n)
+            _assert_exactly_one_response_each(client, job.id, n)
 
 
 def test_shared_rate_limit_across_two_workers_is_never_exceeded(
-    settings: Settings, cluster_env: dict[str, str], fake_provider: FakeProvider, log_dir: Path
+    cluster_env: dict[str, str], fake_provider: FakeProvider, log_dir: Path
 ) -> None:
     """600 RPM scaled down to 50 per 4 s so the test takes seconds; same mechanism and script."""
     model = "gpt-ratelimited"
@@ -146,7 +92,7 @@ def test_shared_rate_limit_across_two_workers_is_never_exceeded(
     n = 150
     with (
         IsolatedCluster(cluster_env, log_dir, overrides, n_workers=2) as cluster,
-        _client_for(cluster, settings) as client,
+        cluster.client() as client,
     ):
         job = client.submit(model=model, messages=[[{"role": "user", "content": f"rl{i}"}] for i in range(n)])
         status = job.wait(timeout=120)

@@ -29,7 +29,7 @@ def test_a_lost_server_is_an_operational_error_and_the_connection_is_discarded(d
             admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
         killer.dispose()
         with pytest.raises(OperationalError) as caught:
-            store.claim_request(conn, uuid.uuid4(), 0, lease_s=60)
+            store.claim_request(conn, uuid.uuid4(), 0, timeout_s=60, margin_s=5)
         assert caught.value.connection_invalidated
         assert conn.invalidated
         if how == "begin":
@@ -38,7 +38,7 @@ def test_a_lost_server_is_an_operational_error_and_the_connection_is_discarded(d
         # The pool (of one) opened a fresh connection: the same call works (and finds nothing to claim).
         with engine.begin() as conn:
             assert conn.execute(text("SELECT pg_backend_pid()")).scalar_one() != pid
-            assert store.claim_request(conn, uuid.uuid4(), 0, lease_s=60) is None
+            assert store.claim_request(conn, uuid.uuid4(), 0, timeout_s=60, margin_s=5) is None
     finally:
         engine.dispose()
 

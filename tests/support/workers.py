@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+from batcher import Client, Settings
+from batcher._migrate import upgrade
 from tests.support.processes import READY_TIMEOUT_S, ManagedProcess
 from workers.celery_app import worker_argv
 
@@ -14,11 +17,20 @@ from workers.celery_app import worker_argv
 class WorkerProcess:
     """``python -m celery -A workers worker`` as a child process, logging to a file."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, *, concurrency: int = 20, name: str = "w1") -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_path: Path,
+        *,
+        concurrency: int = 20,
+        name: str = "w1",
+        celery_args: tuple[str, ...] = (),
+    ) -> None:
         self.env = env
         self.log_path = log_path
         self.concurrency = concurrency
         self.name = name
+        self.celery_args = celery_args
         self._process = ManagedProcess("worker", log_path, stop_timeout_s=30)
 
     @property
@@ -33,16 +45,33 @@ class WorkerProcess:
             hostname=f"{self.name}-{os.getpid()}@%h",
         )
         self._process.start(
-            [sys.executable, "-m", "celery", "-A", "workers", *argv],
+            [sys.executable, "-m", "celery", "-A", "workers", *argv, *self.celery_args],
             self.env,
             lambda: b" ready." in self.log_path.read_bytes(),
             timeout_s=READY_TIMEOUT_S,
         )
         return self
 
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
     def kill(self) -> None:
         """``kill -9``: no warm shutdown, unacknowledged messages stay with the broker."""
         self._process.kill()
+
+    def terminate(self) -> None:
+        """SIGTERM, as a rolling deploy sends; returns at once (``wait`` for the exit)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+
+    def wait(self, timeout_s: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout_s)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def stop(self) -> None:
         self._process.stop()
@@ -55,29 +84,74 @@ class WorkerProcess:
 
 
 class IsolatedCluster:
-    """Workers of their own (own queues, own settings) for tests that kill, flush or throttle them."""
+    """Workers of their own (own queues, own settings) for tests that kill, flush or throttle them.
 
-    def __init__(self, base_env: dict[str, str], log_dir: Path, overrides: dict[str, str], n_workers: int = 1) -> None:
+    With ``own_database=True`` (or a ``BATCHER_DATABASE_URL`` in ``overrides``) the cluster also has
+    a database of its own, so its workers elect their own leader, with the test's timings, and
+    nothing else of the session's touches its jobs. The database is dropped at exit.
+    """
+
+    def __init__(
+        self,
+        base_env: dict[str, str],
+        log_dir: Path,
+        overrides: dict[str, str],
+        n_workers: int = 1,
+        *,
+        own_database: bool = False,
+        concurrency: int = 20,
+        celery_args: tuple[str, ...] = (),
+    ) -> None:
         tag = os.urandom(4).hex()
+        self.tag = tag
         self.env = {
             **base_env,
             "BATCHER_QUEUE": f"iso-{tag}",
             "BATCHER_RACE_QUEUE": f"iso-{tag}.race",
             **overrides,
         }
+        self._created_database: str | None = None
+        self._migrate: str | None = overrides.get("BATCHER_DATABASE_URL")
+        if own_database and "BATCHER_DATABASE_URL" not in overrides:
+            base_url = base_env["BATCHER_DATABASE_URL"]
+            self._created_database = self._migrate = base_url.rsplit("/", 1)[0] + f"/iso_{tag}"
+            self.env["BATCHER_DATABASE_URL"] = self._created_database
         self.log_dir = log_dir
-        self.workers = [
-            WorkerProcess(self.env, log_dir / f"worker-{tag}-{i}.log", name=f"iso{i}-{tag}") for i in range(n_workers)
-        ]
+        self.concurrency = concurrency
+        self.celery_args = celery_args
+        self.workers = [self._worker(f"iso{i}-{tag}") for i in range(n_workers)]
+
+    def _worker(self, name: str) -> WorkerProcess:
+        return WorkerProcess(
+            self.env,
+            self.log_dir / f"worker-{name}.log",
+            name=name,
+            concurrency=self.concurrency,
+            celery_args=self.celery_args,
+        )
+
+    @property
+    def settings(self) -> Settings:
+        """The cluster's settings, as its workers read them from their environment."""
+        values: dict[str, object] = {}
+        for key, value in self.env.items():
+            if key.startswith("BATCHER_") and not key.startswith(("BATCHER_TEST_", "BATCHER_BENCH_")):
+                name = key.removeprefix("BATCHER_").lower()
+                if name in Settings.model_fields:
+                    values[name] = json.loads(value) if name == "rate_limits" else value
+        return Settings(**values)  # type: ignore[arg-type]
+
+    def client(self) -> Client:
+        return Client(self.settings)
 
     def add_worker(self) -> WorkerProcess:
-        worker = WorkerProcess(
-            self.env, self.log_dir / f"worker-extra-{len(self.workers)}.log", name=f"extra{len(self.workers)}"
-        )
+        worker = self._worker(f"extra{len(self.workers)}-{self.tag}")
         self.workers.append(worker.start())
         return worker
 
     def __enter__(self) -> IsolatedCluster:
+        if self._migrate is not None:
+            upgrade(Settings(database_url=self._migrate))
         for worker in self.workers:
             worker.start()
         return self
@@ -85,6 +159,24 @@ class IsolatedCluster:
     def __exit__(self, *exc: object) -> None:
         for worker in self.workers:
             worker.stop()
+        if self._created_database is not None:
+            drop_database(self._created_database)
 
     def logs(self) -> str:
         return "\n".join(w.log_path.read_text(errors="replace") for w in self.workers if w.log_path.exists())
+
+
+def drop_database(url: str) -> None:
+    """Drop a test's database (and every connection to it)."""
+    from sqlalchemy import create_engine, text
+
+    from batcher._db.engine import dispose_engines
+
+    dispose_engines()
+    base, name = url.rsplit("/", 1)
+    admin = create_engine(base + "/postgres", isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()

@@ -62,8 +62,8 @@ def test_the_schema_check_catches_mistakes(break_it: Any) -> None:
 
 def test_services_and_dependencies() -> None:
     services = _compose()["services"]
-    assert {"postgres", "redis", "migrate", "api", "worker", "beat", "flower", "client"} <= set(services)
-    for name in ("api", "worker", "beat", "client"):
+    assert {"postgres", "redis", "migrate", "api", "worker", "flower", "client"} <= set(services)
+    for name in ("api", "worker", "client"):
         depends = services[name]["depends_on"]
         assert depends["migrate"]["condition"] == "service_completed_successfully", name
         assert depends["redis"]["condition"] == "service_healthy", name
@@ -86,7 +86,7 @@ def test_services_and_dependencies() -> None:
 def test_one_shared_env_file() -> None:
     services = _compose()["services"]
     batcher_services = {n: s for n, s in services.items() if s.get("image") == "batcher:latest"}
-    assert {"migrate", "api", "worker", "beat", "flower"} <= set(batcher_services)
+    assert {"migrate", "api", "worker", "flower"} <= set(batcher_services)
     env_files = {json.dumps(s["env_file"]) for s in batcher_services.values()}
     assert env_files == {json.dumps([{"path": ".env", "required": True}])}
     assert (ROOT / ".env.example").exists()
@@ -102,7 +102,7 @@ def test_every_batcher_command_exists() -> None:
         result = runner.invoke(main, [*command[1:], "--help"] if "--help" not in command else command[1:])
         assert result.exit_code == 0, (name, result.output)
         checked.append(name)
-    assert {"migrate", "api", "worker", "beat", "flower"} <= set(checked)
+    assert {"migrate", "api", "worker", "flower"} <= set(checked)
 
 
 def test_readme_commands_are_the_ones_ci_runs() -> None:

@@ -1,0 +1,26 @@
+"""A poison request for the fault benchmark, loaded into its workers with ``--include bench._faults_poison``.
+
+A request whose messages contain ``POISON`` kills its worker in the middle of its provider call, as a
+request whose answer exhausts the worker's memory would: no Python exception, no clean-up. (A copy of
+``tests/support/poison.py``: the benchmark does not import from the tests.)
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from batcher import _providers
+
+MARKER = "POISON"
+EXIT_STATUS = 137
+_real_complete = _providers.complete
+
+
+def _complete(client: Any, route: Any, messages: Any, params: Any, **kwargs: Any) -> Any:
+    if any(MARKER in str(message.get("content")) for message in messages):
+        os._exit(EXIT_STATUS)
+    return _real_complete(client, route, messages, params, **kwargs)
+
+
+_providers.complete = _complete

@@ -1,0 +1,273 @@
+"""The statements of liveness and recovery (``batcher/_db/recovery.py``), on both databases batcher
+runs on (Postgres for a cluster, SQLite for embedded mode), and resumable publishing.
+
+These pin the rules the fault tests rely on: who counts as dead, what a reaped request becomes,
+and that a publish cut short is finished without any request getting two messages.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy import Engine, create_engine, select, update
+
+from batcher._config import Settings
+from batcher._db import recovery, store
+from batcher._db.models import Request, Worker
+from batcher._migrate import upgrade
+from batcher._publish import Publisher
+from batcher._states import JobKind
+from batcher._submit import RequestSpec, submit
+from batcher._validation import CallOptions
+from workers.celery_app import make_celery_app
+
+
+@pytest.fixture(params=["postgres", "sqlite"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    if request.param == "postgres":
+        url = request.getfixturevalue("database_url")
+    else:
+        url = f"sqlite:///{tmp_path / 'recovery.db'}"
+        upgrade(Settings(database_url=url))
+    eng = create_engine(url)
+    if request.param == "sqlite":
+        from sqlalchemy import make_url
+
+        from batcher._db.engine import _sqlite_engine
+
+        eng.dispose()
+        eng = _sqlite_engine(make_url(url), Settings(database_url=url))
+    yield eng
+    eng.dispose()
+
+
+MESSAGES = [{"role": "user", "content": "x"}]
+
+
+def _job(engine: Engine, n: int, *, params: dict[str, object] | None = None) -> uuid.UUID:
+    job_id = uuid.uuid4()
+    with engine.begin() as conn:
+        store.insert_job(
+            conn,
+            job_id=job_id,
+            kind="batch",
+            total=n,
+            params={"params": {}, **(params or {})},
+            deadline_at=None,
+            credentials=None,
+            queue="q",
+        )
+        store.copy_requests(
+            conn,
+            job_id,
+            (
+                store.NewRequest(idx=i, model="gpt-x", provider="openai", messages=[{"role": "user", "content": "x"}])
+                for i in range(n)
+            ),
+        )
+    return job_id
+
+
+def _claim(engine: Engine, job_id: uuid.UUID, idx: int, worker: str) -> store.ClaimedRequest:
+    with engine.begin() as conn:
+        claimed = store.claim_request(conn, job_id, idx, timeout_s=600, margin_s=30, worker_id=worker)
+    assert claimed is not None
+    return claimed
+
+
+def _register(engine: Engine, worker: str) -> None:
+    with engine.begin() as conn:
+        recovery.register_worker(conn, worker_id=worker, hostname="h", pid=1, queues=["q"], concurrency=1)
+
+
+def _age(engine: Engine, worker: str, seconds: float) -> None:
+    """Make a worker's last heartbeat ``seconds`` old."""
+    from datetime import UTC, datetime, timedelta
+
+    with engine.begin() as conn:
+        then = datetime.now(UTC) - timedelta(seconds=seconds)
+        if engine.dialect.name == "sqlite":
+            then = then.replace(tzinfo=None)
+        conn.execute(update(Worker.__table__).where(Worker.__table__.c.id == worker).values(heartbeat_at=then))
+
+
+def _states(engine: Engine, job_id: uuid.UUID) -> dict[int, tuple[str, int, str | None]]:
+    r = Request.__table__.c
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(r.idx, r.state, r.lost, r.error_type).where(r.job_id == job_id).order_by(r.idx)
+        ).all()
+    return {row.idx: (row.state, row.lost, row.error_type) for row in rows}
+
+
+def test_a_dead_workers_requests_are_queued_again_and_a_live_ones_are_not(engine: Engine) -> None:
+    job = _job(engine, 3)
+    dead, alive = f"dead-{uuid.uuid4().hex[:6]}", f"alive-{uuid.uuid4().hex[:6]}"
+    _register(engine, dead)
+    _register(engine, alive)
+    _claim(engine, job, 0, dead)
+    _claim(engine, job, 1, alive)
+    _age(engine, dead, 60)
+    with engine.begin() as conn:
+        reaped = recovery.reap_lost(conn, lapse_s=20, default_max_attempts=5, stuck_s=900)
+    assert [(r.job_id, r.idx, r.state, r.queue) for r in reaped] == [(job, 0, "queued", "q")]
+    assert _states(engine, job) == {0: ("queued", 1, None), 1: ("running", 0, None), 2: ("queued", 0, None)}
+    with engine.begin() as conn:  # idempotent: nothing more to take
+        assert recovery.reap_lost(conn, lapse_s=20, default_max_attempts=5, stuck_s=900) == []
+
+
+def test_a_request_that_lost_its_budget_of_workers_fails_and_is_counted(engine: Engine) -> None:
+    job = _job(engine, 2, params={"max_attempts": 2})
+    for attempt in (1, 2):
+        worker = f"w{attempt}-{uuid.uuid4().hex[:6]}"
+        _register(engine, worker)
+        claimed = _claim(engine, job, 0, worker)
+        assert claimed.attempts == attempt
+        _age(engine, worker, 60)
+        with engine.begin() as conn:
+            (reaped,) = recovery.reap_lost(conn, lapse_s=20, default_max_attempts=5, stuck_s=900)
+        assert reaped.state == ("queued" if attempt == 1 else "failed")
+    state, lost, error_type = _states(engine, job)[0]
+    assert (state, lost, error_type) == ("failed", 2, "WorkerLostError")
+    with engine.connect() as conn:
+        row = store.job_row(conn, job)
+    assert row is not None and row["failed"] == 1
+
+
+def test_a_cancelling_jobs_lost_requests_end_cancelled(engine: Engine) -> None:
+    job = _job(engine, 2)
+    worker = f"w-{uuid.uuid4().hex[:6]}"
+    _register(engine, worker)
+    _claim(engine, job, 0, worker)
+    with engine.begin() as conn:
+        assert store.cancel_job(conn, job) == 1  # the other, unsent
+    _age(engine, worker, 60)
+    with engine.begin() as conn:
+        (reaped,) = recovery.reap_lost(conn, lapse_s=20, default_max_attempts=5, stuck_s=900)
+        assert reaped.state == "cancelled"
+        assert store.finalize_job(conn, job) == "cancelled"
+
+
+def test_a_stopping_worker_gives_back_without_spending_an_attempt_and_late_answers_still_count(engine: Engine) -> None:
+    job = _job(engine, 1)
+    worker = f"w-{uuid.uuid4().hex[:6]}"
+    _register(engine, worker)
+    claimed = _claim(engine, job, 0, worker)
+    with engine.begin() as conn:
+        (ref,) = recovery.release_held(conn, worker)
+    assert (ref.job_id, ref.idx, ref.queue) == (job, 0, "q")
+    assert _states(engine, job)[0] == ("queued", 0, None)
+    with engine.connect() as conn:
+        r = Request.__table__.c
+        attempts = conn.execute(select(r.attempts).where(r.job_id == job)).scalar_one()
+    assert attempts == 0
+    # The call it gave back still answered before the process exited: the answer is kept, once.
+    with engine.begin() as conn:
+        progress = store.record_success(
+            conn, claimed, body={"id": "x"}, provider="openai", model="gpt-x", usage=None, latency_ms=1.0
+        )
+    assert progress is not None and progress.complete
+    with engine.begin() as conn:  # a second answer (the re-run) is not stored again
+        assert (
+            store.record_success(
+                conn, claimed, body={"id": "y"}, provider="openai", model="gpt-x", usage=None, latency_ms=1.0
+            )
+            is None
+        )
+
+
+def test_a_stale_attempts_failure_changes_nothing(engine: Engine) -> None:
+    """Fencing: an attempt whose request was taken back and claimed again cannot fail it."""
+    from batcher._states import RequestState
+
+    job = _job(engine, 1)
+    old, new = f"old-{uuid.uuid4().hex[:6]}", f"new-{uuid.uuid4().hex[:6]}"
+    _register(engine, old)
+    _register(engine, new)
+    stale = _claim(engine, job, 0, old)
+    _age(engine, old, 60)
+    with engine.begin() as conn:
+        recovery.reap_lost(conn, lapse_s=20, default_max_attempts=5, stuck_s=900)
+    _claim(engine, job, 0, new)
+    with engine.begin() as conn:
+        assert (
+            store.record_end(
+                conn, stale.request_id, RequestState.FAILED, attempt=stale.attempts, error_type="X", error="late"
+            )
+            is None
+        )
+    assert _states(engine, job)[0][0] == "running"
+
+
+@pytest.fixture
+def broker(redis_url: str) -> Iterator[tuple[Publisher, redis.Redis[bytes], str]]:
+    settings = Settings(redis_url=redis_url)
+    app = make_celery_app(settings)
+    client = redis.Redis.from_url(redis_url)
+    queue = f"pub-{uuid.uuid4().hex[:8]}"
+    yield Publisher(app), client, queue
+    client.delete(queue)
+    client.close()
+    app.close()
+
+
+def _queued_ids(client: redis.Redis[bytes], queue: str) -> Counter[str]:
+    return Counter(json.loads(raw)["headers"]["id"] for raw in client.lrange(queue, 0, -1))
+
+
+def test_a_publish_cut_short_is_resumed_and_no_request_gets_two_messages(
+    broker: tuple[Publisher, redis.Redis[bytes], str],
+) -> None:
+    publisher, client, queue = broker
+    job, total = uuid.uuid4(), 2_500
+
+    class RefusedError(Exception):
+        pass
+
+    def dies_after_two_chunks(start: int, limit: int) -> range:
+        if start >= 2_000:
+            raise RefusedError  # the submitter dies (or Redis refuses) after two chunks
+        return range(start, min(total, start + limit))
+
+    with pytest.raises(RefusedError):
+        publisher.publish_job(job, total, dies_after_two_chunks, queue=queue)
+    assert sum(_queued_ids(client, queue).values()) == 2_000
+    # Recovery, and a racing second publisher, both go on from the watermark.
+    assert publisher.publish_job(job, total, lambda s, n: range(s, min(total, s + n)), queue=queue)
+    assert publisher.publish_job(job, total, lambda s, n: range(s, min(total, s + n)), queue=queue)
+    ids = _queued_ids(client, queue)
+    assert len(ids) == total and set(ids.values()) == {1}
+    client.delete(f"batcher:published:{job}")
+
+
+def test_a_submission_refused_by_the_broker_names_the_stored_job(database_url: str, tmp_path: Path) -> None:
+    """Redis unreachable after the commit: ``EnqueueError`` names the job, which stays stored."""
+    from batcher._exceptions import EnqueueError
+
+    settings = Settings(database_url=database_url, redis_url="redis://127.0.0.1:1/0")  # nothing listens there
+    app = make_celery_app(settings)
+    engine = create_engine(database_url)
+    try:
+        with pytest.raises(EnqueueError) as refused:
+            submit(
+                engine,
+                app,
+                settings,
+                kind=JobKind.BATCH,
+                specs=[RequestSpec(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])],
+                options=CallOptions(mock_response="ok"),
+            )
+        job_id = uuid.UUID(refused.value.job_id)
+        assert str(job_id) in str(refused.value)
+        with engine.connect() as conn:
+            row = store.job_row(conn, job_id)
+        assert row is not None and row["total"] == 1 and row["enqueued_at"] is None
+    finally:
+        engine.dispose()
+        app.close()

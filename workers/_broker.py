@@ -1,0 +1,176 @@
+"""What batcher needs from the Redis broker beyond kombu: survive a full Redis, and see and move
+the messages that workers hold.
+
+kombu's Redis transport keeps every delivered, unacknowledged message in a hash (``unacked``:
+delivery tag -> ``[message, exchange, routing_key]``) with its delivery time in a sorted set
+(``unacked_index``), and hands a message back only after the broker's visibility timeout (two
+hours here, longer than any call). batcher knows sooner when a holder is gone (its heartbeat
+lapsed, or it stopped), so recovery moves those messages back to their queue itself, with the same
+compare-and-move kombu's ``restore_by_tag`` does: at most one live message per request.
+
+A Redis at its memory limit refuses every write that needs memory, and every command queued in a
+MULTI transaction. kombu treats that refusal as unrecoverable in three places: taking its restore
+mutex when a consumer connects, recording a delivery in ``unacked``, and acknowledging (a MULTI
+of ZREM + HDEL, refused although it frees memory: the cluster then never gets below its limit).
+``Transport`` below keeps the worker up and draining: the periodic restore is skipped (it is only
+an optimisation), a delivery that cannot be recorded is still processed (its request is in
+Postgres; recovery re-sends it if its worker dies), and acknowledgements go without MULTI.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
+from redis.exceptions import OutOfMemoryError  # type: ignore[attr-defined]  # types-redis lags redis-py
+
+from batcher._publish import parse_task_id
+
+log = logging.getLogger("batcher.broker")
+
+UNACKED_KEY = kombu_redis.Channel.unacked_key
+UNACKED_INDEX_KEY = kombu_redis.Channel.unacked_index_key
+SCAN_COUNT = 500
+
+# KEYS: unacked hash, unacked index, queue.  ARGV: delivery tag, the payload read, the payload to push.
+# Moves the message only if it is still the one that was read (nobody acked or restored it meanwhile).
+_MOVE_BACK = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then
+    return 0
+end
+redis.call('RPUSH', KEYS[3], ARGV[3])
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+"""
+
+
+# KEYS: unacked hash, unacked index.  ARGV: delivery tag, the payload read. Forgets the message if unchanged.
+_FORGET = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then
+    return 0
+end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+"""
+
+
+class OomTolerantQoS(kombu_redis.QoS):  # type: ignore[misc]
+    """kombu's QoS, minus the ways a full Redis kills a worker or stops it from freeing memory."""
+
+    @contextmanager
+    def pipe_or_acquire(self, pipe: Any = None, client: Any = None) -> Iterator[Any]:
+        # Without MULTI: a Redis over its limit refuses every command queued in a transaction, even
+        # the ZREM/HDEL of an acknowledgement, the very commands that give memory back.
+        if pipe:
+            yield pipe
+        else:
+            with self.channel.conn_or_acquire(client) as acquired:
+                yield acquired.pipeline(transaction=False)
+
+    def append(self, message: Any, delivery_tag: Any) -> None:
+        try:
+            super().append(message, delivery_tag)  # type: ignore[no-untyped-call]
+        except OutOfMemoryError:
+            log.warning(
+                "Redis is at its memory limit: message %s runs without a broker-side copy "
+                "(recovery re-sends it if this worker dies)",
+                delivery_tag,
+            )
+            virtual.QoS.append(self, message, delivery_tag)  # type: ignore[no-untyped-call]
+
+    def restore_visible(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            super().restore_visible(*args, **kwargs)  # type: ignore[no-untyped-call]
+        except OutOfMemoryError:
+            log.warning("Redis is at its memory limit: skipping kombu's restore of old unacked messages")
+
+
+class Channel(kombu_redis.Channel):  # type: ignore[misc]
+    QoS = OomTolerantQoS
+
+
+class Transport(kombu_redis.Transport):  # type: ignore[misc]
+    """kombu's Redis transport with ``OomTolerantQoS`` (``broker_transport`` of batcher's Celery app)."""
+
+    Channel = Channel
+
+
+TRANSPORT = f"{__name__}:Transport"
+
+
+@dataclass(frozen=True, slots=True)
+class HeldMessage:
+    """A message some worker received and has not acknowledged."""
+
+    tag: str
+    job_id: uuid.UUID
+    idx: int
+    delivered_at: float
+    raw: bytes
+    """The hash value as read (the move is compared against it)."""
+    payload: dict[str, Any]
+    routing_key: str
+
+
+class BrokerMessages:
+    """Reading and moving kombu's unacknowledged messages on one Redis (``prefix``: kombu's
+    ``global_keyprefix``, if any)."""
+
+    def __init__(self, client: redis.Redis[bytes], *, prefix: str = "") -> None:
+        self.client = client
+        self.prefix = prefix
+        self._move = client.register_script(_MOVE_BACK)
+        self._forget = client.register_script(_FORGET)
+
+    def queue_length(self, queue: str) -> int:
+        return int(self.client.llen(self.prefix + queue))
+
+    def held(self) -> Iterator[HeldMessage]:
+        """Every unacknowledged ``run_request`` message (others are skipped)."""
+        delivered = dict(self.client.zrange(self.prefix + UNACKED_INDEX_KEY, 0, -1, withscores=True))
+        for tag, raw in self.client.hscan_iter(self.prefix + UNACKED_KEY, count=SCAN_COUNT):
+            try:
+                payload, _exchange, routing_key = json.loads(raw)
+                parsed = parse_task_id(str(payload["headers"]["id"]))
+                if parsed is None:
+                    continue
+                job, idx = parsed
+                yield HeldMessage(
+                    tag=tag.decode() if isinstance(tag, bytes) else str(tag),
+                    job_id=uuid.UUID(job),
+                    idx=idx,
+                    delivered_at=float(delivered.get(tag, time.time())),
+                    raw=raw,
+                    payload=payload,
+                    routing_key=str(routing_key),
+                )
+            except (ValueError, KeyError, TypeError):
+                continue
+
+    def move_back(self, messages: Iterable[HeldMessage]) -> int:
+        """Put held messages back at the head of their queue, each only if still held as read."""
+        moved = 0
+        for message in messages:
+            payload = dict(message.payload)
+            headers = dict(payload.get("headers") or {})
+            headers["redelivered"] = True
+            payload["headers"] = headers
+            keys = [self.prefix + UNACKED_KEY, self.prefix + UNACKED_INDEX_KEY, self.prefix + message.routing_key]
+            moved += int(self._move(keys=keys, args=[message.tag, message.raw, json.dumps(payload)]))
+        return moved
+
+    def forget(self, messages: Iterable[HeldMessage]) -> int:
+        """Drop held messages of a dead holder whose request gets a new message instead."""
+        keys = [self.prefix + UNACKED_KEY, self.prefix + UNACKED_INDEX_KEY]
+        return sum(int(self._forget(keys=keys, args=[m.tag, m.raw])) for m in messages)
