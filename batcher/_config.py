@@ -96,8 +96,9 @@ class Settings(BaseSettings):
     worker_lapse_s: float = Field(DEFAULT_WORKER_LAPSE_S, gt=0)
     """A worker whose heartbeat is older than this is dead: its requests go to other workers."""
     stranded_message_s: float = Field(DEFAULT_STRANDED_MESSAGE_S, gt=0)
-    """A message delivered this long ago whose request never started is handed back to the queue
-    (its worker died holding it)."""
+    """A message whose holder is unknown (kombu's shared unacknowledged set), delivered this long ago,
+    whose request never started, is handed back to the queue. A batcher worker's own messages go back
+    as soon as it is found dead."""
     shutdown_grace_s: float = Field(DEFAULT_SHUTDOWN_GRACE_S, ge=0)
     """On SIGTERM a worker lets in-flight calls finish for this long, then hands the rest back."""
     store_retry_window_s: float = Field(DEFAULT_STORE_RETRY_WINDOW_S, gt=0)

@@ -247,7 +247,8 @@ class LiveMessages(threading.Thread):
     """Samples the broker while a scenario runs: the most live messages (queued + unacknowledged) any one
     request had at once, and Redis' memory.
 
-    One read-only script reads the queues and kombu's ``unacked`` hash as of one instant (a message moving
+    One read-only script reads the queues and the workers' unacknowledged sets (kombu's ``unacked`` hash,
+    one per worker: ``unacked:<worker id>``) as of one instant (a message moving
     from one to the other between two separate reads would be counted twice) and counts per task id inside
     Redis, so only two numbers cross the wire. It reads the queues 500 messages at a time: one reply of a
     whole queue would take megabytes of the very memory a full Redis lacks.
@@ -274,7 +275,9 @@ class LiveMessages(threading.Thread):
             start = start + 500
         end
     end
-    for _, raw in ipairs(redis.call('HVALS', KEYS[lists + 1])) do count(raw) end
+    for h = lists + 1, #KEYS do
+        for _, raw in ipairs(redis.call('HVALS', KEYS[h])) do count(raw) end
+    end
     return {worst, total}
     """
     PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")  # kombu's lists per priority step
@@ -295,7 +298,8 @@ class LiveMessages(threading.Thread):
         snapshot = self.client.register_script(self.SNAPSHOT)
         while not self._done.wait(self.every_s):
             try:
-                worst, total = snapshot(keys=[*self.keys, "unacked"], args=[len(self.keys)])
+                held = [k for k in self.client.scan_iter(match="unacked*", _type="hash")]  # each worker's own set
+                worst, total = snapshot(keys=[*self.keys, *held], args=[len(self.keys)])
                 used = int(self.client.info("memory")["used_memory"])
             except redis.RedisError:
                 self.errors += 1

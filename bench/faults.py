@@ -209,12 +209,15 @@ def _kill_one_of_two(run: Run, name: str, *, kill_leader: bool) -> Result:
         notes=[
             f"{name}: the dead worker's running requests were taken back "
             + ("never" if reaped_after is None else f"{reaped_after:.1f} s after the kill (heartbeat lapse + sweep)")
-            + f"; the {moved} messages it had received but not started went back to the queue "
-            + ("never" if moved_after is None else f"{moved_after:.1f} s after the kill")
-            + f" (`BATCHER_STRANDED_MESSAGE_S`, {run.settings.stranded_message_s:g} s after their delivery); the job "
-            "completes after the later of "
-            f"the two. Prompts sent twice are the calls in flight at the kill (at-least-once); "
-            f"{more_than_once(answered)} had already been answered by the provider (paid twice, stored once)."
+            + (
+                "; it held no message it had not started"
+                if not moved
+                else f"; the {moved} message(s) it had received but not started went back to the queue "
+                + ("never" if moved_after is None else f"{moved_after:.1f} s after the kill")
+                + " (its own unacknowledged set, moved back by the same sweep that took its requests back)"
+            )
+            + f". Prompts sent twice are the calls in flight at the kill (at-least-once); {more_than_once(answered)} "
+            "of them had already been answered by the provider (paid twice, stored once)."
         ],
         raw=raw,
     )
@@ -373,8 +376,8 @@ def oom(run: Run) -> Result:
         completed and names_job and alive == 2 and not unrecoverable and sampler.worst <= 1 and set(stored) == {1},
         notes=[
             "oom: live messages are sampled every 0.5 s by one read-only Lua script over the queues and kombu's "
-            "`unacked` hash (one instant, counted per task id inside Redis); peak memory is Redis' own "
-            f"`used_memory_peak`. The leader's sweeps went on publishing from the job's watermark whenever "
+            "`unacked` hashes (one per worker; one instant, counted per task id inside Redis); peak memory is "
+            f"Redis' own `used_memory_peak`. The leader's sweeps went on publishing from the job's watermark whenever "
             f"there was room ({refused_sweeps} of them stopped at a full Redis, to go on at the next); "
             f"{more_than_once(sent)} prompts were sent more than once."
         ],
@@ -507,11 +510,10 @@ def pg_outage(run: Run) -> Result:
             f"pg-outage: {in_flight_at_stop} calls were in flight when Postgres stopped ({done_at_stop:,} of "
             f"{n:,} stored); their answers were written when it was back. The job finished "
             f"{done_at - back_at:.0f} s after Postgres returned: claims that failed during the outage wait out "
-            "Celery's retry backoff (`autoretry_for`, up to 60 s each) before they run again.",
-            f"pg-outage: once Postgres was back the leader moved {moved} of those retry messages (held by live "
-            f"workers until their countdown) back to the queue as 'stranded' (delivered > "
-            f"{run.settings.stranded_message_s:g} s ago, request still `queued`); each then ran twice: {no_ops} "
-            "runs were no-ops ('not-claimable', 'running-here'). No prompt was sent twice.",
+            "Celery's retry backoff (`autoretry_for`, capped at 10 s) before they run again.",
+            f"pg-outage: once Postgres was back the leader moved {moved} retry messages held by live workers "
+            f"back to the queue (a live worker's messages are never touched); {no_ops} runs were no-ops "
+            "('not-claimable', 'running-here'). No prompt was sent twice.",
         ],
         raw=raw,
     )
@@ -549,31 +551,45 @@ def w1_overhead(run: Run) -> Result:
         )
         measured[label] = _w1_figures(output.with_suffix(".json"))
     b, a = measured["before"], measured["after"]
+    base_commit = subprocess.run(
+        ["git", "-C", str(run.base_checkout), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
     now = (
-        f"{a['rate']:.0f} completions/s (before {b['rate']:.0f}); CPU {a['cpu_ms']:.2f} ms per completion "
-        f"(before {b['cpu_ms']:.2f}), of which workers {a['workers_ms']:.2f} (before {b['workers_ms']:.2f}); "
-        f"1-minute load {loads['before']:.2f} / {loads['after']:.2f} at the start of each"
+        f"{_spread(a, 'rate', '.0f')} completions/s (before {_spread(b, 'rate', '.0f')}); CPU "
+        f"{_spread(a, 'cpu_ms', '.2f')} ms per completion (before {_spread(b, 'cpu_ms', '.2f')}), of which workers "
+        f"{_spread(a, 'workers_ms', '.2f')} (before {_spread(b, 'workers_ms', '.2f')}); 1-minute load "
+        f"{loads['before']:.2f} / {loads['after']:.2f} at the start of each"
     )
     return Result(
         "w1-overhead",
         "— (the cost of the fixes on the hot path)",
         now,
-        "reported (W1: 5,000 prompts, 100 ms, medians of 3)",
+        f"reported (W1: 5,000 prompts, 100 ms; median (min\u2013max) of {int(a['runs'])} runs each)",
         None,
+        notes=[
+            "w1-overhead: before = `python -m bench --workloads w1 --no-litellm --no-profile` in a clone of "
+            f"{base_commit or '?'} (the commit before the liveness changes) with its own venv, after = the same in "
+            "the working tree, one after the other; ranges that overlap are within the noise of a shared 2-core box."
+        ],
         raw={"before": b, "after": a, "load_at_start": loads},
     )
 
 
 def _w1_figures(path: Path) -> dict[str, float]:
+    """Medians (and min, max) over the W1 runs of ``python -m bench``'s JSON: completions/s, CPU ms per completion."""
     runs = [r for r in json.loads(path.read_text())["runs"] if r["workload"] == "W1" and r["system"] == "batcher"]
-    return {
-        "rate": statistics.median(r["n"] / r["wall_s"] for r in runs),
-        "cpu_ms": statistics.median(
-            1000 * sum(s for role, s in r["cpu_s"].items() if role != "fake") / r["n"] for r in runs
-        ),
-        "workers_ms": statistics.median(1000 * r["cpu_s"].get("workers", 0.0) / r["n"] for r in runs),
-        "runs": len(runs),
-    }
+    figures: dict[str, float] = {"runs": len(runs)}
+    for name, values in (
+        ("rate", [r["n"] / r["wall_s"] for r in runs]),
+        ("cpu_ms", [1000 * sum(s for role, s in r["cpu_s"].items() if role != "fake") / r["n"] for r in runs]),
+        ("workers_ms", [1000 * r["cpu_s"].get("workers", 0.0) / r["n"] for r in runs]),
+    ):
+        figures |= {name: statistics.median(values), f"{name}_min": min(values), f"{name}_max": max(values)}
+    return figures
+
+
+def _spread(figures: dict[str, float], name: str, fmt: str) -> str:
+    return f"{figures[name]:{fmt}} ({figures[name + '_min']:{fmt}}\u2013{figures[name + '_max']:{fmt}})"
 
 
 SCENARIOS: dict[str, Callable[[Run], Result]] = {
@@ -655,7 +671,7 @@ def _parser() -> argparse.ArgumentParser:
         "--base-checkout",
         type=Path,
         default=Path(tempfile.gettempdir()) / "batcher-base",
-        help="w1-overhead: a clone of the last commit with its own .venv (the 'before')",
+        help="w1-overhead: the 'before', a clone of the commit before the liveness changes with its own .venv",
     )
     p.add_argument("--logs", type=Path, help="keep every process's log in this directory (default: removed)")
     return p

@@ -4,9 +4,12 @@ the messages that workers hold.
 kombu's Redis transport keeps every delivered, unacknowledged message in a hash (``unacked``:
 delivery tag -> ``[message, exchange, routing_key]``) with its delivery time in a sorted set
 (``unacked_index``), and hands a message back only after the broker's visibility timeout (two
-hours here, longer than any call). batcher knows sooner when a holder is gone (its heartbeat
-lapsed, or it stopped), so recovery moves those messages back to their queue itself, with the same
-compare-and-move kombu's ``restore_by_tag`` does: at most one live message per request.
+hours here, longer than any call). batcher gives each worker process its own pair of keys
+(``unacked:<worker id>``, kombu's ``unacked_key`` transport option, set when the worker starts),
+so the holder of every message is known: when recovery finds a worker dead (its heartbeat lapsed,
+or it stopped) it moves that worker's messages back to their queue at once, with the same
+compare-and-move kombu's ``restore_by_tag`` does: at most one live message per request, and a
+live worker's messages (delayed retries included) are never touched.
 
 A Redis at its memory limit refuses every write that needs memory, and every command queued in a
 MULTI transaction. kombu treats that refusal as unrecoverable in three places: taking its restore
@@ -39,7 +42,18 @@ log = logging.getLogger("batcher.broker")
 
 UNACKED_KEY = kombu_redis.Channel.unacked_key
 UNACKED_INDEX_KEY = kombu_redis.Channel.unacked_index_key
+UNACKED_MUTEX_KEY = kombu_redis.Channel.unacked_mutex_key
 SCAN_COUNT = 500
+
+
+def worker_transport_options(worker_id: str) -> dict[str, str]:
+    """kombu transport options that give one worker process unacknowledged sets of its own."""
+    return {
+        "unacked_key": f"{UNACKED_KEY}:{worker_id}",
+        "unacked_index_key": f"{UNACKED_INDEX_KEY}:{worker_id}",
+        "unacked_mutex_key": f"{UNACKED_MUTEX_KEY}:{worker_id}",
+    }
+
 
 # KEYS: unacked hash, unacked index, queue.  ARGV: delivery tag, the payload read, the payload to push.
 # Moves the message only if it is still the one that was read (nobody acked or restored it meanwhile).
@@ -121,6 +135,8 @@ class HeldMessage:
     """The hash value as read (the move is compared against it)."""
     payload: dict[str, Any]
     routing_key: str
+    holder: str | None
+    """The worker id whose set holds it (``None``: kombu's shared default set, holder unknown)."""
 
 
 class BrokerMessages:
@@ -136,10 +152,31 @@ class BrokerMessages:
     def queue_length(self, queue: str) -> int:
         return int(self.client.llen(self.prefix + queue))
 
-    def held(self) -> Iterator[HeldMessage]:
-        """Every unacknowledged ``run_request`` message (others are skipped)."""
-        delivered = dict(self.client.zrange(self.prefix + UNACKED_INDEX_KEY, 0, -1, withscores=True))
-        for tag, raw in self.client.hscan_iter(self.prefix + UNACKED_KEY, count=SCAN_COUNT):
+    def holders(self) -> list[str | None]:
+        """Whose unacknowledged sets exist now (``None``: kombu's shared default set)."""
+        found: list[str | None] = []
+        base = self.prefix + UNACKED_KEY
+        for key in self.client.scan_iter(match=f"{base}*", count=SCAN_COUNT, _type="hash"):
+            name = key.decode() if isinstance(key, bytes) else str(key)
+            if name == base:
+                found.append(None)
+            elif name.startswith(base + ":"):
+                found.append(name[len(base) + 1 :])
+        return found
+
+    def _keys(self, holder: str | None) -> tuple[str, str]:
+        suffix = f":{holder}" if holder is not None else ""
+        return self.prefix + UNACKED_KEY + suffix, self.prefix + UNACKED_INDEX_KEY + suffix
+
+    def held(self, holders: Iterable[str | None] | None = None) -> Iterator[HeldMessage]:
+        """Every unacknowledged ``run_request`` message (others are skipped), of every holder or of these."""
+        for holder in self.holders() if holders is None else holders:
+            yield from self._held_by(holder)
+
+    def _held_by(self, holder: str | None) -> Iterator[HeldMessage]:
+        hash_key, index_key = self._keys(holder)
+        delivered = dict(self.client.zrange(index_key, 0, -1, withscores=True))
+        for tag, raw in self.client.hscan_iter(hash_key, count=SCAN_COUNT):
             try:
                 payload, _exchange, routing_key = json.loads(raw)
                 parsed = parse_task_id(str(payload["headers"]["id"]))
@@ -154,6 +191,7 @@ class BrokerMessages:
                     raw=raw,
                     payload=payload,
                     routing_key=str(routing_key),
+                    holder=holder,
                 )
             except (ValueError, KeyError, TypeError):
                 continue
@@ -166,11 +204,10 @@ class BrokerMessages:
             headers = dict(payload.get("headers") or {})
             headers["redelivered"] = True
             payload["headers"] = headers
-            keys = [self.prefix + UNACKED_KEY, self.prefix + UNACKED_INDEX_KEY, self.prefix + message.routing_key]
+            keys = [*self._keys(message.holder), self.prefix + message.routing_key]
             moved += int(self._move(keys=keys, args=[message.tag, message.raw, json.dumps(payload)]))
         return moved
 
     def forget(self, messages: Iterable[HeldMessage]) -> int:
         """Drop held messages of a dead holder whose request gets a new message instead."""
-        keys = [self.prefix + UNACKED_KEY, self.prefix + UNACKED_INDEX_KEY]
-        return sum(int(self._forget(keys=keys, args=[m.tag, m.raw])) for m in messages)
+        return sum(int(self._forget(keys=list(self._keys(m.holder)), args=[m.tag, m.raw])) for m in messages)

@@ -40,7 +40,7 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from batcher._db import recovery
-from batcher._publish import parse_task_id
+from workers._broker import worker_transport_options
 from workers._context import WorkerContext
 from workers._recovery import SweepState, broker_messages, publish_each, sweep
 
@@ -212,14 +212,14 @@ class Liveness:
 
     # --- graceful shutdown --------------------------------------------------------------------------
 
-    def begin_shutdown(self, reserved: Callable[[], list[str]] | None = None) -> None:
+    def begin_shutdown(self) -> None:
         """SIGTERM: Celery stops consuming; we mark the worker ``stopping`` and hand back after the grace."""
         if self.stopping:
             return
         self.stopping = True
-        threading.Thread(target=self._drain, args=(reserved,), name="batcher-drain", daemon=True).start()
+        threading.Thread(target=self._drain, name="batcher-drain", daemon=True).start()
 
-    def _drain(self, reserved: Callable[[], list[str]] | None) -> None:
+    def _drain(self) -> None:
         ctx = self.ctx
         try:
             with ctx.engine.begin() as conn:
@@ -232,29 +232,24 @@ class Liveness:
         log.warning(
             "shutdown grace of %g s is over with %d requests in flight: handing them back", grace, ctx.in_flight_count
         )
-        self.hand_back(reserved() if reserved is not None else [])
+        self.hand_back()
         _flush_logs()
         os._exit(EXIT_AFTER_HANDOVER)
 
-    def hand_back(self, reserved_task_ids: list[str]) -> int:
-        """Give every request this worker holds back to the cluster; returns how many."""
+    def hand_back(self) -> int:
+        """Give every request this worker holds back to the cluster; returns how many were running."""
         ctx = self.ctx
         with ctx.engine.begin() as conn:
             released = recovery.release_held(conn, ctx.worker_id)
             recovery.mark_stopped(conn, ctx.worker_id)
-        wanted = {(r.job_id, r.idx) for r in released}
-        for task in reserved_task_ids:
-            parsed = parse_task_id(task)
-            if parsed is not None:
-                wanted.add((uuid.UUID(parsed[0]), parsed[1]))
         broker = broker_messages(ctx)
         moved: set[tuple[uuid.UUID, int]] = set()
-        if broker is not None:
-            mine = [m for m in broker.held() if (m.job_id, m.idx) in wanted]
+        if broker is not None:  # every message this worker holds (its own set), running or reserved
+            mine = list(broker.held([ctx.worker_id]))
             broker.move_back(mine)
             moved = {(m.job_id, m.idx) for m in mine}
         publish_each(ctx, [r for r in released if (r.job_id, r.idx) not in moved])
-        log.info("handed back %d running and %d reserved requests", len(released), len(wanted) - len(released))
+        log.info("handed back %d running requests (%d messages back in the queue)", len(released), len(moved))
         return len(released)
 
     def mark_stopped(self) -> None:
@@ -308,10 +303,15 @@ def stop_for(app: Any, *, stopped: bool = True) -> None:
         liveness.stop()
 
 
-def _reserved_task_ids() -> list[str]:
-    from celery.worker import state
+def _on_worker_init(sender: Any = None, **_: Any) -> None:
+    """Before the consumer connects: this worker's own unacknowledged sets (see ``workers._broker``)."""
+    from workers._context import get_context
 
-    return [str(request.id) for request in list(state.reserved_requests)]
+    app = sender.app
+    if str(app.conf.broker_url or "").startswith(("redis://", "rediss://")):
+        options = dict(app.conf.broker_transport_options or {})
+        options.update(worker_transport_options(get_context(app).worker_id))
+        app.conf.broker_transport_options = options
 
 
 def _on_worker_ready(sender: Any = None, **_: Any) -> None:
@@ -330,7 +330,7 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
 
 def _on_worker_shutting_down(sender: Any = None, **_: Any) -> None:
     for liveness in list(_running.values()):
-        liveness.begin_shutdown(_reserved_task_ids)
+        liveness.begin_shutdown()
 
 
 def _on_worker_shutdown(sender: Any = None, **_: Any) -> None:
@@ -341,8 +341,9 @@ def _on_worker_shutdown(sender: Any = None, **_: Any) -> None:
 
 def install_celery_hooks() -> None:
     """Connect the worker signals (once per process: Celery signals are process-wide)."""
-    from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
+    from celery.signals import worker_init, worker_ready, worker_shutdown, worker_shutting_down
 
+    worker_init.connect(_on_worker_init, weak=False, dispatch_uid="batcher.liveness.init")
     worker_ready.connect(_on_worker_ready, weak=False, dispatch_uid="batcher.liveness.ready")
     worker_shutting_down.connect(_on_worker_shutting_down, weak=False, dispatch_uid="batcher.liveness.shutting_down")
     worker_shutdown.connect(_on_worker_shutdown, weak=False, dispatch_uid="batcher.liveness.shutdown")

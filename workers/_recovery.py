@@ -122,14 +122,15 @@ def sweep(
         held_by_request = {(m.job_id, m.idx): m for m in held}
     report.requests_republished += publish_each(ctx, reaped_refs, jitter_s=REAPED_JITTER_S)
 
-    # 2. Messages stranded with a dead worker: delivered long ago, their request never started.
+    # 2. Messages a dead worker held (received, not finished): back to their queue, at once. Each
+    # worker has its own unacknowledged set, so the holder is known; a live worker's are left alone.
     if broker is not None:
-        cutoff = time.time() - settings.stranded_message_s
-        old = [m for m in held if m.delivered_at < cutoff]
         with conn.begin():
-            states = recovery.request_states(conn, [(m.job_id, m.idx) for m in old])
-        stranded = [m for m in old if states.get((m.job_id, m.idx)) == "queued"]
-        report.messages_moved_back = broker.move_back(stranded)
+            alive = recovery.worker_liveness(conn, lapse_s=settings.worker_lapse_s)
+        abandoned = _abandoned(conn, held, alive, reap=reap, stranded_s=settings.stranded_message_s)
+        report.messages_moved_back = broker.move_back(abandoned)
+        moved = {(m.job_id, m.idx) for m in abandoned}
+        held = [m for m in held if (m.job_id, m.idx) not in moved]
 
     # 3. Publishing that did not finish (or whose messages Redis lost).
     with conn.begin():
@@ -159,6 +160,22 @@ def sweep(
     if any(asdict(report).values()):
         log.info("recovery sweep: %s", report.as_dict())
     return report
+
+
+def _abandoned(
+    conn: Connection, held: list[HeldMessage], alive: dict[str, bool], *, reap: bool, stranded_s: float
+) -> list[HeldMessage]:
+    """Held messages whose holder is gone: a dead or stopped worker's (once reaping is allowed), and,
+    where the holder is unknown (kombu's shared set, a worker that never registered), messages
+    delivered ``stranded_s`` ago whose request never started."""
+    cutoff = time.time() - stranded_s
+    out = [m for m in held if m.holder is not None and alive.get(m.holder) is False and reap]
+    unknown = [m for m in held if (m.holder is None or m.holder not in alive) and m.delivered_at < cutoff]
+    if unknown:
+        with conn.begin():
+            states = recovery.request_states(conn, [(m.job_id, m.idx) for m in unknown])
+        out += [m for m in unknown if states.get((m.job_id, m.idx)) == "queued"]
+    return out
 
 
 def broker_messages(ctx: WorkerContext) -> BrokerMessages | None:

@@ -13,9 +13,12 @@ from batcher._publish import FINALIZE_JOB_TASK, RECOVER_TASK, RUN_REQUEST_TASK
 from workers import _execute, _recovery
 from workers._context import get_context
 
-# Infrastructure faults: try again later (the request's lease and recovery back this up).
+# Infrastructure faults (Postgres or Redis away): try again soon. Backoff capped at 10 s, so work
+# resumes within seconds of the database's return; 60 tries cover a ~10 min outage, and the
+# recovery sweep re-sends anything whose message ran out of tries.
 _INFRA_FAULTS = (OperationalError, RedisConnectionError)
-INFRA_RETRY_MAX = 10
+INFRA_RETRY_MAX = 60
+INFRA_RETRY_BACKOFF_MAX_S = 10
 
 
 @shared_task(
@@ -23,7 +26,7 @@ INFRA_RETRY_MAX = 10
     bind=True,
     autoretry_for=_INFRA_FAULTS,
     retry_backoff=True,
-    retry_backoff_max=60,
+    retry_backoff_max=INFRA_RETRY_BACKOFF_MAX_S,
     max_retries=INFRA_RETRY_MAX,
 )
 def run_request(self: Task, job_id: str, idx: int) -> str:
@@ -35,6 +38,7 @@ def run_request(self: Task, job_id: str, idx: int) -> str:
     bind=True,
     autoretry_for=_INFRA_FAULTS,
     retry_backoff=True,
+    retry_backoff_max=INFRA_RETRY_BACKOFF_MAX_S,
     max_retries=INFRA_RETRY_MAX,
 )
 def finalize_job(self: Task, job_id: str) -> str | None:

@@ -131,6 +131,12 @@ def _alive(conn: Connection, lapse_s: float) -> ColumnElement[bool]:
     return and_(W.c.stopped_at.is_(None), W.c.heartbeat_at >= _ago(conn, lapse_s))
 
 
+def worker_liveness(conn: Connection, *, lapse_s: float) -> dict[str, bool]:
+    """Every known worker id, and whether it is alive (recent heartbeat, not stopped)."""
+    alive = _alive(conn, lapse_s)
+    return {row.id: bool(row.alive) for row in conn.execute(select(W.c.id, alive.label("alive"))).all()}
+
+
 def live_workers(conn: Connection, *, lapse_s: float) -> list[dict[str, Any]]:
     """Workers whose heartbeat is recent and that did not stop."""
     rows = conn.execute(select(W).where(_alive(conn, lapse_s)).order_by(W.c.started_at)).mappings()

@@ -11,8 +11,8 @@ import redis
 
 from batcher import Client, JobState, MalformedResponseError
 from batcher.fake_provider import FakeProvider, ModelBehaviour, max_in_window
-from tests.integration.helpers import requests_of, rows
-from tests.integration.test_liveness import FAST, until
+from tests.integration.helpers import exactly_one_response_each, requests_of, rows, until
+from tests.integration.test_liveness import FAST
 from tests.support.servers import RedisServer
 from tests.support.workers import IsolatedCluster
 
@@ -20,21 +20,6 @@ from tests.support.workers import IsolatedCluster
 @pytest.fixture
 def log_dir(tmp_path: Path) -> Path:
     return tmp_path
-
-
-def _prompt_counts(fake: FakeProvider, model: str) -> Counter[str]:
-    return Counter(r.prompt for r in fake.requests if r.model == model and r.prompt is not None)
-
-
-def _assert_exactly_one_response_each(client: Client, job_id: object, n: int) -> None:
-    per_request = rows(
-        client,
-        "SELECT r.idx, count(resp.request_id) AS n FROM requests r LEFT JOIN responses resp "
-        "ON resp.request_id = r.id WHERE r.job_id = :id GROUP BY r.idx",
-        id=job_id,
-    )
-    assert len(per_request) == n
-    assert {row["n"] for row in per_request} == {1}
 
 
 def test_429_and_5xx_storm_every_request_succeeds_within_budget(client: Client, fake_provider: FakeProvider) -> None:
@@ -78,7 +63,7 @@ def test_redis_flush_mid_batch_loses_nothing(
             flusher.close()
             status = job.wait(timeout=120)
             assert (status.state, status.succeeded) == (JobState.COMPLETED, n)
-            _assert_exactly_one_response_each(client, job.id, n)
+            exactly_one_response_each(client, job.id, n)
 
 
 def test_shared_rate_limit_across_two_workers_is_never_exceeded(

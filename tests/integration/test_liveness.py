@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import text
 
-from batcher import Client, JobState, RequestState, WorkerLostError
+from batcher import JobState, RequestState, WorkerLostError
 from batcher.evals.schedules import add_schedule
 from batcher.fake_provider import FakeProvider, ModelBehaviour
-from tests.integration.helpers import rows
+from tests.integration.helpers import exactly_one_response_each, rows, sends_per_prompt, until
 from tests.support.workers import IsolatedCluster
 
 FAST = {
@@ -29,32 +27,6 @@ FAST = {
     "BATCHER_STRANDED_MESSAGE_S": "3",
 }
 """Liveness timings scaled down (the defaults are 5 s, 20 s, 5 s, 30 s), so a test takes seconds."""
-
-
-def until(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    """Poll ``condition`` until it returns something truthy (the event waited for)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"not within {timeout_s} s: {what}")
-
-
-def exactly_one_response_each(client: Client, job_id: object, n: int) -> None:
-    per_request = rows(
-        client,
-        "SELECT r.idx, count(resp.request_id) AS n FROM requests r LEFT JOIN responses resp "
-        "ON resp.request_id = r.id WHERE r.job_id = :id GROUP BY r.idx",
-        id=job_id,
-    )
-    assert len(per_request) == n
-    assert {row["n"] for row in per_request} == {1}
-
-
-def sends_per_prompt(fake: FakeProvider, model: str) -> Counter[str]:
-    return Counter(r.prompt for r in fake.requests if r.model == model and r.prompt is not None)
 
 
 def test_kill_9_of_one_of_two_workers_at_30_percent_completes_within_60_s_without_beat(

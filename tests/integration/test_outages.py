@@ -19,8 +19,8 @@ from sqlalchemy import text
 from batcher import EnqueueError, JobState
 from batcher.evals.schedules import add_schedule
 from batcher.fake_provider import FakeProvider, ModelBehaviour
-from tests.integration.helpers import rows
-from tests.integration.test_liveness import FAST, exactly_one_response_each, sends_per_prompt, until
+from tests.integration.helpers import exactly_one_response_each, rows, sends_per_prompt, until
+from tests.integration.test_liveness import FAST
 from tests.support.servers import PostgresServer, RedisServer
 from tests.support.workers import IsolatedCluster
 
@@ -92,10 +92,13 @@ class LiveMessages(threading.Thread):
 
     # One read-only script: the queues and the unacknowledged set as of one instant (a message moving
     # from one to the other between two separate reads would be counted twice).
+    # Each worker has its own unacknowledged set (``unacked:<worker id>``): their names are read first.
     SNAPSHOT = """
     local out = {}
-    for i, queue in ipairs(KEYS) do out[i] = redis.call('LRANGE', queue, 0, -1) end
-    out[#KEYS + 1] = redis.call('HVALS', 'unacked')
+    local lists = tonumber(ARGV[1])
+    for i = 1, #KEYS do
+        if i <= lists then out[i] = redis.call('LRANGE', KEYS[i], 0, -1) else out[i] = redis.call('HVALS', KEYS[i]) end
+    end
     return out
     """
 
@@ -103,15 +106,17 @@ class LiveMessages(threading.Thread):
         snapshot = self.client.register_script(self.SNAPSHOT)
         while not self._stop_event.wait(0.2):
             try:
-                *queued, unacked = snapshot(keys=self.queues)
+                held = list(self.client.scan_iter(match="unacked*", _type="hash"))
+                replies = snapshot(keys=[*self.queues, *held], args=[len(self.queues)])
             except redis.RedisError:
                 continue
             counts: Counter[str] = Counter()
-            for messages in queued:
+            for messages in replies[: len(self.queues)]:
                 for raw in messages:
                     counts[json.loads(raw)["headers"]["id"]] += 1
-            for raw in unacked:
-                counts[json.loads(raw)[0]["headers"]["id"]] += 1
+            for values in replies[len(self.queues) :]:
+                for raw in values:
+                    counts[json.loads(raw)[0]["headers"]["id"]] += 1
             self.samples += 1
             if counts:
                 self.worst = max(self.worst, max(counts.values()))
