@@ -11,6 +11,9 @@ or it stopped) it moves that worker's messages back to their queue at once, with
 compare-and-move kombu's ``restore_by_tag`` does: at most one live message per request, and a
 live worker's messages (delayed retries included) are never touched.
 
+kombu also crashes a worker whose Redis restarted: closing the lost connection tries to restore its
+unacknowledged messages through it (``OomTolerantQoS.restore_unacked``).
+
 A Redis at its memory limit refuses every write that needs memory, and every command queued in a
 MULTI transaction. kombu treats that refusal as unrecoverable in three places: taking its restore
 mutex when a consumer connects, recording a delivery in ``unacked``, and acknowledging (a MULTI
@@ -102,6 +105,37 @@ class OomTolerantQoS(kombu_redis.QoS):  # type: ignore[misc]
                 delivery_tag,
             )
             virtual.QoS.append(self, message, delivery_tag)  # type: ignore[no-untyped-call]
+
+    # When Celery drops a connection it lost (Redis restarted, a network blip), kombu detaches the
+    # channel from its transport (``collect``) and then still closes the channel — which restores
+    # unacked messages through it — and acknowledges tasks that finish meanwhile on it: each an
+    # ``AttributeError`` on the missing connection, which Celery does not ignore, and the worker exits
+    # ("Unrecoverable error"). Nothing can go through a dead connection anyway: the broker-side copies
+    # stay in this worker's own unacknowledged set (and are gone with a restarted Redis).
+
+    def _detached(self) -> bool:
+        transport = getattr(self.channel, "connection", None)
+        return getattr(transport, "client", None) is None
+
+    def restore_unacked(self, client: Any = None) -> None:
+        if client is None and self._detached():
+            log.warning("broker connection lost: its unacknowledged messages stay in the broker for recovery")
+            self._delivered.clear()
+            return
+        super().restore_unacked(client)  # type: ignore[no-untyped-call]
+
+    def ack(self, delivery_tag: Any) -> None:
+        if self._detached():
+            log.info("message %s finished after its broker connection was lost: not acknowledged", delivery_tag)
+            virtual.QoS.ack(self, delivery_tag)  # type: ignore[no-untyped-call]
+            return
+        super().ack(delivery_tag)  # type: ignore[no-untyped-call]
+
+    def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
+        if self._detached():
+            virtual.QoS.ack(self, delivery_tag)  # type: ignore[no-untyped-call]
+            return
+        super().reject(delivery_tag, requeue=requeue)  # type: ignore[no-untyped-call]
 
     def restore_visible(self, *args: Any, **kwargs: Any) -> None:
         try:
