@@ -253,8 +253,13 @@ def _api_key(ctx: WorkerContext, claimed: store.ClaimedRequest, api_base: str) -
 
 
 def _requeue(ctx: WorkerContext, claimed: store.ClaimedRequest, delay_s: float) -> None:
-    """A new message for the request's next attempt, due in ``delay_s``: no worker slot waits for it."""
+    """A new message for the request's next attempt, due in ``delay_s``: no worker slot waits for it.
+
+    This attempt is over (its outcome is written): it leaves the in-flight set first, or the next
+    attempt, if it starts on this worker before this thread returns, would be taken for a duplicate.
+    """
     queue = queue_for(claimed.kind, ctx.settings, claimed.queue)
+    ctx.finished(task_id(claimed.job_id, claimed.idx))
     ctx.app.send_task(
         RUN_REQUEST_TASK,
         args=(str(claimed.job_id), claimed.idx),
