@@ -1,36 +1,38 @@
-"""``Client`` and ``Job``: submit large batches, poll them, wait for them, read them back."""
+"""``Client`` and ``Job``: submit large batches, poll them, wait for them, read them back.
+
+One ``Client`` whatever runs the jobs: it checks each call (the same errors everywhere) and hands
+the I/O to its transport (``batcher/_transport.py``): a cluster or embedded mode reached from this
+process (``LocalTransport``), or a batcher service over HTTP (``HttpTransport``). ``Job`` owns the
+loops: waiting with a progress bar, the first response of a race, riding out an outage.
+"""
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import IO, Any
 
 import redis
 from celery import Celery
 from sqlalchemy import Engine
-from sqlalchemy.exc import OperationalError
 
-from batcher import _keys
 from batcher._config import Settings, get_settings
-from batcher._db import store
-from batcher._db.engine import get_engine
 from batcher._exceptions import (
     AllModelsFailedError,
+    ConfigurationError,
     InvalidRequestError,
     JobNotFoundError,
     ServiceUnavailableError,
     WaitTimeoutError,
-    error_from_stored,
 )
 from batcher._jobs import JobStatus, Result
-from batcher._mode import EMBEDDED, check_cluster, resolve_mode
 from batcher._progress import ProgressBar
 from batcher._response import ModelResponse
-from batcher._states import JobKind, RequestState
-from batcher._submit import RequestSpec, submit
+from batcher._states import JobKind
+from batcher._submit import RequestSpec
+from batcher._transport import Transport
 from batcher._validation import (
     check_conversations_shape,
     check_single_conversation,
@@ -38,15 +40,25 @@ from batcher._validation import (
     validate_messages,
 )
 
-WAIT_POLL_INTERVAL_S = 1.0
-DB_OUTAGE_TOLERANCE_S = 300.0
-"""How long ``Job.wait`` keeps waiting through a database outage before it says so."""
-"""Longest a waiter sleeps between Postgres reads when no wake-up arrives (Redis may be gone)."""
 PROGRESS_REFRESH_S = 0.25
+DB_OUTAGE_TOLERANCE_S = 300.0
+"""How long ``Job.wait`` keeps waiting through an outage of the store (or the service) before it says so."""
+OUTAGE_RETRY_S = 1.0
+
+
+def default_transport(settings: Settings, *, base_url: str | None = None, api_key: str | None = None) -> Transport:
+    """A service URL (argument or ``BATCHER_API_URL``) means HTTP; otherwise the cluster or embedded mode."""
+    if base_url or settings.api_url:
+        from batcher._transport_http import HttpTransport
+
+        return HttpTransport(settings, base_url=base_url, api_key=api_key)
+    from batcher._transport_local import LocalTransport
+
+    return LocalTransport.for_settings(settings)
 
 
 class Client:
-    """Submits jobs to the workers and reads them back from Postgres.
+    """Submits jobs and reads them back.
 
     >>> client = Client()
     >>> job = client.submit(model="gpt-4o-mini", messages=[[{"role": "user", "content": "hi"}]])
@@ -54,70 +66,47 @@ class Client:
     >>> for result in job.results(): ...
 
     With ``base_url=`` (and ``api_key=``), or ``BATCHER_API_URL`` / ``BATCHER_API_KEY`` set, the
-    same calls go to a batcher HTTP service instead (``batcher._remote.RemoteClient``).
+    same calls go to a batcher HTTP service; ``transport=`` takes any ``batcher._transport.Transport``.
     """
 
-    _job_type: type[Job]
-    """The ``Job`` class this client hands out (``RemoteClient``'s talk to the HTTP service)."""
-
-    def __new__(
-        cls, settings: Settings | None = None, *, base_url: str | None = None, api_key: str | None = None
-    ) -> Client:
-        # A service URL (argument or BATCHER_API_URL) selects the HTTP implementation, same interface.
-        if cls is Client and (base_url or (settings or get_settings()).api_url):
-            from batcher._remote import RemoteClient
-
-            return super().__new__(RemoteClient)
-        return super().__new__(cls)
-
     def __init__(
-        self, settings: Settings | None = None, *, base_url: str | None = None, api_key: str | None = None
+        self,
+        settings: Settings | None = None,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        transport: Transport | None = None,
     ) -> None:
         self.settings = settings or get_settings()
-        self._app: Celery | None = None
-        self._redis: redis.Redis[bytes] | None = None
-        self._embedded = resolve_mode(self.settings) == EMBEDDED
-        if self._embedded:
-            from batcher._embedded import get_runtime
+        self.transport = transport or default_transport(self.settings, base_url=base_url, api_key=api_key)
 
-            runtime = get_runtime(self.settings)
-            # The runtime's database and broker, this client's other settings (limits, timeouts).
-            self.settings = self.settings.model_copy(
-                update={"database_url": runtime.settings.database_url, "redis_url": runtime.settings.redis_url}
-            )
-            self._app, self._redis = runtime.app, runtime.redis
-        else:
-            check_cluster(self.settings)
+    def __repr__(self) -> str:
+        return f"<Client {self.transport!r}>"
 
-    # --- resources ---------------------------------------------------------------------------
+    # --- resources (local transports only) -------------------------------------------------------
+
+    def _local(self, what: str) -> Any:
+        from batcher._transport_local import LocalTransport
+
+        if not isinstance(self.transport, LocalTransport):
+            raise ConfigurationError(f"this client talks to a batcher service over HTTP: it has no {what}")
+        return self.transport
 
     @property
     def engine(self) -> Engine:
-        return get_engine(self.settings)
+        """The database of a local client (evaluation runs, tests, benchmarks read it directly)."""
+        return self._local("database").engine  # type: ignore[no-any-return]
 
     @property
     def redis(self) -> redis.Redis[bytes]:
-        if self._redis is None:
-            self._redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=30)
-        return self._redis
+        return self._local("Redis").redis  # type: ignore[no-any-return]
 
     @property
     def celery(self) -> Celery:
-        if self._app is None:
-            from workers.celery_app import make_celery_app  # the submitter needs only the app's config
-
-            self._app = make_celery_app(self.settings)
-        return self._app
+        return self._local("Celery app").celery  # type: ignore[no-any-return]
 
     def close(self) -> None:
-        if self._embedded:  # the process's embedded runtime outlives any one client
-            return
-        if self._redis is not None:
-            self._redis.close()
-            self._redis = None
-        if self._app is not None:
-            self._app.close()
-            self._app = None
+        self.transport.close()
 
     def __enter__(self) -> Client:
         return self
@@ -125,14 +114,13 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # --- submission --------------------------------------------------------------------------
+    # --- submission ------------------------------------------------------------------------------
 
     def submit(self, model: str, messages: Sequence[list[dict[str, Any]]], **kwargs: Any) -> Job:
         """One request per conversation in ``messages``, all to ``model``. Returns at once."""
         check_conversations_shape(messages)
-        options = split_call_kwargs(kwargs)
-        specs = (RequestSpec(model=model, messages=conversation) for conversation in messages)
-        return self._submit(JobKind.BATCH, specs, options)
+        split_call_kwargs(kwargs)  # options checked once, whatever the transport
+        return Job(self, self.transport.submit_conversations(model, messages, kwargs), JobKind.BATCH)
 
     def submit_fastest(self, models: Sequence[str], messages: list[dict[str, Any]], **kwargs: Any) -> Job:
         """One prompt to every model; the first successful answer wins (see ``Job.first_response``)."""
@@ -144,22 +132,23 @@ class Client:
 
     def submit_requests(self, requests: Iterable[RequestSpec], **kwargs: Any) -> Job:
         """Requests that each name their model (lines of a file). Streamed: never held whole."""
-        return self._submit(JobKind.BATCH, requests, split_call_kwargs(kwargs))
+        split_call_kwargs(kwargs)
+        return Job(self, self.transport.submit_requests(requests, kwargs), JobKind.BATCH)
+
+    def submit_file(self, file: IO[bytes] | str | Path, *, default_model: str | None = None, **kwargs: Any) -> Job:
+        """A JSONL prompt file (``batcher submit``'s format) as one batch job. Streamed: never held whole."""
+        split_call_kwargs(kwargs)
+        return Job(self, self.transport.submit_file(file, default_model, kwargs), JobKind.BATCH)
 
     def _submit_fanout(self, kind: JobKind, models: Sequence[str], messages: Any, kwargs: dict[str, Any]) -> Job:
         if isinstance(models, str) or not isinstance(models, Sequence) or not models:
             raise InvalidRequestError("must be a non-empty list of model names", field="models")
         check_single_conversation(messages, sender="this call", example_prefix="messages=")
         validate_messages(messages, "messages")
-        options = split_call_kwargs(kwargs)
-        specs = (RequestSpec(model=model, messages=messages, where=f"models[{i}]") for i, model in enumerate(models))
-        return self._submit(kind, specs, options)
+        split_call_kwargs(kwargs)
+        return Job(self, self.transport.submit_fanout(kind, list(models), messages, kwargs), kind)
 
-    def _submit(self, kind: JobKind, specs: Iterable[RequestSpec], options: Any) -> Job:
-        job_id = submit(self.engine, self.celery, self.settings, kind=kind, specs=specs, options=options)
-        return Job(self, job_id, kind)
-
-    # --- reattaching -------------------------------------------------------------------------
+    # --- reattaching -----------------------------------------------------------------------------
 
     def job(self, job_id: str | uuid.UUID) -> Job:
         """The job with this id (from any process). Raises ``JobNotFoundError``."""
@@ -167,19 +156,11 @@ class Client:
             jid = job_id if isinstance(job_id, uuid.UUID) else uuid.UUID(str(job_id))
         except ValueError:
             raise JobNotFoundError(f"{job_id!r} is not a job id (a UUID)") from None
-        status = self._status(jid)
-        return self._job_type(self, jid, status.kind)
-
-    def _status(self, job_id: uuid.UUID) -> JobStatus:
-        with self.engine.connect() as conn:
-            row = store.job_row(conn, job_id)
-        if row is None:
-            raise JobNotFoundError(f"no job {job_id}")
-        return JobStatus.from_row(row)
+        return Job(self, jid, self.transport.status(jid).kind)
 
 
 class Job:
-    """A handle on a submitted job. Cheap: every method reads Postgres afresh."""
+    """A handle on a submitted job. Cheap: every method asks the transport afresh."""
 
     def __init__(self, client: Client, job_id: uuid.UUID, kind: JobKind) -> None:
         self.client = client
@@ -189,40 +170,26 @@ class Job:
     def __repr__(self) -> str:
         return f"<Job {self.id} {self.kind.value}>"
 
+    @property
+    def _transport(self) -> Transport:
+        return self.client.transport
+
     def status(self) -> JobStatus:
-        return self.client._status(self.id)
+        return self._transport.status(self.id)
 
     def wait(self, timeout: float | None = None, *, progress: bool = False) -> JobStatus:
-        """Block until the job is final; woken by the finalizer, with Postgres polls as the fallback.
-
-        A database outage while waiting is ridden out (the job goes on without us) for up to
-        ``DB_OUTAGE_TOLERANCE_S``; then ``ServiceUnavailableError`` says so."""
+        """Block until the job is final: woken by the finalizer, reading the job at least every few
+        seconds (a wake-up may be lost). An outage of the store or the service is ridden out for up to
+        ``DB_OUTAGE_TOLERANCE_S`` (the job goes on without us); then ``ServiceUnavailableError``."""
         deadline = None if timeout is None else time.monotonic() + timeout
         bar = ProgressBar(f"job {str(self.id)[:8]}") if progress else None
-        interval = PROGRESS_REFRESH_S if progress else WAIT_POLL_INTERVAL_S
-        unreachable_since: float | None = None
+        slice_s = PROGRESS_REFRESH_S if progress else self._transport.wait_slice_s
+        outage = _Outage(self.id)
         try:
             if bar is not None:
                 bar.__enter__()
+            status: JobStatus = outage.ride(self.status, deadline)
             while True:
-                try:
-                    status = self.status()
-                    unreachable_since = None
-                except OperationalError as exc:
-                    now = time.monotonic()
-                    unreachable_since = unreachable_since or now
-                    if now - unreachable_since > DB_OUTAGE_TOLERANCE_S:
-                        raise ServiceUnavailableError(
-                            f"the database has been unreachable for {now - unreachable_since:.0f} s while waiting "
-                            f"for job {self.id} ({str(exc.orig).splitlines()[0] if exc.orig else exc}); the job "
-                            "goes on: wait again once the database is back"
-                        ) from None
-                    if deadline is not None and now >= deadline:
-                        raise WaitTimeoutError(
-                            f"job {self.id}: the database was unreachable until the timeout"
-                        ) from None
-                    time.sleep(WAIT_POLL_INTERVAL_S)
-                    continue
                 if bar is not None:
                     bar.update(status)
                 if status.is_final:
@@ -233,115 +200,73 @@ class Job:
                         f"job {self.id} is still {status.state.value} after {timeout} s "
                         f"({status.done}/{status.total} done); it goes on running"
                     )
-                self._sleep_until_woken(interval if remaining is None else min(interval, remaining))
+                wait_s = slice_s if remaining is None else min(slice_s, remaining)
+                status = outage.ride(
+                    lambda wait_s=wait_s: self._transport.poll(self.id, wait_s, "final"), deadline
+                ).status
         finally:
             if bar is not None:
                 bar.__exit__(None, None, None)
 
-    def _sleep_until_woken(self, timeout_s: float) -> None:
-        key = _keys.job_done_key(str(self.id))
-        try:
-            item = self.client.redis.blpop([key], timeout=max(timeout_s, 0.01))
-            if item is not None:
-                self._give_back(key, item[1])  # for other waiters
-        except redis.RedisError:
-            time.sleep(timeout_s)  # Redis is away: fall back to polling Postgres
-
-    def _give_back(self, key: Any, value: Any) -> None:
-        """Push a popped wake-up back, re-arming its expiry (the pop may have deleted the list and its TTL)."""
-        pipe = self.client.redis.pipeline()
-        pipe.rpush(key, value)
-        pipe.expire(key, _keys.WAKE_TTL_S)
-        pipe.execute()
-
     def results(self) -> Iterator[Result]:
-        """Every request in input order, streamed from Postgres (never the whole job in memory)."""
-        for row in store.stream_results(self.client.engine, self.id):
-            yield _result(row)
+        """Every request in input order, streamed (never the whole job in memory)."""
+        return self._transport.results(self.id)
 
     def write_jsonl(self, out: IO[bytes]) -> None:
-        """Every result as one JSON line each, in input order (Postgres writes them itself)."""
-        if store.export_results_jsonl(self.client.engine, self.id, out):
-            return
-        for result in self.results():
-            out.write(json.dumps(result.as_line()).encode() + b"\n")
+        """Every result as one JSON line each, in input order."""
+        self._transport.write_jsonl(self.id, out)
 
     def cancel(self) -> JobStatus:
         """Stop every request not yet sent; in-flight ones are recorded when they return."""
-        with self.client.engine.begin() as conn:
-            store.cancel_job(conn, self.id)
-            state = store.finalize_job(conn, self.id)
-        if state is not None:
-            from workers._execute import wake_waiters
-
-            wake_waiters(self.client.redis, str(self.id), state)
-        return self.status()
+        return self._transport.cancel(self.id)
 
     def first_response(self, timeout: float | None = None) -> ModelResponse:
         """Fastest-response: the first successful answer, as soon as it exists.
 
-        Woken by the winning worker through Redis; falls back to Postgres if Redis is lost.
         Raises ``AllModelsFailedError`` (listing each model's failure) if no model answered.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        keys = [_keys.race_win_key(str(self.id)), _keys.job_done_key(str(self.id))]
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise WaitTimeoutError(f"no model of job {self.id} answered within {timeout} s")
-            wait_s = WAIT_POLL_INTERVAL_S if remaining is None else min(WAIT_POLL_INTERVAL_S, remaining)
-            try:
-                item = self.client.redis.blpop(keys, timeout=max(wait_s, 0.01))
-            except redis.RedisError:
-                item = None
-                time.sleep(wait_s)
-            if item is not None:
-                event = json.loads(item[1])
-                if event.get("event") == "win":
-                    self._give_back(item[0], item[1])
-                    return ModelResponse.model_validate(event["response"])
-                self._give_back(item[0], item[1])
-            status = self.status()
-            if status.winner_index is not None:
-                return self._response_at(status.winner_index)
-            if status.is_final:
+            slice_s = (
+                self._transport.wait_slice_s if remaining is None else min(self._transport.wait_slice_s, remaining)
+            )
+            polled = self._transport.poll(self.id, slice_s, "first_response")
+            if polled.response is not None:
+                return polled.response
+            if polled.status.is_final:
                 errors: dict[str, BaseException] = {}
                 for result in self.results():
                     if result.error is not None:
-                        errors[f"{result.model} (#{result.index})" if result.model in errors else result.model] = (
-                            result.error
-                        )
+                        key = f"{result.model} (#{result.index})" if result.model in errors else result.model
+                        errors[key] = result.error
                 raise AllModelsFailedError(errors)
 
-    def _response_at(self, index: int) -> ModelResponse:
-        for result in self.results():
-            if result.index == index and result.response is not None:
-                return result.response
-        raise JobNotFoundError(f"job {self.id} has no stored response at index {index}")
 
+class _Outage:
+    """Rides out a store (or service) that is briefly away while a job is waited for."""
 
-def _result(row: dict[str, Any]) -> Result:
-    state = RequestState(row["state"])
-    response = ModelResponse.model_validate(row["body"]) if row["body"] is not None else None
-    error = None
-    if response is None:
-        error_type = row["error_type"]
-        message = row["error"]
-        if not state.is_final:
-            error_type, message = "RequestError", f"not finished yet ({state.value})"
-        error = error_from_stored(
-            error_type, message, model=row["model"], provider=row["provider"], status_code=row["status_code"]
-        )
-    return Result(
-        index=row["idx"],
-        model=row["model"],
-        state=state,
-        attempts=row["attempts"],
-        response=response,
-        error=error,
-        custom_id=row["custom_id"],
-        latency_ms=row["latency_ms"],
-    )
+    def __init__(self, job_id: uuid.UUID) -> None:
+        self.job_id = job_id
+        self.since: float | None = None
 
-
-Client._job_type = Job
+    def ride(self, call: Any, deadline: float | None) -> Any:
+        """``call()``; while it raises ``ServiceUnavailableError``, retry for up to the tolerance."""
+        while True:
+            try:
+                value = call()
+                self.since = None
+                return value
+            except ServiceUnavailableError as exc:
+                now = time.monotonic()
+                self.since = self.since or now
+                if now - self.since > DB_OUTAGE_TOLERANCE_S:
+                    raise ServiceUnavailableError(
+                        f"{exc} for {now - self.since:.0f} s while waiting for job {self.job_id}; the job goes "
+                        "on: wait again once it is back"
+                    ) from None
+                if deadline is not None and now >= deadline:
+                    raise WaitTimeoutError(f"job {self.job_id}: unreachable until the timeout ({exc})") from None
+                time.sleep(OUTAGE_RETRY_S)

@@ -53,7 +53,7 @@ def _check_services(settings: Settings, console: Console) -> None:
 
 
 def _start_worker(env: dict[str, str], concurrency: int, log: Path) -> subprocess.Popen[bytes]:
-    from workers.celery_app import worker_argv
+    from batcher._celery import worker_argv
 
     argv = worker_argv(  # as `batcher worker` starts one
         concurrency=concurrency,
@@ -74,7 +74,7 @@ def _start_worker(env: dict[str, str], concurrency: int, log: Path) -> subproces
 
 
 def run_demo(*, prompts: int, latency_ms: int, concurrency: int) -> None:
-    from batcher.fake_provider import FakeProvider, FakeProviderConfig, ModelBehaviour
+    from batcher.testing import FakeProvider, FakeProviderConfig, ModelBehaviour
 
     console = Console()
     base = Settings()
@@ -99,9 +99,7 @@ def run_demo(*, prompts: int, latency_ms: int, concurrency: int) -> None:
             "BATCHER_RACE_QUEUE": f"batcher.{tag}.race",
             "BATCHER_WORKER_CONCURRENCY": str(concurrency),
             "BATCHER_EMBEDDED_CONCURRENCY": str(concurrency),
-            "OPENAI_BASE_URL": fake.openai_base,
-            "ANTHROPIC_BASE_URL": fake.anthropic_base,
-            "CO_API_URL": fake.cohere_base,
+            **fake.environ(),  # every provider's base URL, pointing at the fake
             "OPENAI_API_KEY": "sk-demo",
             "ANTHROPIC_API_KEY": "sk-ant-demo",
             "COHERE_API_KEY": "co-demo",
@@ -138,7 +136,7 @@ def _wait_ready(worker: subprocess.Popen[bytes], log: Path) -> None:
         if worker.poll() is not None:
             raise SystemExit(f"the worker exited:\n{log.read_text()[-2000:]}")
         # The worker logs at WARNING; ping it through the broker instead of reading "ready".
-        from workers.celery_app import make_celery_app
+        from batcher._celery import make_celery_app
 
         app = make_celery_app(Settings())
         try:

@@ -3,7 +3,7 @@
 Every provider call goes to a *base URL* (``api_base``). There are three kinds:
 
 * **configured**: a provider's base from the process's environment (``OPENAI_BASE_URL``,
-  ``ANTHROPIC_BASE_URL``, ``CO_API_URL``, ...; see ``batcher._providers._routing``), else the
+  ``ANTHROPIC_BASE_URL``, ``CO_API_URL``, ...; see ``batcher._providers._registry``), else the
   provider's public endpoint. A worker's own key for that provider (``OPENAI_API_KEY`` ...)
   is sent there and nowhere else.
 * **allowed**: ``BATCHER_ALLOWED_API_BASES``, the operator's list. Trusted like the configured

@@ -56,7 +56,7 @@ class EmbeddedRuntime:
         )
         upgrade(self.settings)
         self.redis = fakeredis.FakeRedis(server=fakeredis.FakeServer())
-        from workers.celery_app import make_celery_app
+        from batcher._celery import make_celery_app
 
         self.app: Celery = make_celery_app(self.settings, coordination=self.redis)
         # The threads pool resolves task names through the process's default app (``current_app``

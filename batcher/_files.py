@@ -54,9 +54,10 @@ def parse_line(line: str | bytes, where: str) -> Any:
         ) from None
 
 
-def _numbered(lines: Iterable[str] | IO[str]) -> Iterator[tuple[int, str]]:
+def _numbered(lines: Iterable[str] | Iterable[bytes] | IO[str] | IO[bytes]) -> Iterator[tuple[int, str]]:
     """``(number, text)`` of each line. A text file is read as bytes, so that a line that is not
-    UTF-8 is named by its own number (a text reader fails a whole buffer ahead)."""
+    UTF-8 is named by its own number (a text reader fails a whole buffer ahead); a binary file or
+    lines of bytes are decoded line by line the same way."""
     binary = getattr(lines, "buffer", None)
     if binary is not None and hasattr(binary, "readline"):
         for number, raw in enumerate(binary, start=1):
@@ -73,10 +74,12 @@ def _numbered(lines: Iterable[str] | IO[str]) -> Iterator[tuple[int, str]]:
             raise InvalidRequestError(
                 "or a line shortly after it is not UTF-8; save the file as UTF-8", field=f"line {number + 1}"
             ) from None
-        yield number, line
+        yield number, decode_line(line, number) if isinstance(line, bytes) else str(line)
 
 
-def read_jsonl(lines: Iterable[str] | IO[str], *, default_model: str | None) -> Iterator[RequestSpec]:
+def read_jsonl(
+    lines: Iterable[str] | Iterable[bytes] | IO[str] | IO[bytes], *, default_model: str | None
+) -> Iterator[RequestSpec]:
     seen_ids: set[str] = set()
     for number, line in _numbered(lines):
         if not line.strip():

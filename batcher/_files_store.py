@@ -6,6 +6,9 @@ deletes with ``ON DELETE CASCADE`` and is backed up with everything else, wherea
 objects need ``lo_unlink`` bookkeeping and leak when a row is deleted without it. Each chunk
 is at most ``settings.file_chunk_bytes``, so neither writing nor reading a file ever holds
 more than a chunk or two in memory.
+
+The files' SQL (``files``, ``file_chunks``) lives here and nowhere else; Postgres only, as the
+HTTP service is.
 """
 
 from __future__ import annotations
@@ -101,6 +104,26 @@ def save_upload(
             .one()
         )
     return StoredFile.from_row(row)
+
+
+def insert_batch_file(
+    conn: Connection, *, file_id: str, owner_id: uuid.UUID, filename: str, size: int, batch_id: str
+) -> None:
+    """Record a batch's output or error file: no chunks, its lines are rendered from the results when read."""
+    conn.execute(
+        text(
+            "INSERT INTO files (id, owner_id, filename, purpose, bytes, status, batch_id) "
+            "VALUES (:id, :owner, :filename, :purpose, :bytes, 'processed', :batch)"
+        ),
+        {
+            "id": file_id,
+            "owner": owner_id,
+            "filename": filename,
+            "purpose": FILE_PURPOSE_BATCH_OUTPUT,
+            "bytes": size,
+            "batch": batch_id,
+        },
+    )
 
 
 def get_file(conn: Connection, file_id: str) -> StoredFile | None:

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from batcher._exceptions import RequestError
+from batcher._exceptions import RequestError, error_from_stored
 from batcher._response import ModelResponse
 from batcher._states import JobKind, JobState, RequestState
 
@@ -111,3 +111,48 @@ class Result:
             return self.response
         assert self.error is not None
         return self.error
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Result:
+        """From a ``requests ⟕ responses`` row (``stream_results``)."""
+        state = RequestState(row["state"])
+        response = ModelResponse.model_validate(row["body"]) if row["body"] is not None else None
+        error = None
+        if response is None:
+            error_type, message = row["error_type"], row["error"]
+            if not state.is_final:
+                error_type, message = "RequestError", f"not finished yet ({state.value})"
+            error = error_from_stored(
+                error_type, message, model=row["model"], provider=row["provider"], status_code=row["status_code"]
+            )
+        return cls(
+            index=row["idx"],
+            model=row["model"],
+            state=state,
+            attempts=row["attempts"],
+            response=response,
+            error=error,
+            custom_id=row["custom_id"],
+            latency_ms=row["latency_ms"],
+        )
+
+    @classmethod
+    def from_line(cls, line: dict[str, Any]) -> Result:
+        """From a line of ``batcher results`` / ``GET /v1/jobs/{id}/results`` (``as_line``'s shape)."""
+        error = None
+        if line.get("error") is not None:
+            err = line["error"]
+            error = error_from_stored(
+                err.get("type"), err.get("message"), model=line["model"], status_code=err.get("status_code")
+            )
+        response = line.get("response")
+        return cls(
+            index=line["index"],
+            model=line["model"],
+            state=RequestState(line["state"]),
+            attempts=line["attempts"],
+            response=ModelResponse.model_validate(response) if response is not None else None,
+            error=error,
+            custom_id=line.get("custom_id"),
+            latency_ms=line.get("latency_ms"),
+        )

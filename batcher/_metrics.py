@@ -47,12 +47,6 @@ KOMBU_PRIORITY_STEPS = (3, 6, 9)
 """kombu's Redis transport keeps prioritised messages in sibling lists ``<queue>\\x06\\x16<n>``."""
 KOMBU_UNACKED_KEY = "unacked"
 
-JOBS_BY_STATE_SQL = "SELECT state, count(*) FROM jobs GROUP BY state"
-ACTIVE_REQUESTS_SQL = (
-    # Only the active states: the partial index on requests(state) covers exactly these.
-    "SELECT state, count(*) FROM requests WHERE state IN ('queued', 'running', 'retrying') GROUP BY state"
-)
-
 REQUESTS = Counter(
     "batcher_requests",
     "Requests that reached a final state on this worker, by outcome (succeeded, failed, expired, skipped, cancelled).",
@@ -217,11 +211,12 @@ class ClusterCollector(Collector):
         return [*metrics, up]
 
     def _read_postgres(self) -> list[Metric]:
-        from sqlalchemy import text
+        from batcher._db.contract import store_for
 
         with self._engine().connect() as conn:
-            jobs = {str(state): int(n) for state, n in conn.execute(text(JOBS_BY_STATE_SQL))}
-            active = {str(state): int(n) for state, n in conn.execute(text(ACTIVE_REQUESTS_SQL))}
+            store = store_for(conn)
+            jobs = store.jobs_by_state(conn)
+            active = store.open_requests_by_state(conn)
         by_job_state = GaugeMetricFamily("batcher_jobs", "Jobs by state.", labels=["state"])
         for state in JobState:
             by_job_state.add_metric([state.value], float(jobs.get(state.value, 0)))

@@ -31,7 +31,8 @@ from sqlalchemy.exc import OperationalError
 
 from batcher import _providers
 from batcher._config import Settings
-from batcher._db import store
+from batcher._db.contract import store_for
+from batcher._db.rows import NewJob, NewRequest
 from batcher._egress import ApiBaseNotAllowedError, EgressPolicy, parse_base
 from batcher._exceptions import EnqueueError, IdempotencyKeyReusedError, InvalidRequestError, MissingAPIKeyError
 from batcher._publish import Publisher
@@ -136,7 +137,7 @@ class _Validator:
             )
         self._keyed.add(route.provider)
 
-    def check(self, idx: int, spec: RequestSpec) -> store.NewRequest:
+    def check(self, idx: int, spec: RequestSpec) -> NewRequest:
         where = spec.where or f"messages[{idx}]"
         route = self.route(spec.model, spec.where or "")
         check_request(spec.model, spec.custom_id, spec.params, spec.where or "")  # text, a line's own params
@@ -150,7 +151,7 @@ class _Validator:
         messages_json = to_json(messages)
         params_json = to_json(spec.params) if spec.params else None
         check_size(messages_json, params_json, where, self.settings.max_request_bytes)
-        return store.NewRequest(
+        return NewRequest(
             idx=idx,
             model=spec.model,
             provider=route.provider,
@@ -188,7 +189,7 @@ def submit(
     deadline_at = datetime.now(UTC) + options.deadline if options.deadline else None
     limit = settings.max_prompts_per_job
 
-    def checked() -> Iterator[store.NewRequest]:
+    def checked() -> Iterator[NewRequest]:
         for idx, spec in enumerate(specs):
             if idx >= limit:
                 raise InvalidRequestError(
@@ -197,12 +198,11 @@ def submit(
                 )
             yield validator.check(idx, spec)
 
+    store = store_for(engine)
     with engine.begin() as conn:
-        inserted = store.insert_job(
-            conn,
-            job_id=job_id,
+        job = NewJob(
+            id=job_id,
             kind=kind.value,
-            total=0,
             params=job_params(options),
             deadline_at=deadline_at,
             credentials=credentials,
@@ -212,6 +212,7 @@ def submit(
             idempotency_fingerprint=idempotency_fingerprint,
             queue=queue_for(kind, settings),
         )
+        inserted = store.insert_job(conn, job)
         if not inserted and owner_id is not None and idempotency_key is not None:
             existing = store.job_by_idempotency_key(conn, owner_id, idempotency_key)
             if existing is not None:
@@ -271,7 +272,7 @@ def enqueue(engine: Engine, app: Celery, settings: Settings, job_id: uuid.UUID, 
         ) from None
     try:
         with engine.begin() as conn:
-            store.mark_enqueued(conn, job_id)
+            store_for(conn).mark_enqueued(conn, job_id)
     except OperationalError:  # published already; the recovery sweep stamps it
         log.warning("job %s is published but could not be marked enqueued; recovery will", job_id)
 

@@ -76,16 +76,12 @@ def submit(
     file: IO[str], model: str | None, params: tuple[str, ...], completion_window: str | None, wait: bool
 ) -> None:
     """Submit a JSONL file of prompts (one per line). Prints the job id."""
-    from batcher._files import read_jsonl
-
     client = _client()
     kwargs = _parse_params(params)
     if completion_window:
         kwargs["completion_window"] = completion_window
-    if hasattr(client, "submit_file"):  # BATCHER_API_URL: upload the file as it is, the service parses it
-        job = client.submit_file(file.buffer if hasattr(file, "buffer") else file, default_model=model, **kwargs)
-    else:
-        job = client.submit_requests(read_jsonl(file, default_model=model), **kwargs)
+    # Streamed either way: read line by line here, or uploaded as it is to a service (BATCHER_API_URL).
+    job = client.submit_file(file.buffer if hasattr(file, "buffer") else file, default_model=model, **kwargs)
     click.echo(str(job.id))
     if wait:
         _print_status(job.wait(progress=True))
@@ -145,9 +141,9 @@ def cancel(job_id: str) -> None:
 @main.command()
 def recover() -> None:
     """Run the recovery sweep once, now (the workers' leader runs it every few seconds anyway)."""
+    from batcher._celery import make_celery_app
     from workers._context import WorkerContext
     from workers._recovery import sweep
-    from workers.celery_app import make_celery_app
 
     settings = get_settings()
     report = sweep(WorkerContext(settings=settings, app=make_celery_app(settings)))
@@ -160,7 +156,8 @@ def recover() -> None:
 @click.pass_context
 def worker(ctx: click.Context, concurrency: int | None, loglevel: str) -> None:
     """Start a Celery worker tuned for LLM calls (threads pool, both queues). Extra args go to Celery."""
-    from workers.celery_app import app, worker_argv
+    from batcher._celery import worker_argv
+    from workers.celery_app import app
 
     settings = get_settings()
     argv = worker_argv(
@@ -178,9 +175,9 @@ def beat() -> None:
     import signal
     import threading
 
+    from batcher._celery import make_celery_app
     from workers._context import WorkerContext
     from workers._liveness import Liveness
-    from workers.celery_app import make_celery_app
 
     settings = get_settings()
     ctx = WorkerContext(settings=settings, app=make_celery_app(settings))
@@ -362,7 +359,7 @@ main.add_command(
 
 
 def _register_fake_provider() -> None:
-    from batcher.fake_provider import fake_provider_command
+    from batcher.testing.cli import fake_provider_command
 
     main.add_command(fake_provider_command, "fake-provider")
 

@@ -127,7 +127,7 @@ def submit_file(params: dict[str, Any]) -> Callable[[], dict[str, Any]]:
     wrapping the two functions ``batcher._submit.submit`` calls, without changing them.
     """
     import batcher._submit as submit_module
-    from batcher._db import store
+    from batcher._db.postgres import PostgresStore
     from batcher._files import read_jsonl
 
     client = _client()
@@ -143,7 +143,7 @@ def submit_file(params: dict[str, Any]) -> Callable[[], dict[str, Any]]:
 
         return wrapper
 
-    store.copy_requests = timed("copy_s", store.copy_requests)  # type: ignore[method-assign]
+    PostgresStore.copy_requests = timed("copy_s", PostgresStore.copy_requests)  # type: ignore[method-assign]
     submit_module._Validator.check = timed("validate_s", submit_module._Validator.check)  # type: ignore[method-assign]
     submit_module.enqueue = timed("publish_s", submit_module.enqueue)  # type: ignore[assignment]
 

@@ -2,20 +2,16 @@
 
 Everything is started as a child of the benchmark and stopped by its own PID (``pg_ctl`` on its own data
 directory for a private PostgreSQL); the database is dropped and the private servers removed at the end.
-The benchmark does not import from ``tests/``: the private servers are copied from
-``tests/support/servers.py``.
+The private servers are the tests' own (``batcher.testing.servers``).
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -31,9 +27,10 @@ import redis
 from sqlalchemy import create_engine, text
 
 from batcher import Client, Settings
+from batcher._celery import worker_argv
 from batcher._migrate import REPO_ROOT, upgrade
+from batcher.testing.servers import RedisServer
 from bench._services import FakeProviderProcess
-from workers.celery_app import worker_argv
 
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
@@ -54,12 +51,6 @@ def until(condition: Callable[[], T | None], timeout_s: float, what: str, *, eve
             return value
         time.sleep(every_s)
     raise TimeoutError(f"not within {timeout_s:g} s: {what}")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --- one child process ----------------------------------------------------------------------------
@@ -126,99 +117,7 @@ class Child:
             self._log.close()
 
 
-# --- private servers ------------------------------------------------------------------------------
-
-
-class PrivateRedis:
-    """``redis-server`` on a free port, no persistence; ``maxmemory`` with ``noeviction`` when given."""
-
-    def __init__(self, workdir: Path, *, maxmemory: str | None = None) -> None:
-        self.workdir = workdir
-        self.port = free_port()
-        self.maxmemory = maxmemory
-        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        argv += ["--dir", str(workdir)]
-        if maxmemory:
-            argv += ["--maxmemory", maxmemory, "--maxmemory-policy", "noeviction"]
-        self.child = Child(f"redis-server :{self.port}", argv, dict(os.environ), workdir / "redis.log")
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def client(self) -> redis.Redis[bytes]:
-        return redis.Redis.from_url(self.url)
-
-    def start(self) -> PrivateRedis:
-        def pong(_: Child) -> bool:
-            try:
-                with self.client() as client:
-                    return bool(client.ping())
-            except redis.RedisError:
-                return False
-
-        self.child.start(pong, timeout_s=30)
-        return self
-
-    def memory(self) -> dict[str, int]:
-        with self.client() as client:
-            info = client.info("memory")
-        return {"used": int(info["used_memory"]), "peak": int(info["used_memory_peak"])}
-
-    def stop(self) -> None:
-        self.child.stop(10)
-
-
-def _pg_bin() -> Path:
-    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
-    if not versions:
-        raise RuntimeError("PostgreSQL server binaries are not installed (/usr/lib/postgresql/*/bin)")
-    return versions[-1].parent
-
-
-class PrivatePostgres:
-    """A PostgreSQL cluster of its own (``initdb`` in a temporary directory) on a free port.
-
-    Runs as the ``postgres`` system user when the benchmark runs as root (``initdb`` refuses root).
-    """
-
-    def __init__(self) -> None:
-        self._as_postgres = os.geteuid() == 0
-        self.workdir = Path(tempfile.mkdtemp(prefix="batcher-faults-pg-"))
-        if self._as_postgres:
-            shutil.chown(self.workdir, "postgres")
-        self.datadir = self.workdir / "pgdata"
-        self.port = free_port()
-        self.bin = _pg_bin()
-
-    def url(self, database: str) -> str:
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
-
-    @property
-    def admin_url(self) -> str:
-        return self.url("postgres")
-
-    def _run(self, *argv: str, check: bool = True) -> None:
-        command = ["runuser", "-u", "postgres", "--", *argv] if self._as_postgres else list(argv)
-        subprocess.run(command, check=check, capture_output=True, timeout=120)
-
-    def start(self) -> None:
-        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.workdir} -c fsync=off"
-        pg_ctl = str(self.bin / "pg_ctl")
-        self._run(pg_ctl, "-D", str(self.datadir), "-o", options, "-l", str(self.workdir / "pg.log"), "-w", "start")
-
-    def stop(self, mode: str = "fast") -> None:
-        self._run(str(self.bin / "pg_ctl"), "-D", str(self.datadir), "-m", mode, "-w", "stop", check=False)
-
-    @contextmanager
-    def running(self) -> Iterator[PrivatePostgres]:
-        self._run(str(self.bin / "initdb"), "-D", str(self.datadir), "-U", "postgres", "-A", "trust", "--no-sync")
-        self.start()
-        try:
-            yield self
-        finally:
-            self.stop("immediate")
-            shutil.rmtree(self.workdir, ignore_errors=True)
+# --- a fresh database ----------------------------------------------------------------------------
 
 
 @contextmanager
@@ -282,7 +181,7 @@ class LiveMessages(threading.Thread):
     """
     PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")  # kombu's lists per priority step
 
-    def __init__(self, server: PrivateRedis, queues: Sequence[str], *, every_s: float = 0.5) -> None:
+    def __init__(self, server: RedisServer, queues: Sequence[str], *, every_s: float = 0.5) -> None:
         super().__init__(name="faults-live-messages", daemon=True)
         self.client = server.client()
         self.keys = [q + suffix for q in queues for suffix in self.PRIORITY_SUFFIXES]
@@ -327,7 +226,7 @@ class Cluster:
         workdir: Path,
         *,
         database_url: str,
-        redis: PrivateRedis,
+        redis: RedisServer,
         fake: FakeProviderProcess,
         overrides: dict[str, str],
         celery_args: Sequence[str] = (),
@@ -470,11 +369,11 @@ def cluster(
     with ExitStack() as stack:
         stack.callback(lambda: say(f"{name}: stopped every process; dropped {database}"))
         database_url = stack.enter_context(fresh_database(admin_url, database))
-        server = PrivateRedis(scenario_dir, maxmemory=maxmemory).start()
+        server = RedisServer(scenario_dir, maxmemory=maxmemory).start()
         stack.callback(server.stop)
         fake = FakeProviderProcess(config, scenario_dir).start()
         stack.callback(fake.stop)
-        say(f"{name}: database {database}, redis-server :{server.port} (pid {server.child.pid}), {fake.url}")
+        say(f"{name}: database {database}, redis-server :{server.port} (pid {server.pid}), {fake.url}")
         result = Cluster(
             name,
             scenario_dir,

@@ -466,7 +466,7 @@ def _profile(profile: Profile, completions: int, sizes: cfg.Sizes) -> list[str]:
     wanted = [
         n
         for n, _ in profile.inclusive.most_common()
-        if ("batcher/" in n or "workers/" in n) and "fake_provider" not in n
+        if ("batcher/" in n or "workers/" in n) and "batcher/testing/" not in n
     ][:15]
     for name in wanted:
         rows.append(f"| `{name}` | {profile.us_per(profile.inclusive[name], completions):,.0f} |")

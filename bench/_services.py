@@ -199,7 +199,7 @@ class Workers:
         return [p.pid for p in self.procs]
 
     def start(self) -> Workers:
-        from workers.celery_app import worker_argv
+        from batcher._celery import worker_argv
 
         queues = [self.env["BATCHER_QUEUE"], self.env["BATCHER_RACE_QUEUE"]]
         for i in range(self.count):
@@ -234,7 +234,7 @@ class Workers:
         return self
 
     def _wait_ready(self) -> None:
-        from workers.celery_app import make_celery_app
+        from batcher._celery import make_celery_app
 
         settings = Settings(
             **{k.removeprefix("BATCHER_").lower(): v for k, v in self.env.items() if k in _PING_SETTINGS}

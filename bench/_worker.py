@@ -30,7 +30,7 @@ def _loop_http() -> None:
     from httpx_aiohttp import AiohttpTransport
 
     from batcher import _providers
-    from batcher._providers._base import parse_http_response
+    from batcher._providers._errors import parse_http_response
     from workers import _execute
 
     loop = asyncio.new_event_loop()

@@ -1,7 +1,7 @@
 """``python -m bench.faults``: issue #11's fault measurements, taken again on real processes.
 
 Every scenario runs real processes as deployed — worker processes started with the flags of
-``batcher worker`` (``workers.celery_app.worker_argv``) and its default settings unless the scenario
+``batcher worker`` (``batcher._celery.worker_argv``) and its default settings unless the scenario
 says otherwise, the fake provider in a process of its own — on a private ``redis-server`` (free port)
 and a freshly created and migrated database of its own (a private PostgreSQL for ``pg-outage``), all
 removed at the end. Faults are real too: ``kill -9``, a request that ``os._exit``\\ s its worker, a
@@ -36,12 +36,12 @@ from typing import Any
 
 from batcher import EnqueueError, Job, JobState, JobStatus, WaitTimeoutError
 from batcher._config import Settings
+from batcher.testing.servers import PostgresServer
 from bench._faults_procs import (
     API_KEY,
     LEADER_LINE,
     Cluster,
     LiveMessages,
-    PrivatePostgres,
     cluster,
     prompts,
     until,
@@ -452,7 +452,7 @@ def pg_outage(run: Run) -> Result:
     n = int(run.size(1_500, 300))
     outage_s = run.size(60, 10)
     model = "fault-pg"
-    pg = PrivatePostgres()
+    pg = PostgresServer(prefix="batcher-faults-pg-")
     with pg.running(), run.cluster("pg-outage", admin_url=pg.admin_url, models={model: {"latency_ms": 300}}) as c:
         c.start_workers(2)
         with c.client() as client:

@@ -20,7 +20,7 @@ from sqlalchemy import create_engine, text
 
 from batcher._config import Settings
 from batcher._db.engine import dispose_engines
-from batcher.fake_provider import FakeProvider
+from batcher.testing import FakeProvider
 from tests.support.api_server import ApiServer, shared_api_server
 
 PG_ADMIN_URL = os.environ.get("BATCHER_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -91,9 +91,7 @@ def worker_env(
         # The session worker leads its database's cluster; schedule tests drive the tick themselves.
         "BATCHER_EVAL_TICK_INTERVAL_S": "86400",
         "BATCHER_SECRET_KEY": Fernet.generate_key().decode(),
-        "OPENAI_BASE_URL": fake_provider.openai_base,
-        "ANTHROPIC_BASE_URL": fake_provider.anthropic_base,
-        "CO_API_URL": fake_provider.cohere_base,
+        **fake_provider.environ(),  # every provider's base URL: the fake
         **FAKE_KEYS,
     }
     return env

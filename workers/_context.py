@@ -29,6 +29,7 @@ from celery.signals import worker_shutdown
 from sqlalchemy import Engine
 
 from batcher._config import Settings
+from batcher._db.contract import JobStore, store_for
 from batcher._db.engine import get_engine
 from batcher._egress import EgressPolicy, EgressTransport
 from batcher._ratelimit import RateLimiter
@@ -47,6 +48,11 @@ class WorkerContext:
     @cached_property
     def engine(self) -> Engine:
         return get_engine(self.settings)
+
+    @cached_property
+    def store(self) -> JobStore:
+        """The job store of this worker's database (Postgres or SQLite), chosen once."""
+        return store_for(self.engine)
 
     @cached_property
     def worker_id(self) -> str:
@@ -176,7 +182,7 @@ def get_context(app: Celery) -> WorkerContext:
             if ctx is None:
                 ctx = WorkerContext(settings=app.conf.batcher_settings, app=app)
                 # Touch the cached properties now, under the lock, so threads never race to build them.
-                _ = (ctx.engine, ctx.db, ctx.redis, ctx.limiter, ctx.retry_policy, ctx.egress)
+                _ = (ctx.engine, ctx.store, ctx.db, ctx.redis, ctx.limiter, ctx.retry_policy, ctx.egress)
                 _ = (ctx._ssl_context, ctx._threads, ctx._http_clients)
                 _ = (ctx.worker_id, ctx._in_flight, ctx._idle)
                 _contexts[id(app)] = ctx
@@ -190,4 +196,6 @@ def _close_on_shutdown(sender: object = None, **_: object) -> None:
         ctx.close()
 
 
-worker_shutdown.connect(_close_on_shutdown, weak=False)
+def install_celery_hooks() -> None:
+    """Close every thread's HTTP client at worker shutdown (connected by ``workers.celery_app``)."""
+    worker_shutdown.connect(_close_on_shutdown, weak=False, dispatch_uid="batcher.context.close")

@@ -7,7 +7,6 @@ or Redis unreachable) raise, and then the claim's lease lets recovery run the re
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -22,8 +21,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy import Connection
 from sqlalchemy.exc import OperationalError
 
-from batcher import _keys, _logging, _metrics, _providers
-from batcher._db import store
+from batcher import _keys, _logging, _metrics, _providers, _wakeup
+from batcher._db.rows import Answer, ClaimedRequest, Failure, Progress
 from batcher._exceptions import (
     AuthenticationError,
     ConfigurationError,
@@ -59,7 +58,7 @@ def run_request(ctx: WorkerContext, job_id: str, idx: int) -> str:
         return "running-here"  # a duplicate message while another thread of this worker runs it
     try:
         with ctx.db.begin() as conn:
-            claimed = store.claim_request(
+            claimed = ctx.store.claim_request(
                 conn,
                 job,
                 idx,
@@ -84,14 +83,14 @@ def run_request(ctx: WorkerContext, job_id: str, idx: int) -> str:
         ctx.finished(key)
 
 
-def _unsealed(ctx: WorkerContext, claimed: store.ClaimedRequest) -> list[str]:
+def _unsealed(ctx: WorkerContext, claimed: ClaimedRequest) -> list[str]:
     try:
         return [unseal(claimed.credentials, ctx.settings)] if claimed.credentials else []
     except Exception:  # a key that cannot be unsealed cannot leak either
         return []
 
 
-def _run_claimed(ctx: WorkerContext, job: uuid.UUID, claimed: store.ClaimedRequest) -> str:
+def _run_claimed(ctx: WorkerContext, job: uuid.UUID, claimed: ClaimedRequest) -> str:
     job_id, idx = str(job), claimed.idx
     extra = {"job_id": job_id, "idx": idx, "model": claimed.model, "attempt": claimed.attempts}
     _logging.bind(provider=claimed.provider, model=claimed.model, attempt=claimed.attempts)
@@ -148,18 +147,8 @@ def _run_claimed(ctx: WorkerContext, job: uuid.UUID, claimed: store.ClaimedReque
     # ms it need not wait for). Should this worker die in between, the request's lease expires
     # and the re-run finds the race key naming it, so it runs again and stores its answer.
     won = claimed.kind == JobKind.FASTEST.value and _wake_race_caller(ctx, claimed, body)
-    progress = _write(
-        ctx,
-        lambda conn: store.record_success(
-            conn,
-            claimed,
-            body=body,
-            provider=claimed.provider,
-            model=response.model or claimed.model,
-            usage=usage,
-            latency_ms=latency_ms,
-        ),
-    )
+    answer = Answer(body, claimed.provider, response.model or claimed.model, usage, latency_ms)
+    progress = _write(ctx, lambda conn: ctx.store.record_success(conn, claimed, answer))
     if won:
         _record_race_winner(ctx, claimed)
     _after_final(ctx, job, progress)
@@ -203,7 +192,7 @@ class _Call:
     tokens: int
 
 
-def _prepare(ctx: WorkerContext, claimed: store.ClaimedRequest) -> _Call:
+def _prepare(ctx: WorkerContext, claimed: ClaimedRequest) -> _Call:
     options = claimed.job_params
     params: dict[str, Any] = {**options.get("params", {}), **(claimed.request_params or {})}
     params = _providers.check_params(claimed.provider, params, drop_params=bool(options.get("drop_params")))
@@ -228,7 +217,7 @@ def _prepare(ctx: WorkerContext, claimed: store.ClaimedRequest) -> _Call:
     )
 
 
-def _api_key(ctx: WorkerContext, claimed: store.ClaimedRequest, api_base: str) -> str:
+def _api_key(ctx: WorkerContext, claimed: ClaimedRequest, api_base: str) -> str:
     """The job's own key, else this worker's key for the provider: only for a base configured with it or
     allowed (``BATCHER_ALLOWED_API_BASES``), whatever the job says."""
     if claimed.credentials:
@@ -252,7 +241,7 @@ def _api_key(ctx: WorkerContext, claimed: store.ClaimedRequest, api_base: str) -
     return key
 
 
-def _requeue(ctx: WorkerContext, claimed: store.ClaimedRequest, delay_s: float) -> None:
+def _requeue(ctx: WorkerContext, claimed: ClaimedRequest, delay_s: float) -> None:
     """A new message for the request's next attempt, due in ``delay_s``: no worker slot waits for it.
 
     This attempt is over (its outcome is written): it leaves the in-flight set first, or the next
@@ -270,10 +259,10 @@ def _requeue(ctx: WorkerContext, claimed: store.ClaimedRequest, delay_s: float) 
     )
 
 
-def _defer(ctx: WorkerContext, claimed: store.ClaimedRequest, wait_s: float, extra: dict[str, Any]) -> str:
+def _defer(ctx: WorkerContext, claimed: ClaimedRequest, wait_s: float, extra: dict[str, Any]) -> str:
     """Over a shared rate limit: give the attempt back and come back when there is capacity."""
     parked = _write(
-        ctx, lambda conn: store.record_deferral(conn, claimed.request_id, attempt=claimed.attempts, delay_s=wait_s)
+        ctx, lambda conn: ctx.store.record_deferral(conn, claimed.request_id, attempt=claimed.attempts, delay_s=wait_s)
     )
     if parked:
         _requeue(ctx, claimed, wait_s)
@@ -284,7 +273,7 @@ def _defer(ctx: WorkerContext, claimed: store.ClaimedRequest, wait_s: float, ext
 
 def _failed(
     ctx: WorkerContext,
-    claimed: store.ClaimedRequest,
+    claimed: ClaimedRequest,
     err: RequestError,
     api_key: str | None,
     extra: dict[str, Any],
@@ -296,16 +285,11 @@ def _failed(
     decision = policy.decide(err, claimed.attempts)
     if decision is not None:
         delay_s = decision.delay_s
+        failure = Failure(type(err).__name__, text, err.status_code)
         parked = _write(
             ctx,
-            lambda conn: store.record_retry(
-                conn,
-                claimed.request_id,
-                attempt=claimed.attempts,
-                delay_s=delay_s,
-                error_type=type(err).__name__,
-                error=text,
-                status_code=err.status_code,
+            lambda conn: ctx.store.record_retry(
+                conn, claimed.request_id, attempt=claimed.attempts, delay_s=delay_s, failure=failure
             ),
         )
         if parked:
@@ -320,30 +304,23 @@ def _failed(
 
 def _end(
     ctx: WorkerContext,
-    claimed: store.ClaimedRequest,
+    claimed: ClaimedRequest,
     state: RequestState,
     error_type: str,
     error: str,
     *,
     status_code: int | None = None,
 ) -> None:
+    failure = Failure(error_type, error, status_code)
     progress = _write(
         ctx,
-        lambda conn: store.record_end(
-            conn,
-            claimed.request_id,
-            state,
-            attempt=claimed.attempts,
-            error_type=error_type,
-            error=error,
-            status_code=status_code,
-        ),
+        lambda conn: ctx.store.record_end(conn, claimed.request_id, state, attempt=claimed.attempts, failure=failure),
     )
     _metrics.observe_request(claimed.provider, claimed.model, state.value)
     _after_final(ctx, claimed.job_id, progress)
 
 
-def _after_final(ctx: WorkerContext, job_id: uuid.UUID, progress: store.Progress | None) -> None:
+def _after_final(ctx: WorkerContext, job_id: uuid.UUID, progress: Progress | None) -> None:
     """The task that completes a job enqueues its finalizer (exactly-once is the finalizer's guard)."""
     if progress is not None and progress.complete:
         publish_finalize(ctx.app, job_id, queue=ctx.settings.queue)
@@ -362,7 +339,7 @@ def _names(winner: bytes | str | int | None, idx: int) -> bool:
     return winner is not None and int(winner) == idx
 
 
-def _wake_race_caller(ctx: WorkerContext, claimed: store.ClaimedRequest, body: dict[str, Any]) -> bool:
+def _wake_race_caller(ctx: WorkerContext, claimed: ClaimedRequest, body: dict[str, Any]) -> bool:
     """First success wins: ``SET NX`` the race key and hand the answer to the waiting caller.
 
     True when this request is the winner as far as Redis knows, or when Redis cannot be asked:
@@ -375,31 +352,26 @@ def _wake_race_caller(ctx: WorkerContext, claimed: store.ClaimedRequest, body: d
         if not won and not _names(ctx.redis.get(key), claimed.idx):
             return False
         # Won now, or by this request's earlier attempt that died before storing: (re)wake either way.
-        wake = _keys.race_win_key(job_id)
-        payload = json.dumps({"event": "win", "idx": claimed.idx, "response": body})
-        pipe = ctx.redis.pipeline()
-        pipe.rpush(wake, payload)
-        pipe.expire(wake, _keys.WAKE_TTL_S)
-        pipe.execute()
+        _wakeup.announce_win(ctx.redis, job_id, claimed.idx, body)
     except Exception:  # the answer is paid for: store it whatever Redis does
         log.warning("race key unavailable; Postgres decides the winner", exc_info=True)
     return True
 
 
-def _record_race_winner(ctx: WorkerContext, claimed: store.ClaimedRequest) -> None:
+def _record_race_winner(ctx: WorkerContext, claimed: ClaimedRequest) -> None:
     """Make the race durable (its answer is stored already) and spare the slower models."""
-    _write(ctx, lambda conn: store.set_race_winner(conn, claimed.job_id, claimed.idx))
-    progress = _write(ctx, lambda conn: store.skip_unsent(conn, claimed.job_id))
+    _write(ctx, lambda conn: ctx.store.set_race_winner(conn, claimed.job_id, claimed.idx))
+    progress = _write(ctx, lambda conn: ctx.store.skip_unsent(conn, claimed.job_id))
     _after_final(ctx, claimed.job_id, progress)
 
 
 def finalize(ctx: WorkerContext, job_id: str) -> str | None:
     """Give the job its final state (once) and wake whoever waits for it."""
     with ctx.db.begin() as conn:
-        state = store.finalize_job(conn, uuid.UUID(job_id))
+        state = ctx.store.finalize_job(conn, uuid.UUID(job_id))
     if state is not None:
         try:
-            wake_waiters(ctx.redis, job_id, state)
+            _wakeup.announce_done(ctx.redis, job_id, state)
         except Exception:  # Redis is coordination only: waiters also poll Postgres
             log.warning("could not wake the waiters of job %s", job_id, exc_info=True)
         _forget_watermark(ctx, job_id)
@@ -413,11 +385,3 @@ def _forget_watermark(ctx: WorkerContext, job_id: str) -> None:
         ctx.redis.delete(_keys.published_key(job_id))
     except Exception:  # Redis is coordination only
         log.debug("could not delete the publish watermark of %s", job_id, exc_info=True)
-
-
-def wake_waiters(client: Any, job_id: str, state: str) -> None:
-    wake = _keys.job_done_key(job_id)
-    pipe = client.pipeline()
-    pipe.rpush(wake, json.dumps({"event": "done", "state": state, "at": time.time()}))
-    pipe.expire(wake, _keys.WAKE_TTL_S)
-    pipe.execute()

@@ -75,7 +75,7 @@ class Liveness:
         self._last_sweep: float | None = None
         self._next_tick = 0.0
         self._state = SweepState()
-        self._sqlite = ctx.engine.dialect.name == "sqlite"
+        self._cluster = ctx.store.cluster  # False: one process owns the database (SQLite) and leads alone
         self.is_leader = False
         self.stopping = False
 
@@ -140,7 +140,7 @@ class Liveness:
 
     def _lead(self) -> bool:
         """Hold (or try to take) the leadership lock; True while this process leads."""
-        if self._sqlite:
+        if not self._cluster:
             if self._leader_since is None:
                 self._leader_since = time.monotonic()
             self.is_leader = True
@@ -197,7 +197,7 @@ class Liveness:
             self._drop_leadership()
 
     def _tick(self) -> None:
-        if self.eval_tick is None or self._sqlite:
+        if self.eval_tick is None or not self._cluster:
             return
         from batcher.evals.settings import EvalSettings
 

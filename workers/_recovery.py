@@ -37,7 +37,7 @@ import redis
 from sqlalchemy import Connection
 
 from batcher import _keys
-from batcher._db import recovery, store
+from batcher._db import recovery
 from batcher._db.recovery import ActiveJob, RequestRef
 from batcher._publish import RUN_REQUEST_TASK, task_id
 from batcher._submit import kombu_errors, publisher_for, queue_for
@@ -150,8 +150,8 @@ def sweep(
 
     # 6. Deadlines and finalizers.
     with conn.begin():
-        report.jobs_expired = len(store.expire_overdue(conn))
-        due: list[uuid.UUID] = store.jobs_due_for_finalize(conn)
+        report.jobs_expired = len(ctx.store.expire_overdue(conn))
+        due: list[uuid.UUID] = ctx.store.jobs_due_for_finalize(conn)
     for job_id in {*due, *finished_jobs}:
         if _execute.finalize(ctx, str(job_id)) is not None:
             report.jobs_finalized += 1

@@ -1,97 +1,25 @@
-"""The Celery application: broker, queues and the delivery guarantees every task relies on."""
+"""The workers' Celery app (``celery -A workers worker``, ``batcher worker``): the composition root of the
+execution side. Built by ``batcher._celery.make_celery_app`` from the settings, plus what only a
+worker needs: kombu's Redis transport kept up under a full Redis (``workers._broker``) and the
+process-wide signal hooks of logging, metrics, liveness and the per-process context.
+"""
 
 from __future__ import annotations
 
-from typing import Any
-
-from celery import Celery
-
 from batcher import _logging, _metrics
-from batcher._config import Settings, get_settings
-from batcher._publish import FINALIZE_JOB_TASK, RECOVER_TASK, RUN_REQUEST_TASK
-from batcher.evals.settings import EVAL_TICK_TASK
-from workers import _liveness
+from batcher._celery import make_celery_app
+from batcher._config import get_settings
+from workers import _context, _liveness
 from workers._broker import TRANSPORT
 
-MEMORY_POLLING_INTERVAL_S = 0.01
-
-
-def make_celery_app(settings: Settings, *, coordination: Any = None) -> Celery:
-    """A Celery app for these settings. Submitters use it to publish; workers to consume.
-
-    ``coordination`` replaces the Redis client of race keys, wake-ups and rate limits
-    (embedded mode passes its in-process server).
-    """
-    app = Celery("batcher", broker=settings.redis_url, include=["workers.tasks", "workers.eval_tasks"])
-    redis_broker = settings.redis_url.startswith(("redis://", "rediss://"))
-    app.conf.update(
-        # kombu's Redis transport, made to keep workers up when Redis is at its memory limit.
-        broker_transport=TRANSPORT if redis_broker else None,
-        # "Not lost": a message is acknowledged only after its task returned, a worker killed
-        # mid-task gives its message back, and a worker holds few unstarted messages.
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        # No result backend: outcomes live in Postgres. This also keeps senders from
-        # subscribing to one result channel per task (celery#3808).
-        task_ignore_result=True,
-        result_backend=None,
-        task_serializer="json",
-        accept_content=["json"],
-        broker_connection_retry_on_startup=True,
-        broker_transport_options={
-            # Longer than any task can hold a message (timeout + the longest retry wait),
-            # so Redis never hands a live message to a second worker.
-            "visibility_timeout": settings.broker_visibility_timeout_s,
-            # Only read by the in-memory transport (embedded mode): its 1 s default makes
-            # 1,000 tasks take 30 s.
-            "polling_interval": MEMORY_POLLING_INTERVAL_S if settings.redis_url.startswith("memory:") else 1.0,
-        },
-        task_default_queue=settings.queue,
-        task_routes={
-            FINALIZE_JOB_TASK: {"queue": settings.queue},
-            RECOVER_TASK: {"queue": settings.queue},
-            EVAL_TICK_TASK: {"queue": settings.queue},
-        },
-        # Task events feed Flower, but publishing three per task costs the consumer thread ~20 % of
-        # a worker's throughput (docs/benchmarks.md). Off unless BATCHER_TASK_EVENTS=1: a running
-        # Flower turns them on by remote control (its --enable_events, default on).
-        worker_send_task_events=settings.task_events,
-        task_send_sent_event=False,
-        worker_hijack_root_logger=False,
-        # No beat schedule: the recovery sweep and the evaluation tick run inside the workers, on the
-        # one elected leader (workers/_liveness.py). `batcher beat` is an optional extra contender.
-    )
-    app.conf.batcher_settings = settings
-    app.conf.batcher_coordination = coordination
-    return app
-
-
-def worker_argv(*, concurrency: int, queues: list[str], loglevel: str, hostname: str | None = None) -> list[str]:
-    """``celery worker`` arguments of a batcher worker: ``batcher worker`` runs these, and the tests
-    and the benchmark start theirs with them.
-
-    Threads pool (the work is waiting on providers). Gossip and mingle only matter to workers that
-    talk to each other; heartbeats stay, since they keep the event dispatcher through which a
-    running Flower switches task events on.
-    """
-    argv = [
-        "worker",
-        "--pool=threads",
-        f"--concurrency={concurrency}",
-        f"--queues={','.join(queues)}",
-        f"--loglevel={loglevel}",
-        "--without-gossip",
-        "--without-mingle",
-    ]
-    return [*argv, f"--hostname={hostname}"] if hostname else argv
-
-
 app = make_celery_app(get_settings())
+if str(app.conf.broker_url or "").startswith(("redis://", "rediss://")):
+    app.conf.broker_transport = TRANSPORT
 
-# Observability of worker and beat processes (process-wide Celery signals, connected once).
+# Observability and liveness of worker processes (process-wide Celery signals, connected once).
 _logging.install_celery_hooks()
 _metrics.install_celery_hooks()
 _liveness.install_celery_hooks()
+_context.install_celery_hooks()
 
-__all__ = ["RUN_REQUEST_TASK", "app", "make_celery_app", "worker_argv"]
+__all__ = ["app"]

@@ -1,1 +1,3 @@
-"""Postgres storage: the schema (``models``), engines (``engine``) and the statements of the hot path (``store``)."""
+"""The database: the schema (``models``), engines (``engine``), the job store's contract
+(``contract``: ``JobStore``, ``store_for``) and its two peers (``postgres``, ``sqlite``), the row
+types they share (``rows``), and the statements of liveness and recovery (``recovery``)."""

@@ -8,9 +8,25 @@
                         api_key=api_key, api_base=api_base, timeout_s=60)
 
 ``build_request`` and ``parse_response`` are pure, so each provider's wire format can be
-tested without a network; ``send`` does the I/O. Each module names the documentation and
-SDK types it follows: ``_openai`` (Chat Completions), ``_anthropic`` (Messages API),
-``_cohere`` (Chat v2), ``_base`` (errors and Retry-After), ``_http`` (transport errors).
+tested without a network; ``send`` does the I/O.
+
+A provider is one module that declares everything about itself (``_adapter.ProviderAdapter``):
+``_openai`` (Chat Completions), ``_anthropic`` (Messages API), ``_cohere`` (Chat v2), each
+naming the documentation and SDK types it follows. The rest is shared:
+
+==================  =========================================================================
+``_adapter``        the contract a provider module fills in, and the request built from it
+``_registry``       the registered providers (``BUILTIN`` aliases, ``register_provider``);
+                    routing, key and base-URL lookups, the merged error vocabulary
+``_params``         which parameters a provider takes (``check_params``)
+``_urls``           checking a base URL and joining it with the endpoint path
+``_errors``         an HTTP answer as a ``ModelResponse`` or the batcher error it stands for
+``_retry_after``    how long a 429 asked us to wait
+``_http``           sending, with transport failures mapped to batcher errors
+``_translate``      helpers for translating OpenAI's chat format to another provider's
+==================  =========================================================================
+
+Providers outside batcher register through the public ``batcher.providers`` module.
 
 ``check_params`` rules:
 
@@ -39,25 +55,24 @@ from typing import Any
 
 import httpx
 
+from batcher._providers._adapter import ProviderAdapter
 from batcher._providers._anthropic import ANTHROPIC_VERSION, DEFAULT_MAX_TOKENS
-from batcher._providers._base import (
-    ProviderAdapter,
-    check_params_for,
-    parse_http_response,
-    redact,
-    request_secrets,
-    retry_after_seconds,
-)
+from batcher._providers._errors import parse_http_response, request_secrets
 from batcher._providers._http import send
-from batcher._providers._routing import (
+from batcher._providers._params import check_params_for
+from batcher._providers._registry import (
     PROVIDERS,
     Route,
     get_adapter,
+    register_provider,
     resolve_api_base,
     resolve_api_key,
     resolve_route,
+    unregister_provider,
 )
+from batcher._providers._retry_after import retry_after_seconds
 from batcher._response import ModelResponse
+from batcher._secrets import redact
 
 __all__ = [
     "ANTHROPIC_VERSION",
@@ -72,11 +87,13 @@ __all__ = [
     "parse_response",
     "redact",
     "redact_response",
+    "register_provider",
     "resolve_api_base",
     "resolve_api_key",
     "resolve_route",
     "retry_after_seconds",
     "send",
+    "unregister_provider",
 ]
 
 

@@ -9,7 +9,9 @@ and "Versions" pages, as typed by the ``anthropic`` Python SDK 2.14
 2023-06-01`` (the version the API reference documents; the SDK itself now sends a newer
 date, which only changes what it may opt into). Base URL as in the SDK:
 ``ANTHROPIC_BASE_URL=https://api.anthropic.com`` without ``/v1`` (a trailing ``/v1`` is
-tolerated).
+tolerated). Errors and rate limits: the "Errors" page (``{"type": "error", "error": {"type",
+"message"}}``, 413 request_too_large, 529 overloaded_error, a ``request-id`` header) and the
+"Rate limits" page (``anthropic-ratelimit-*-reset`` RFC 3339 timestamps).
 
 Translation from OpenAI's chat format:
 
@@ -47,11 +49,16 @@ import json
 import re
 import time
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
-from batcher._exceptions import InvalidRequestError
-from batcher._providers._base import (
-    ProviderAdapter,
+import httpx
+
+from batcher._exceptions import InvalidRequestError, ProviderServerError
+from batcher._providers._adapter import ProviderAdapter, add_auth_headers
+from batcher._providers._params import CHAT_PARAMS
+from batcher._providers._retry_after import pick_reset, seconds_until
+from batcher._providers._translate import (
     content_text,
     finish_reason_fields,
     named_tool_choice,
@@ -86,30 +93,37 @@ class AnthropicAdapter(ProviderAdapter):
     """OpenAI chat requests translated to the Messages API and back."""
 
     name = "anthropic"
+    prefixes = ("anthropic/",)
+    families = (r"^claude-",)
     api_key_env_vars = ("ANTHROPIC_API_KEY",)
     api_base_env_vars = ("ANTHROPIC_BASE_URL", "ANTHROPIC_API_BASE")
     default_api_base = "https://api.anthropic.com"
     endpoint_path = "/v1/messages"
     base_suffixes = ("/v1",)
-    supported_params = frozenset(
-        {
-            "temperature",
-            "max_tokens",
-            "max_completion_tokens",
-            "top_p",
-            "stop",
-            "n",
-            "tools",
-            "tool_choice",
-            "response_format",
-            "user",
-            "parallel_tool_calls",
-            "reasoning_effort",
-            # Anthropic's own, under their own names
-            "top_k",
-            "thinking",
-        }
-    )
+    supported_params = CHAT_PARAMS | {
+        "user",
+        "parallel_tool_calls",
+        "reasoning_effort",
+        # Anthropic's own, under their own names
+        "top_k",
+        "thinking",
+    }
+    # The "Errors" page: {"type": "error", "error": {"type", "message"}}; 529 is overloaded_error.
+    error_type_statuses = {
+        "invalid_request_error": 400,
+        "authentication_error": 401,
+        "billing_error": 402,
+        "permission_error": 403,
+        "not_found_error": 404,
+        "request_too_large": 413,
+        "rate_limit_error": 429,
+        "api_error": 500,
+        "timeout_error": 504,
+        "overloaded_error": 529,
+    }
+    status_errors = {529: ProviderServerError}
+    context_window_patterns = (r"prompt is too long", r"input is too long")
+    request_id_headers = ("request-id",)
 
     def check_value(self, name: str, value: Any) -> str | None:
         """Values with no Anthropic equivalent."""
@@ -137,12 +151,32 @@ class AnthropicAdapter(ProviderAdapter):
             return "stop must be a string or a list of strings"
         return None
 
-    def auth_headers(self, api_key: str | None) -> dict[str, str]:
-        """``x-api-key`` plus the API version header."""
+    def authenticate(self, request: httpx.Request, api_key: str | None) -> None:
+        """``x-api-key`` plus the API version header (which an extra header may choose)."""
         headers = {"anthropic-version": ANTHROPIC_VERSION}
         if api_key:
             headers["x-api-key"] = api_key
-        return headers
+        add_auth_headers(request, api_key, headers)
+
+    def error_details(self, body: Mapping[str, Any]) -> tuple[Any, Any] | None:
+        """``{"type": "error", "error": {"type", "message"}}``."""
+        err = body.get("error")
+        return (err.get("message"), err.get("type")) if isinstance(err, Mapping) else None
+
+    def rate_limit_wait(self, headers: httpx.Headers, now: datetime) -> float | None:
+        """``anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-reset`` (RFC 3339 times)."""
+        found: list[tuple[float, bool]] = []
+        for kind in ("requests", "tokens", "input-tokens", "output-tokens"):
+            reset = headers.get(f"anthropic-ratelimit-{kind}-reset")
+            if not reset:
+                continue
+            try:
+                when = datetime.fromisoformat(reset.strip())
+            except ValueError:
+                continue
+            remaining = headers.get(f"anthropic-ratelimit-{kind}-remaining")
+            found.append((seconds_until(when, now), remaining == "0"))
+        return pick_reset(found)
 
     def build_body(
         self, model: str, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]

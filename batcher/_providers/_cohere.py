@@ -6,7 +6,8 @@ as typed by the ``cohere`` Python SDK 7.3 (``v2/client.py`` ``chat``,
 ``types/chat_message_v2.py``, ``types/tool_v2.py``, ``types/tool_call_v2.py``,
 ``types/response_format_v2.py``, ``types/usage.py``). Base URL as in the SDK: ``CO_API_URL``,
 default ``https://api.cohere.com`` without the version (a trailing ``/v2`` or ``/v1`` is
-tolerated).
+tolerated). Errors are ``{"message": "<text>"}``; the SDK adds 498 (invalid token) and 499 (the
+request was closed) to the documented statuses.
 
 Translation from OpenAI's chat format: v2 messages already use OpenAI's roles (system, user,
 assistant, tool), ``tool_calls`` and ``tool_call_id``; ``developer`` becomes ``system``,
@@ -34,9 +35,18 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from batcher._exceptions import InvalidRequestError, ProviderServerError, ProviderTimeoutError
-from batcher._providers._base import (
-    ProviderAdapter,
+import httpx
+
+from batcher._exceptions import (
+    AuthenticationError,
+    InvalidRequestError,
+    ProviderConnectionError,
+    ProviderServerError,
+    ProviderTimeoutError,
+)
+from batcher._providers._adapter import ProviderAdapter, add_auth_headers, bearer_headers
+from batcher._providers._params import CHAT_PARAMS
+from batcher._providers._translate import (
     content_text,
     finish_reason_fields,
     named_tool_choice,
@@ -61,31 +71,28 @@ class CohereAdapter(ProviderAdapter):
     """OpenAI chat requests translated to Chat v2 and back."""
 
     name = "cohere"
+    prefixes = ("cohere/", "cohere_chat/")  # cohere_chat/: LiteLLM's older name for Cohere chat
+    families = (r"^(command(-|$)|c4ai-aya-)",)
     api_key_env_vars = ("COHERE_API_KEY", "CO_API_KEY")
     api_base_env_vars = ("CO_API_URL", "COHERE_API_BASE")
     default_api_base = "https://api.cohere.com"
     endpoint_path = "/v2/chat"
     base_suffixes = ("/v2", "/v1")
-    supported_params = frozenset(
-        {
-            "temperature",
-            "max_tokens",
-            "max_completion_tokens",
-            "top_p",
-            "stop",
-            "n",
-            "seed",
-            "tools",
-            "tool_choice",
-            "response_format",
-            "presence_penalty",
-            "frequency_penalty",
-            # Cohere's own, under their own names
-            "k",
-            "safety_mode",
-            "thinking",
-            "strict_tools",
-        }
+    supported_params = CHAT_PARAMS | {
+        "seed",
+        "presence_penalty",
+        "frequency_penalty",
+        # Cohere's own, under their own names
+        "k",
+        "safety_mode",
+        "thinking",
+        "strict_tools",
+    }
+    # The SDK (v2/raw_client.py) maps 498 to an invalid token and 499 to a request the client closed.
+    status_errors = {498: AuthenticationError, 499: ProviderConnectionError}
+    context_window_patterns = (
+        r"too many tokens: total number of tokens in the prompt",
+        r"size limit exceeded by \d+ tokens",
     )
 
     def check_value(self, name: str, value: Any) -> str | None:
@@ -116,9 +123,14 @@ class CohereAdapter(ProviderAdapter):
             return "stop must be a string or a list of strings"
         return None
 
-    def auth_headers(self, api_key: str | None) -> dict[str, str]:
+    def authenticate(self, request: httpx.Request, api_key: str | None) -> None:
         """Bearer auth."""
-        return {"authorization": f"Bearer {api_key}"} if api_key else {}
+        add_auth_headers(request, api_key, bearer_headers(api_key))
+
+    def error_details(self, body: Mapping[str, Any]) -> tuple[Any, Any] | None:
+        """``{"message": "<text>"}``."""
+        message = body.get("message")
+        return (message, None) if message else None
 
     def build_body(
         self, model: str, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]

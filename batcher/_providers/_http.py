@@ -25,7 +25,8 @@ from batcher._exceptions import (
     ProviderError,
     ProviderTimeoutError,
 )
-from batcher._providers._base import redact, request_secrets
+from batcher._providers._errors import request_secrets
+from batcher._secrets import redact
 
 __all__ = ["send"]
 

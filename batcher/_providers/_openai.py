@@ -5,7 +5,10 @@ Followed: the OpenAI API reference "Create chat completion" and "The chat comple
 object", as typed by the ``openai`` Python SDK 3.57 (``types/chat/completion_create_params.py``,
 ``types/chat/chat_completion.py``, ``types/completion_usage.py``); the SDK's base URL
 convention (``OPENAI_BASE_URL``, default ``https://api.openai.com/v1``, the version path is
-part of the base) and its ``Authorization: Bearer`` auth.
+part of the base) and its ``Authorization: Bearer`` auth; the "Error codes" guide (errors are
+``{"error": {"message", "type", "param", "code"}}``; some compatible servers send
+``{"error": "<text>"}``) and the "Rate limits" guide (``x-ratelimit-reset-requests`` /
+``-tokens``, Go-style durations such as ``6m0s``, with ``x-ratelimit-remaining-*``).
 
 Messages and parameters are OpenAI's own, so they are sent unchanged; the answer is already
 in the normalised shape and only ``finish_reason`` is normalised (OpenAI-compatible servers
@@ -21,9 +24,15 @@ import re
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
-from batcher._providers._base import ProviderAdapter, finish_reason_fields
+import httpx
+
+from batcher._providers._adapter import ProviderAdapter, add_auth_headers, bearer_headers
+from batcher._providers._params import CHAT_PARAMS
+from batcher._providers._retry_after import parse_duration, pick_reset
+from batcher._providers._translate import finish_reason_fields
 from batcher._response import FinishReason, ModelResponse
 
 __all__ = ["OpenAIAdapter"]
@@ -51,48 +60,75 @@ class OpenAIAdapter(ProviderAdapter):
     """Chat Completions, passed through."""
 
     name = "openai"
+    prefixes = ("openai/",)
+    families = (r"^(gpt-|chatgpt-|ft:gpt-)", r"^o[1-9]\d*(-|$)")
+    routing_hint = (
+        "openai/ works for any OpenAI-compatible server such as vLLM, Ollama, Groq, Together "
+        "with OPENAI_BASE_URL or api_base="
+    )
     api_key_env_vars = ("OPENAI_API_KEY",)
     api_base_env_vars = ("OPENAI_BASE_URL", "OPENAI_API_BASE")
     default_api_base = "https://api.openai.com/v1"
     endpoint_path = "/chat/completions"
-    supported_params = frozenset(
-        {
-            "temperature",
-            "max_tokens",
-            "max_completion_tokens",
-            "top_p",
-            "stop",
-            "n",
-            "seed",
-            "tools",
-            "tool_choice",
-            "response_format",
-            "user",
-            "presence_penalty",
-            "frequency_penalty",
-            "logit_bias",
-            "logprobs",
-            "top_logprobs",
-            "parallel_tool_calls",
-            "metadata",
-            "reasoning_effort",
-            "service_tier",
-            "store",
-            "modalities",
-            "audio",
-            "prediction",
-            "verbosity",
-            "web_search_options",
-            "prompt_cache_key",
-            "safety_identifier",
-            "functions",
-            "function_call",
-        }
+    supported_params = CHAT_PARAMS | {
+        "seed",
+        "user",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "logprobs",
+        "top_logprobs",
+        "parallel_tool_calls",
+        "metadata",
+        "reasoning_effort",
+        "service_tier",
+        "store",
+        "modalities",
+        "audio",
+        "prediction",
+        "verbosity",
+        "web_search_options",
+        "prompt_cache_key",
+        "safety_identifier",
+        "functions",
+        "function_call",
+    }
+    error_type_statuses = {
+        "invalid_request_error": 400,
+        "rate_limit_exceeded": 429,
+        "insufficient_quota": 429,
+        "server_error": 500,
+    }
+    context_window_patterns = (
+        r"context[_ ]length[_ ]exceeded",
+        r"maximum context length",
+        r"reduce the length of the messages",
     )
+    context_window_codes = frozenset({"context_length_exceeded", "string_above_max_length"})
+    request_id_headers = ("x-request-id",)
 
-    def auth_headers(self, api_key: str | None) -> dict[str, str]:
+    def authenticate(self, request: httpx.Request, api_key: str | None) -> None:
         """Bearer auth; none at all for keyless local servers (Ollama, vLLM)."""
-        return {"authorization": f"Bearer {api_key}"} if api_key else {}
+        add_auth_headers(request, api_key, bearer_headers(api_key))
+
+    def error_details(self, body: Mapping[str, Any]) -> tuple[Any, Any] | None:
+        """``{"error": {"message", "type", "param", "code"}}``, or ``{"error": "<text>"}``."""
+        err = body.get("error")
+        if isinstance(err, Mapping):
+            return err.get("message"), err.get("code") or err.get("type")
+        if isinstance(err, str):
+            return err, None
+        return None
+
+    def rate_limit_wait(self, headers: httpx.Headers, now: datetime) -> float | None:
+        """``x-ratelimit-reset-requests`` / ``-tokens`` (the exhausted one's, else the longer)."""
+        found: list[tuple[float, bool]] = []
+        for kind in ("requests", "tokens"):
+            reset = headers.get(f"x-ratelimit-reset-{kind}")
+            seconds = parse_duration(reset) if reset else None
+            if seconds is not None:
+                found.append((seconds, headers.get(f"x-ratelimit-remaining-{kind}") == "0"))
+        return pick_reset(found)
 
     def build_body(
         self, model: str, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]

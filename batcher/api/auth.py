@@ -15,8 +15,9 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
+from batcher.api import keys_store
 from batcher.api.errors import ApiError
 
 KEY_PREFIX = "bk-"
@@ -45,12 +46,6 @@ class Principal:
         """Admins always may; other keys with the permission."""
         return self.is_admin or self.can_set_api_base
 
-    def owner_filter(self, column: str = "owner_id") -> tuple[str, dict[str, Any]]:
-        """A SQL condition limiting rows to this key's (admins see everything)."""
-        if self.is_admin:
-            return "TRUE", {}
-        return f"{column} = :owner_id", {"owner_id": self.id}
-
     def can_see(self, owner_id: uuid.UUID | None) -> bool:
         return self.is_admin or owner_id == self.id
 
@@ -75,38 +70,20 @@ def create_key(engine: Engine, name: str, *, admin: bool = False, allow_api_base
         raise ValueError("a key needs a name")
     key = generate_key()
     with engine.begin() as conn:
-        row = (
-            conn.execute(
-                text(
-                    "INSERT INTO api_keys (id, name, key_hash, prefix, is_admin, can_set_api_base) "
-                    "VALUES (:id, :name, :hash, :prefix, :admin, :api_base) RETURNING *"
-                ),
-                {
-                    "id": uuid.uuid4(),
-                    "name": name,
-                    "hash": hash_key(key),
-                    "prefix": key[:10],
-                    "admin": admin,
-                    "api_base": allow_api_base,
-                },
-            )
-            .mappings()
-            .one()
+        row = keys_store.insert_key(
+            conn, name=name, key_hash=hash_key(key), prefix=key[:10], admin=admin, allow_api_base=allow_api_base
         )
     return _info(row), key
 
 
 def list_keys(engine: Engine) -> list[KeyInfo]:
     with engine.connect() as conn:
-        return [_info(r) for r in conn.execute(text("SELECT * FROM api_keys ORDER BY created_at")).mappings()]
+        return [_info(r) for r in keys_store.all_keys(conn)]
 
 
 def revoke_key(engine: Engine, key_id: uuid.UUID) -> bool:
     with engine.begin() as conn:
-        result = conn.execute(
-            text("UPDATE api_keys SET revoked_at = now() WHERE id = :id AND revoked_at IS NULL"), {"id": key_id}
-        )
-    return bool(result.rowcount)
+        return keys_store.revoke(conn, key_id)
 
 
 def _info(row: Any) -> KeyInfo:
@@ -123,17 +100,7 @@ def _info(row: Any) -> KeyInfo:
 
 def lookup(engine: Engine, key: str) -> Principal | None:
     with engine.connect() as conn:
-        row = (
-            conn.execute(
-                text(
-                    "SELECT id, name, is_admin, can_set_api_base FROM api_keys "
-                    "WHERE key_hash = :hash AND revoked_at IS NULL"
-                ),
-                {"hash": hash_key(key)},
-            )
-            .mappings()
-            .first()
-        )
+        row = keys_store.active_key(conn, hash_key(key))
     if row is None:
         return None
     return Principal(id=row["id"], name=row["name"], is_admin=row["is_admin"], can_set_api_base=row["can_set_api_base"])

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Query
 
-from batcher.api import batches
+from batcher.api import batches, batches_store
 from batcher.api.auth import CurrentPrincipal
 from batcher.api.context import Ctx
 from batcher.api.pagination import page
@@ -51,7 +51,7 @@ def list_batches(
 ) -> BatchList:
     with ctx.engine.connect() as conn:
         rows, has_more = page(conn, "batches", principal, after=after, limit=limit)
-        loaded = [batches.load(conn, r["id"]) for r in rows]
+        loaded = [batches_store.load(conn, r["id"]) for r in rows]
     data = [batches.to_object(batches.refresh(ctx, r)) for r in loaded if r is not None]
     return BatchList(
         data=data, first_id=data[0].id if data else None, last_id=data[-1].id if data else None, has_more=has_more

@@ -14,7 +14,9 @@ from celery import Celery
 from fastapi import Depends, Request
 from sqlalchemy import Engine
 
+from batcher import _wakeup
 from batcher._config import Settings
+from batcher._db.contract import JobStore, store_for
 from batcher._db.engine import get_engine
 
 log = logging.getLogger("batcher.api")
@@ -33,10 +35,15 @@ class ApiContext:
         return get_engine(self.settings)
 
     @property
+    def store(self) -> JobStore:
+        """The job store of the service's database (``batcher._db.contract``)."""
+        return store_for(self.engine)
+
+    @property
     def celery(self) -> Celery:
         with self._lock:  # handlers run on many threads; build one app, not one per racing thread
             if self._celery is None:
-                from workers.celery_app import make_celery_app  # the service only publishes
+                from batcher._celery import make_celery_app  # the service only publishes
 
                 self._celery = make_celery_app(self.settings)
             return self._celery
@@ -57,10 +64,8 @@ class ApiContext:
 
     def wake(self, job_id: uuid.UUID, state: str) -> None:
         """Tell the job's waiters it is final (as the worker's finalizer does); best effort."""
-        from workers._execute import wake_waiters
-
         try:
-            wake_waiters(self.redis, str(job_id), state)
+            _wakeup.announce_done(self.redis, str(job_id), state)
         except redis.RedisError:
             log.warning("could not wake the waiters of job %s; they fall back to polling", job_id)
 

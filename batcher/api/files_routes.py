@@ -18,7 +18,7 @@ from batcher._files_store import (
     iter_chunks,
     save_upload,
 )
-from batcher.api import batches
+from batcher.api import batches_output
 from batcher.api.auth import CurrentPrincipal, Principal
 from batcher.api.context import ApiContext, Ctx
 from batcher.api.errors import ApiError, not_found
@@ -144,7 +144,7 @@ def file_content(ctx: Ctx, principal: CurrentPrincipal, file_id: str) -> Streami
     f = visible_file(ctx, principal, file_id)
     # Output and error files are rendered from the results; uploads are read back chunk by chunk.
     body: Iterator[bytes] = (
-        batches.render_file(ctx, f.batch_id, f.id) if f.batch_id is not None else iter_chunks(ctx.engine, f.id)
+        batches_output.render_file(ctx, f.batch_id, f.id) if f.batch_id is not None else iter_chunks(ctx.engine, f.id)
     )
     safe_name = re.sub(r"[^A-Za-z0-9._-]", "_", f.filename)[:200] or "file"
     headers = {"Content-Disposition": f'attachment; filename="{safe_name}"'}

@@ -12,12 +12,9 @@ from typing import Annotated, Any, Literal
 import redis
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
-from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
-from batcher import _keys
-from batcher._client import _result
-from batcher._db import store
+from batcher import _wakeup
 from batcher._exceptions import InvalidRequestError, JobNotFoundError
 from batcher._files import decode_line, read_jsonl
 from batcher._files_store import FILE_PURPOSE_BATCH, get_file, iter_chunks, iter_lines
@@ -51,9 +48,6 @@ router = APIRouter(
     responses=ERROR_RESPONSES,
 )
 
-WAIT_SLICE_S = 1.0
-"""Longest one Redis ``BLPOP`` blocks before Postgres is read again (wake-ups may be lost)."""
-
 
 # --- helpers ------------------------------------------------------------------------------------
 
@@ -74,7 +68,7 @@ def _job_uuid(job_id: str) -> uuid.UUID:
 def visible_job(ctx: ApiContext, principal: Principal, job_id: str) -> dict[str, Any]:
     jid = _job_uuid(job_id)
     with ctx.engine.connect() as conn:
-        row = store.job_row(conn, jid)
+        row = ctx.store.job_row(conn, jid)
     if row is None or not principal.can_see(row["owner_id"]):
         raise JobNotFoundError(f"No job found with id '{job_id}'.")
     return row
@@ -160,21 +154,18 @@ def _create(ctx: ApiContext, principal: Principal, body: JobCreate, idempotency_
     except ApiBaseNotAllowedError as exc:  # a permission, not a malformed request: OpenAI's 403 shape
         raise ApiError(403, str(exc), param="api_base", code="api_base_not_allowed") from None
     with ctx.engine.connect() as conn:
-        row = store.job_row(conn, job_id)
+        row = ctx.store.job_row(conn, job_id)
     assert row is not None
     return row
 
 
 def _winner_body(ctx: ApiContext, job_id: uuid.UUID, idx: int) -> dict[str, Any] | None:
     with ctx.engine.connect() as conn:
-        body = conn.execute(
-            text("SELECT body FROM responses WHERE job_id = :id AND idx = :idx"), {"id": job_id, "idx": idx}
-        ).scalar_one_or_none()
-    return dict(body) if body is not None else None
+        return ctx.store.response_body(conn, job_id, idx)
 
 
 def _all_results(ctx: ApiContext, job_id: uuid.UUID) -> list[ResultLine]:
-    return [result_line(_result(row)) for row in store.stream_results(ctx.engine, job_id)]
+    return [result_line(Result.from_row(row)) for row in ctx.store.stream_results(ctx.engine, job_id)]
 
 
 async def _wait(
@@ -182,9 +173,7 @@ async def _wait(
 ) -> JobWait:
     """Block (without holding a thread) until the job is final, or has a winner; or until ``timeout``."""
     job_id: uuid.UUID = row["id"]
-    keys = [_keys.job_done_key(str(job_id))]
-    if until == "first_response":
-        keys.append(_keys.race_win_key(str(job_id)))
+    keys = _wakeup.done_keys(str(job_id), first_response=until == "first_response")
     deadline = time.monotonic() + min(timeout, ctx.settings.api_max_wait_s)
     while True:
         final = JobState(row["state"]).is_final
@@ -193,11 +182,9 @@ async def _wait(
         if final or won or remaining <= 0:
             break
         try:
-            item = await ctx.aredis.blpop(keys, timeout=max(min(WAIT_SLICE_S, remaining), 0.01))  # type: ignore[arg-type]
-            if item is not None:
-                await ctx.aredis.rpush(item[0], item[1])  # give it back for other waiters
+            await _wakeup.await_event(ctx.aredis, keys, min(_wakeup.WAIT_SLICE_S, remaining))
         except redis.RedisError:
-            await asyncio.sleep(min(WAIT_SLICE_S, max(remaining, 0.01)))
+            await asyncio.sleep(min(_wakeup.WAIT_SLICE_S, max(remaining, 0.01)))
         fresh = await run_in_threadpool(_reload, ctx, job_id)
         row = fresh or row
     wait = JobWait(job=job_object(row), done=final or won)
@@ -210,7 +197,7 @@ async def _wait(
 
 def _reload(ctx: ApiContext, job_id: uuid.UUID) -> dict[str, Any] | None:
     with ctx.engine.connect() as conn:
-        return store.job_row(conn, job_id)
+        return ctx.store.job_row(conn, job_id)
 
 
 # --- routes -------------------------------------------------------------------------------------
@@ -291,8 +278,8 @@ async def wait_job(
 def cancel_job(ctx: Ctx, principal: CurrentPrincipal, job_id: str) -> JobObject:
     row = visible_job(ctx, principal, job_id)
     with ctx.engine.begin() as conn:
-        store.cancel_job(conn, row["id"])
-        state = store.finalize_job(conn, row["id"])
+        ctx.store.cancel_job(conn, row["id"])
+        state = ctx.store.finalize_job(conn, row["id"])
     if state is not None:
         ctx.wake(row["id"], state)
     return job_object(visible_job(ctx, principal, job_id))
@@ -309,8 +296,8 @@ def job_results(ctx: Ctx, principal: CurrentPrincipal, job_id: str) -> Streaming
 
     def lines() -> Iterator[bytes]:
         pending: list[str] = []
-        for result_row in store.stream_results(ctx.engine, row["id"]):
-            pending.append(result_line(_result(result_row)).model_dump_json() + "\n")
+        for result_row in ctx.store.stream_results(ctx.engine, row["id"]):
+            pending.append(result_line(Result.from_row(result_row)).model_dump_json() + "\n")
             if len(pending) >= 200:
                 yield "".join(pending).encode()
                 pending = []

@@ -3,6 +3,9 @@
 The cursor is an object id, as the ``openai`` SDK sends it; an offset would skip or repeat
 rows while new ones are created, and a server that ignored ``after`` would make the SDK's
 auto-paging loop forever.
+
+The listings' SQL (over ``jobs``, ``files`` and ``batches``, what each key may see) lives here;
+Postgres only, as the HTTP service is.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ def page(
     params: dict[str, Any] | None = None,
 ) -> tuple[list[dict[str, Any]], bool]:
     """Up to ``limit`` rows visible to ``principal`` after the row ``after``; and whether more follow."""
-    owner_sql, bind = principal.owner_filter()
+    owner_sql, bind = _owner_filter(principal)
     bind = {**bind, **(params or {}), "limit": limit + 1}
     conditions = [owner_sql, where]
     if after is not None:
@@ -54,3 +57,10 @@ def page(
         .all()
     )
     return [dict(r) for r in rows[:limit]], len(rows) > limit
+
+
+def _owner_filter(principal: Principal) -> tuple[str, dict[str, Any]]:
+    """A SQL condition limiting rows to the key's own (admins see everything)."""
+    if principal.is_admin:
+        return "TRUE", {}
+    return "owner_id = :owner_id", {"owner_id": principal.id}

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
+from batcher._providers._registry import model_pattern
 from batcher._states import JobKind, JobState, RequestState
 from batcher._validation import (
     MAX_COMPLETION_WINDOW_S,
@@ -30,14 +31,9 @@ from batcher._validation import (
     param_adapter,
 )
 
-MODEL_PATTERN = (
-    r"^(?:(?:openai|anthropic|cohere|cohere_chat)/[\s\S]"
-    r"|(?:[gG][pP][tT]|[cC][hH][aA][tT][gG][pP][tT]|[fF][tT]:[gG][pP][tT]|[cC][lL][aA][uU][dD][eE])-"
-    r"|[cC]4[aA][iI]-[aA][yY][aA]-"
-    r"|[oO][1-9]\d*(?:-|$)"
-    r"|[cC][oO][mM][mM][aA][nN][dD](?:-|$))"
-)
-"""Model names batcher routes (``batcher._providers._routing``): a provider prefix, or a known family."""
+MODEL_PATTERN = model_pattern()
+"""Model names batcher routes (the provider registry, ``batcher._providers._registry``): a provider
+prefix, or a known family, of the providers registered when the service starts."""
 
 _MODEL: dict[str, Any] = {
     "type": "string",

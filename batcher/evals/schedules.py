@@ -20,7 +20,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from cronsim import CronSim
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine
 
 from batcher._exceptions import BatcherError
 from batcher.evals import store
@@ -71,46 +71,18 @@ def add_schedule(engine: Engine, suite_path: str | Path, *, cron: str | None, ti
         raise EvalError(str(exc)) from None
     path = str(Path(suite_path).resolve())
     with engine.begin() as conn:
-        row = (
-            conn.execute(
-                text(
-                    "INSERT INTO eval_schedules (id, suite_name, suite_path, cron, timezone) "
-                    "VALUES (:id, :name, :path, :cron, :tz) "
-                    "ON CONFLICT (suite_path, cron, timezone) DO NOTHING RETURNING *"
-                ),
-                {"id": uuid.uuid4(), "name": suite.name, "path": path, "cron": cron, "tz": timezone},
-            )
-            .mappings()
-            .first()
-        )
+        row = store.insert_schedule(conn, suite_name=suite.name, suite_path=path, cron=cron, timezone=timezone)
         if row is None:
-            existing = conn.execute(
-                text("SELECT id FROM eval_schedules WHERE suite_path = :path AND cron = :cron AND timezone = :tz"),
-                {"path": path, "cron": cron, "tz": timezone},
-            ).scalar_one()
+            existing = store.schedule_id_of(conn, suite_path=path, cron=cron, timezone=timezone)
             raise EvalError(f"{path} is already scheduled at {cron!r} ({timezone}) as schedule {existing}")
-    return dict(row)
+    return row
 
 
 def list_schedules(engine: Engine) -> list[dict[str, Any]]:
     """Every schedule with its next firing and its last run."""
     now = datetime.now(UTC)
     with engine.connect() as conn:
-        rows = conn.execute(
-            text(
-                """
-                SELECT s.*, last.id AS last_run_id, last.state AS last_run_state,
-                       last.scheduled_for AS last_scheduled_for, last.regressed AS last_regressed
-                  FROM eval_schedules AS s
-                  LEFT JOIN LATERAL (
-                      SELECT id, state, scheduled_for, regressed FROM eval_runs
-                       WHERE schedule_id = s.id ORDER BY scheduled_for DESC LIMIT 1
-                  ) AS last ON true
-                 ORDER BY s.created_at
-                """
-            )
-        ).mappings()
-        schedules = [dict(r) for r in rows]
+        schedules = store.schedules_with_last_run(conn)
     for s in schedules:
         s["next_at"] = None if s["paused"] else next_tick(s["cron"], s["timezone"], now)
     return schedules
@@ -118,21 +90,18 @@ def list_schedules(engine: Engine) -> list[dict[str, Any]]:
 
 def resolve_schedule(conn: Connection, ident: str) -> uuid.UUID:
     """A schedule by id or unique id prefix (as ``schedule list`` prints it)."""
-    rows = conn.execute(
-        text("SELECT id FROM eval_schedules WHERE CAST(id AS text) LIKE :p LIMIT 2"),
-        {"p": ident.strip().lower() + "%"},
-    ).all()
-    if not rows or len(ident.strip()) < 4:
+    ids = store.schedule_ids_by_prefix(conn, ident.strip().lower())
+    if not ids or len(ident.strip()) < 4:
         raise ScheduleNotFoundError(f"no schedule {ident!r}; see `batcher eval schedule list`")
-    if len(rows) > 1:
+    if len(ids) > 1:
         raise ScheduleNotFoundError(f"{ident!r} matches several schedules; give more of the id")
-    return uuid.UUID(str(rows[0].id))
+    return ids[0]
 
 
 def remove_schedule(engine: Engine, ident: str) -> uuid.UUID:
     with engine.begin() as conn:
         schedule_id = resolve_schedule(conn, ident)
-        conn.execute(text("DELETE FROM eval_schedules WHERE id = :id"), {"id": schedule_id})
+        store.delete_schedule(conn, schedule_id)
     return schedule_id
 
 
@@ -140,13 +109,7 @@ def set_paused(engine: Engine, ident: str, paused: bool, *, now: datetime | None
     """Pause or resume. Resuming does not fire the ticks missed while paused (``now``: tests)."""
     with engine.begin() as conn:
         schedule_id = resolve_schedule(conn, ident)
-        conn.execute(
-            text(
-                "UPDATE eval_schedules SET paused = :paused, active_since = CASE WHEN :paused THEN active_since "
-                "ELSE COALESCE(CAST(:now AS timestamptz), now()) END WHERE id = :id"
-            ),
-            {"id": schedule_id, "paused": paused, "now": now},
-        )
+        store.set_schedule_paused(conn, schedule_id, paused, now=now)
     return schedule_id
 
 
@@ -174,7 +137,7 @@ def tick(runner: EvalRunner, *, now: datetime | None = None) -> TickReport:
     report = TickReport()
     engine = runner.engine
     with engine.connect() as conn:
-        schedules = [dict(r) for r in conn.execute(text("SELECT * FROM eval_schedules WHERE NOT paused")).mappings()]
+        schedules = store.active_schedules(conn)
     for schedule in schedules:
         try:
             due = due_tick(schedule["cron"], schedule["timezone"], now)
@@ -184,10 +147,7 @@ def tick(runner: EvalRunner, *, now: datetime | None = None) -> TickReport:
         if due is None or due < schedule["active_since"]:
             continue
         with engine.connect() as conn:
-            claimed = conn.execute(
-                text("SELECT 1 FROM eval_runs WHERE schedule_id = :id AND scheduled_for = :due"),
-                {"id": schedule["id"], "due": due},
-            ).first()
+            claimed = store.tick_claimed(conn, schedule["id"], due)
         if claimed:
             continue
         fired = _fire(runner, schedule, due)

@@ -188,10 +188,10 @@ def json_schema(spec: JsonSchemaSpec) -> ScoreFn:
 
 
 def numeric(spec: NumericSpec) -> ScoreFn:
-    from batcher.evals.suite import _as_number
+    from batcher.evals.dataset import as_number
 
     def score(output: str, item: Item) -> Score:
-        expected = _as_number(item.expected)
+        expected = as_number(item.expected)
         got = extract_number(output, spec.pick)
         if expected is None:
             return _binary(False, f"expected {item.expected!r} is not a number")

@@ -1,4 +1,7 @@
-"""The SQL of evaluation runs and schedules. Each function is one round trip.
+"""The SQL of evaluation runs and schedules, all of it. Each function is one round trip.
+
+Evaluations run on Postgres only (advisory locks, ``jsonb``, ``LATERAL``): a cluster's feature,
+not embedded mode's.
 
 Answers are never copied out of the core tables while a job runs: a run finds them by the
 requests' ``custom_id`` (the request key) in the jobs linked to it, so whatever a worker stored
@@ -499,3 +502,93 @@ def remember(conn: Connection, answers: Iterable[tuple[str, Outcome]]) -> None:
             ),
             params,
         )
+
+
+# --- schedules -----------------------------------------------------------------------------------
+
+
+def insert_schedule(
+    conn: Connection, *, suite_name: str, suite_path: str, cron: str, timezone: str
+) -> dict[str, Any] | None:
+    """Store a schedule; ``None`` if this suite is already scheduled at this cron and timezone."""
+    row = (
+        conn.execute(
+            text(
+                "INSERT INTO eval_schedules (id, suite_name, suite_path, cron, timezone) "
+                "VALUES (:id, :name, :path, :cron, :tz) "
+                "ON CONFLICT (suite_path, cron, timezone) DO NOTHING RETURNING *"
+            ),
+            {"id": uuid.uuid4(), "name": suite_name, "path": suite_path, "cron": cron, "tz": timezone},
+        )
+        .mappings()
+        .first()
+    )
+    return dict(row) if row else None
+
+
+def schedule_id_of(conn: Connection, *, suite_path: str, cron: str, timezone: str) -> uuid.UUID:
+    """The schedule of this suite at this cron and timezone (it exists)."""
+    schedule_id: uuid.UUID = conn.execute(
+        text("SELECT id FROM eval_schedules WHERE suite_path = :path AND cron = :cron AND timezone = :tz"),
+        {"path": suite_path, "cron": cron, "tz": timezone},
+    ).scalar_one()
+    return schedule_id
+
+
+def schedules_with_last_run(conn: Connection) -> list[dict[str, Any]]:
+    """Every schedule, oldest first, with its last run (``last_run_id``, ``last_run_state``,
+    ``last_scheduled_for``, ``last_regressed``; ``None`` if it never fired)."""
+    rows = conn.execute(
+        text(
+            """
+            SELECT s.*, last.id AS last_run_id, last.state AS last_run_state,
+                   last.scheduled_for AS last_scheduled_for, last.regressed AS last_regressed
+              FROM eval_schedules AS s
+              LEFT JOIN LATERAL (
+                  SELECT id, state, scheduled_for, regressed FROM eval_runs
+                   WHERE schedule_id = s.id ORDER BY scheduled_for DESC LIMIT 1
+              ) AS last ON true
+             ORDER BY s.created_at
+            """
+        )
+    ).mappings()
+    return [dict(r) for r in rows]
+
+
+def schedule_ids_by_prefix(conn: Connection, prefix: str) -> list[uuid.UUID]:
+    """Up to two schedules whose id starts with ``prefix`` (two: the prefix is ambiguous)."""
+    rows = conn.execute(
+        text("SELECT id FROM eval_schedules WHERE CAST(id AS text) LIKE :p LIMIT 2"),
+        {"p": prefix + "%"},
+    ).all()
+    return [uuid.UUID(str(r.id)) for r in rows]
+
+
+def delete_schedule(conn: Connection, schedule_id: uuid.UUID) -> None:
+    """Forget a schedule (its runs stay, unlinked)."""
+    conn.execute(text("DELETE FROM eval_schedules WHERE id = :id"), {"id": schedule_id})
+
+
+def set_schedule_paused(conn: Connection, schedule_id: uuid.UUID, paused: bool, *, now: datetime | None) -> None:
+    """Pause, or resume from ``now`` (the database's clock if ``None``): ticks missed while paused never fire."""
+    conn.execute(
+        text(
+            "UPDATE eval_schedules SET paused = :paused, active_since = CASE WHEN :paused THEN active_since "
+            "ELSE COALESCE(CAST(:now AS timestamptz), now()) END WHERE id = :id"
+        ),
+        {"id": schedule_id, "paused": paused, "now": now},
+    )
+
+
+def active_schedules(conn: Connection) -> list[dict[str, Any]]:
+    """Every schedule that is not paused."""
+    return [dict(r) for r in conn.execute(text("SELECT * FROM eval_schedules WHERE NOT paused")).mappings()]
+
+
+def tick_claimed(conn: Connection, schedule_id: uuid.UUID, scheduled_for: datetime) -> bool:
+    """Whether the schedule's tick ``scheduled_for`` already has its run (the claim is ``insert_run``'s)."""
+    found = conn.execute(
+        text("SELECT 1 FROM eval_runs WHERE schedule_id = :id AND scheduled_for = :due"),
+        {"id": schedule_id, "due": scheduled_for},
+    ).first()
+    return found is not None

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from batcher import Client
-from batcher.fake_provider import FakeProvider, ModelBehaviour
+from batcher.testing import FakeProvider, ModelBehaviour
 
 pytestmark = pytest.mark.acceptance
 

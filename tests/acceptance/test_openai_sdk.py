@@ -18,7 +18,7 @@ from sqlalchemy import text
 from batcher._config import Settings
 from batcher._db.engine import get_engine
 from batcher.api.auth import create_key
-from batcher.fake_provider import FakeProvider, ModelBehaviour
+from batcher.testing import FakeProvider, ModelBehaviour
 from tests.support.api_server import ApiServer
 
 pytestmark = pytest.mark.acceptance

@@ -16,7 +16,7 @@ from sqlalchemy import Table, func, select, text
 
 from batcher import Client
 from batcher._db.models import Job, Request, Response
-from batcher.fake_provider import FakeProvider
+from batcher.testing import FakeProvider
 
 
 def rows(client: Client, sql: str, **params: Any) -> list[dict[str, Any]]:

@@ -33,10 +33,10 @@ from batcher import (
 )
 from batcher._config import Settings
 from batcher._db.engine import get_engine
-from batcher._remote import RemoteClient
+from batcher._transport_http import HttpTransport
 from batcher.api.auth import create_key, hash_key
 from batcher.cli import main
-from batcher.fake_provider import FakeProvider, ModelBehaviour
+from batcher.testing import FakeProvider, ModelBehaviour
 from tests.support.api_server import ApiServer
 
 HI = [{"role": "user", "content": "hi"}]
@@ -71,7 +71,7 @@ def http_b(api: ApiServer, key_b: str) -> Iterator[httpx.Client]:
 
 
 def test_remote_client_submit_wait_results(remote: Client) -> None:
-    assert isinstance(remote, RemoteClient)
+    assert isinstance(remote.transport, HttpTransport)
     prompts = [[{"role": "user", "content": f"remote {i}"}] for i in range(25)]
     job = remote.submit(model="gpt-4o-mini", messages=prompts, temperature=0.1, metadata={"who": "remote"})
     status = job.wait(timeout=60)

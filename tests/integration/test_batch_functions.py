@@ -17,7 +17,7 @@ from batcher import (
     batch_completion_models,
     batch_completion_models_all_responses,
 )
-from batcher.fake_provider import FakeProvider, ModelBehaviour
+from batcher.testing import FakeProvider, ModelBehaviour
 from tests.integration.helpers import job_of, requests_of, responses_of
 
 
@@ -71,8 +71,9 @@ def test_batch_completion_stores_every_request_and_response(client: Client, fake
     job_row = job_of(client, job.id)
     assert job_row["params"]["params"] == {"temperature": 0.1}
     assert job_row["started_at"] is not None and job_row["finished_at"] >= job_row["started_at"]
-    sent = [r for r in fake_provider.requests if (r.body or {}).get("messages", [{}])[0].get("content") == "prompt 3"]
-    assert sent and sent[-1].body["temperature"] == 0.1
+    bodies = [r.body for r in fake_provider.requests if isinstance(r.body, dict) and r.body.get("messages")]
+    sent = [b for b in bodies if b["messages"][0].get("content") == "prompt 3"]
+    assert sent and sent[-1]["temperature"] == 0.1
 
 
 def test_failed_prompt_has_its_exception_in_its_slot(client: Client, fake_provider: FakeProvider) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from kombu import Connection
 
-from tests.support.servers import RedisServer
+from batcher.testing.servers import RedisServer
 from workers._broker import OomTolerantQoS, Transport
 
 

@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from batcher import Client, JobKind, JobNotFoundError, JobState, RequestCancelledError, WaitTimeoutError
-from batcher.fake_provider import FakeProvider, ModelBehaviour
+from batcher.testing import FakeProvider, ModelBehaviour
 from tests.integration.helpers import requests_of
 
 

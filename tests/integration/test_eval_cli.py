@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from batcher import Client, get_settings
 from batcher.cli import main
-from batcher.fake_provider import FakeProvider, ModelBehaviour
+from batcher.testing import FakeProvider, ModelBehaviour
 from tests.integration.helpers import rows
 
 

@@ -22,7 +22,7 @@ from batcher import Client
 from batcher.evals.runner import EvalRunner
 from batcher.evals.states import RunState
 from batcher.evals.suite import Suite, load_suite
-from batcher.fake_provider import FakeProvider, ModelBehaviour
+from batcher.testing import FakeProvider, ModelBehaviour
 from tests.integration.helpers import rows
 
 CAPITALS = [

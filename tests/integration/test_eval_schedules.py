@@ -22,7 +22,7 @@ from batcher import Client, get_settings
 from batcher.cli import main
 from batcher.evals.runner import EvalRunner
 from batcher.evals.schedules import add_schedule, remove_schedule, set_paused, tick
-from batcher.fake_provider import FakeProvider, ModelBehaviour
+from batcher.testing import FakeProvider, ModelBehaviour
 from tests.integration.helpers import rows
 
 

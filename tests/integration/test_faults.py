@@ -10,10 +10,10 @@ import pytest
 import redis
 
 from batcher import Client, JobState, MalformedResponseError
-from batcher.fake_provider import FakeProvider, ModelBehaviour, max_in_window
+from batcher.testing import FakeProvider, ModelBehaviour, max_in_window
+from batcher.testing.servers import RedisServer
 from tests.integration.helpers import exactly_one_response_each, requests_of, rows, until
 from tests.integration.test_liveness import FAST
-from tests.support.servers import RedisServer
 from tests.support.workers import IsolatedCluster
 
 

@@ -40,9 +40,9 @@ from batcher._egress import EgressDeniedError
 from batcher._exceptions import InvalidRequestError, MissingAPIKeyError, UnsupportedParamsError
 from batcher._files import read_jsonl
 from batcher._publish import RUN_REQUEST_TASK
-from batcher._remote import APIError
+from batcher._transport_http import APIError
 from batcher.api.auth import create_key
-from batcher.fake_provider import FakeProvider
+from batcher.testing import FakeProvider
 from tests.conftest import FAKE_KEYS
 from tests.support.api_server import ApiServer
 from tests.support.recorder import Recorder

@@ -16,7 +16,7 @@ from sqlalchemy import text
 
 from batcher import JobState, RequestState, WorkerLostError
 from batcher.evals.schedules import add_schedule
-from batcher.fake_provider import FakeProvider, ModelBehaviour
+from batcher.testing import FakeProvider, ModelBehaviour
 from tests.integration.helpers import exactly_one_response_each, rows, sends_per_prompt, until
 from tests.support.workers import IsolatedCluster
 

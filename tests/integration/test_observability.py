@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from batcher import Client, JobState, Settings
 from batcher.api import create_app
-from batcher.fake_provider import FakeProvider, ModelBehaviour
+from batcher.testing import FakeProvider, ModelBehaviour
 from tests.support.api_server import free_port
 from tests.support.workers import IsolatedCluster
 

@@ -18,10 +18,10 @@ from sqlalchemy import text
 
 from batcher import EnqueueError, JobState
 from batcher.evals.schedules import add_schedule
-from batcher.fake_provider import FakeProvider, ModelBehaviour
+from batcher.testing import FakeProvider, ModelBehaviour
+from batcher.testing.servers import PostgresServer, RedisServer
 from tests.integration.helpers import exactly_one_response_each, rows, sends_per_prompt, until
 from tests.integration.test_liveness import FAST
-from tests.support.servers import PostgresServer, RedisServer
 from tests.support.workers import IsolatedCluster
 
 

@@ -17,15 +17,17 @@ import pytest
 import redis
 from sqlalchemy import Engine, create_engine, select, update
 
+from batcher._celery import make_celery_app
 from batcher._config import Settings
-from batcher._db import recovery, store
+from batcher._db import recovery
+from batcher._db.contract import store_for
 from batcher._db.models import Request, Worker
+from batcher._db.rows import Answer, ClaimedRequest, Failure, NewJob, NewRequest
 from batcher._migrate import upgrade
 from batcher._publish import Publisher
 from batcher._states import JobKind
 from batcher._submit import RequestSpec, submit
 from batcher._validation import CallOptions
-from workers.celery_app import make_celery_app
 
 
 @pytest.fixture(params=["postgres", "sqlite"])
@@ -53,30 +55,23 @@ MESSAGES = [{"role": "user", "content": "x"}]
 def _job(engine: Engine, n: int, *, params: dict[str, object] | None = None) -> uuid.UUID:
     job_id = uuid.uuid4()
     with engine.begin() as conn:
-        store.insert_job(
-            conn,
-            job_id=job_id,
-            kind="batch",
-            total=n,
-            params={"params": {}, **(params or {})},
-            deadline_at=None,
-            credentials=None,
-            queue="q",
+        store_for(conn).insert_job(
+            conn, NewJob(id=job_id, kind="batch", total=n, params={"params": {}, **(params or {})}, queue="q")
         )
-        store.copy_requests(
+        store_for(conn).copy_requests(
             conn,
             job_id,
             (
-                store.NewRequest(idx=i, model="gpt-x", provider="openai", messages=[{"role": "user", "content": "x"}])
+                NewRequest(idx=i, model="gpt-x", provider="openai", messages=[{"role": "user", "content": "x"}])
                 for i in range(n)
             ),
         )
     return job_id
 
 
-def _claim(engine: Engine, job_id: uuid.UUID, idx: int, worker: str) -> store.ClaimedRequest:
+def _claim(engine: Engine, job_id: uuid.UUID, idx: int, worker: str) -> ClaimedRequest:
     with engine.begin() as conn:
-        claimed = store.claim_request(conn, job_id, idx, timeout_s=600, margin_s=30, worker_id=worker)
+        claimed = store_for(conn).claim_request(conn, job_id, idx, timeout_s=600, margin_s=30, worker_id=worker)
     assert claimed is not None
     return claimed
 
@@ -136,7 +131,7 @@ def test_a_request_that_lost_its_budget_of_workers_fails_and_is_counted(engine: 
     state, lost, error_type = _states(engine, job)[0]
     assert (state, lost, error_type) == ("failed", 2, "WorkerLostError")
     with engine.connect() as conn:
-        row = store.job_row(conn, job)
+        row = store_for(conn).job_row(conn, job)
     assert row is not None and row["failed"] == 1
 
 
@@ -146,12 +141,12 @@ def test_a_cancelling_jobs_lost_requests_end_cancelled(engine: Engine) -> None:
     _register(engine, worker)
     _claim(engine, job, 0, worker)
     with engine.begin() as conn:
-        assert store.cancel_job(conn, job) == 1  # the other, unsent
+        assert store_for(conn).cancel_job(conn, job) == 1  # the other, unsent
     _age(engine, worker, 60)
     with engine.begin() as conn:
         (reaped,) = recovery.reap_lost(conn, lapse_s=20, default_max_attempts=5, stuck_s=900)
         assert reaped.state == "cancelled"
-        assert store.finalize_job(conn, job) == "cancelled"
+        assert store_for(conn).finalize_job(conn, job) == "cancelled"
 
 
 def test_a_stopping_worker_gives_back_without_spending_an_attempt_and_late_answers_still_count(engine: Engine) -> None:
@@ -169,17 +164,10 @@ def test_a_stopping_worker_gives_back_without_spending_an_attempt_and_late_answe
     assert attempts == 0
     # The call it gave back still answered before the process exited: the answer is kept, once.
     with engine.begin() as conn:
-        progress = store.record_success(
-            conn, claimed, body={"id": "x"}, provider="openai", model="gpt-x", usage=None, latency_ms=1.0
-        )
+        progress = store_for(conn).record_success(conn, claimed, Answer({"id": "x"}, "openai", "gpt-x", None, 1.0))
     assert progress is not None and progress.complete
     with engine.begin() as conn:  # a second answer (the re-run) is not stored again
-        assert (
-            store.record_success(
-                conn, claimed, body={"id": "y"}, provider="openai", model="gpt-x", usage=None, latency_ms=1.0
-            )
-            is None
-        )
+        assert store_for(conn).record_success(conn, claimed, Answer({"id": "y"}, "openai", "gpt-x", None, 1.0)) is None
 
 
 def test_a_stale_attempts_failure_changes_nothing(engine: Engine) -> None:
@@ -197,8 +185,8 @@ def test_a_stale_attempts_failure_changes_nothing(engine: Engine) -> None:
     _claim(engine, job, 0, new)
     with engine.begin() as conn:
         assert (
-            store.record_end(
-                conn, stale.request_id, RequestState.FAILED, attempt=stale.attempts, error_type="X", error="late"
+            store_for(conn).record_end(
+                conn, stale.request_id, RequestState.FAILED, attempt=stale.attempts, failure=Failure("X", "late")
             )
             is None
         )
@@ -266,7 +254,7 @@ def test_a_submission_refused_by_the_broker_names_the_stored_job(database_url: s
         job_id = uuid.UUID(refused.value.job_id)
         assert str(job_id) in str(refused.value)
         with engine.connect() as conn:
-            row = store.job_row(conn, job_id)
+            row = store_for(conn).job_row(conn, job_id)
         assert row is not None and row["total"] == 1 and row["enqueued_at"] is None
     finally:
         engine.dispose()

@@ -13,7 +13,9 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from batcher._db import store
+from batcher._db import postgres
+
+STORE = postgres.PostgresStore()
 
 
 @pytest.mark.parametrize("how", ["connect", "begin"])  # as tests and as workers (`_write`) open it
@@ -29,7 +31,7 @@ def test_a_lost_server_is_an_operational_error_and_the_connection_is_discarded(d
             admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
         killer.dispose()
         with pytest.raises(OperationalError) as caught:
-            store.claim_request(conn, uuid.uuid4(), 0, timeout_s=60, margin_s=5)
+            STORE.claim_request(conn, uuid.uuid4(), 0, timeout_s=60, margin_s=5, worker_id=None)
         assert caught.value.connection_invalidated
         assert conn.invalidated
         if how == "begin":
@@ -38,7 +40,7 @@ def test_a_lost_server_is_an_operational_error_and_the_connection_is_discarded(d
         # The pool (of one) opened a fresh connection: the same call works (and finds nothing to claim).
         with engine.begin() as conn:
             assert conn.execute(text("SELECT pg_backend_pid()")).scalar_one() != pid
-            assert store.claim_request(conn, uuid.uuid4(), 0, timeout_s=60, margin_s=5) is None
+            assert STORE.claim_request(conn, uuid.uuid4(), 0, timeout_s=60, margin_s=5, worker_id=None) is None
     finally:
         engine.dispose()
 
@@ -48,7 +50,7 @@ def test_a_statement_error_is_sqlalchemys_and_leaves_the_connection_usable(datab
     try:
         with engine.connect() as conn:
             with pytest.raises(ProgrammingError):
-                store._hot(conn, "SELECT no_such_column FROM jobs", {})
+                postgres._hot(conn, "SELECT no_such_column FROM jobs", {})
             assert not conn.invalidated
             conn.rollback()
             assert conn.execute(text("SELECT 1")).scalar_one() == 1

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 from batcher import Client, Settings
+from batcher._celery import worker_argv
 from batcher._migrate import upgrade
 from tests.support.processes import READY_TIMEOUT_S, ManagedProcess
-from workers.celery_app import worker_argv
 
 
 class WorkerProcess:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from batcher._celery import make_celery_app
 from batcher._config import Settings
-from workers.celery_app import make_celery_app
 
 
 def test_a_message_is_acknowledged_only_after_its_task_and_a_lost_worker_gives_it_back() -> None:

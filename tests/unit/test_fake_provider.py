@@ -22,13 +22,18 @@ import pytest
 from click.testing import CliRunner
 from pydantic import ValidationError
 
-from batcher.fake_provider import (
+from batcher._exceptions import ContextWindowExceededError, RateLimitError
+from batcher._providers import PROVIDERS, Route, build_request, parse_response, resolve_api_base, resolve_route
+from batcher.testing import (
+    FORMATS,
     FakeProvider,
     FakeProviderConfig,
     ModelBehaviour,
-    fake_provider_command,
+    fake_provider,
     max_in_window,
+    register_format,
 )
+from batcher.testing.cli import fake_provider_command
 
 KEY = "sk-test-fake-0123456789"
 OPENAI_HEADERS = {"Authorization": f"Bearer {KEY}"}
@@ -48,57 +53,32 @@ def http() -> Iterator[httpx.Client]:
         yield client
 
 
-def openai(
-    http: httpx.Client,
-    fp: FakeProvider,
-    text: str = "hello world",
-    model: str = "gpt-4o-mini",
-    headers: dict[str, str] | None = None,
-    **extra: Any,
+def _user(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+def _post(
+    http: httpx.Client, url: str, body: dict[str, Any], headers: dict[str, str] | None, default: dict[str, str]
 ) -> httpx.Response:
-    body = {"model": model, "messages": [{"role": "user", "content": text}], **extra}
-    return http.post(
-        f"{fp.openai_base}/chat/completions",
-        json=body,
-        headers=OPENAI_HEADERS if headers is None else headers,
-    )
+    return http.post(url, json=body, headers=default if headers is None else headers)
 
 
-def anthropic(
-    http: httpx.Client,
-    fp: FakeProvider,
-    text: str = "hello world",
-    model: str = "claude-sonnet-4-5",
-    headers: dict[str, str] | None = None,
-    **extra: Any,
-) -> httpx.Response:
-    body = {
-        "model": model,
-        "max_tokens": 1024,
-        "messages": [{"role": "user", "content": text}],
-        **extra,
-    }
-    return http.post(
-        f"{fp.anthropic_base}/v1/messages",
-        json=body,
-        headers=ANTHROPIC_HEADERS if headers is None else headers,
-    )
+def openai(http: httpx.Client, fp: FakeProvider, text: str = "hello world", model: str = "gpt-4o-mini",
+           headers: dict[str, str] | None = None, **extra: Any) -> httpx.Response:  # fmt: skip
+    body = {"model": model, "messages": _user(text), **extra}
+    return _post(http, f"{fp.openai_base}/chat/completions", body, headers, OPENAI_HEADERS)
 
 
-def cohere(
-    http: httpx.Client,
-    fp: FakeProvider,
-    text: str = "hello world",
-    model: str = "command-a-03-2025",
-    headers: dict[str, str] | None = None,
-    **extra: Any,
-) -> httpx.Response:
-    body = {"model": model, "messages": [{"role": "user", "content": text}], **extra}
-    return http.post(
-        f"{fp.cohere_base}/v2/chat",
-        json=body,
-        headers=COHERE_HEADERS if headers is None else headers,
-    )
+def anthropic(http: httpx.Client, fp: FakeProvider, text: str = "hello world", model: str = "claude-sonnet-4-5",
+              headers: dict[str, str] | None = None, **extra: Any) -> httpx.Response:  # fmt: skip
+    body = {"model": model, "max_tokens": 1024, "messages": _user(text), **extra}
+    return _post(http, f"{fp.anthropic_base}/v1/messages", body, headers, ANTHROPIC_HEADERS)
+
+
+def cohere(http: httpx.Client, fp: FakeProvider, text: str = "hello world", model: str = "command-a-03-2025",
+           headers: dict[str, str] | None = None, **extra: Any) -> httpx.Response:  # fmt: skip
+    body = {"model": model, "messages": _user(text), **extra}
+    return _post(http, f"{fp.cohere_base}/v2/chat", body, headers, COHERE_HEADERS)
 
 
 # --------------------------------------------------------------------------------------
@@ -111,6 +91,83 @@ def test_addresses_follow_each_sdk_convention(fp: FakeProvider) -> None:
     assert fp.openai_base == f"{fp.url}/v1"
     assert fp.anthropic_base == fp.url
     assert fp.cohere_base == fp.url
+    assert [fp.base_url(p) for p in ("openai", "anthropic", "cohere")] == [fp.openai_base, fp.url, fp.url]
+
+
+def test_an_unknown_provider_is_an_error(fp: FakeProvider) -> None:
+    with pytest.raises(ValueError, match="azure"):
+        fp.base_url("azure")
+    with pytest.raises(ValidationError, match="azure"):
+        FakeProvider(expected_api_keys={"azure": "k"})
+
+
+def test_environ_points_every_provider_at_the_fake(fp: FakeProvider) -> None:
+    assert fp.environ() == {
+        "OPENAI_BASE_URL": fp.openai_base,
+        "ANTHROPIC_BASE_URL": fp.anthropic_base,
+        "CO_API_URL": fp.cohere_base,
+    }
+    assert set(fp.environ()) == {PROVIDERS[name].api_base_env_vars[0] for name in PROVIDERS}
+
+
+def test_every_provider_has_a_fake_format_in_the_package() -> None:
+    assert list(FORMATS) == list(PROVIDERS)
+    for name, fmt in FORMATS.items():
+        assert type(fmt).__module__ == f"batcher.testing.formats.{name}"
+
+
+@pytest.mark.parametrize("provider", list(PROVIDERS))
+def test_each_adapter_and_its_fake_format_agree(fp: FakeProvider, http: httpx.Client, provider: str) -> None:
+    """batcher's request, the fake's answer, batcher's reading of it: success, truncation, errors."""
+    route = Route(provider, f"{provider}-model")
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello world"}]
+
+    def call(**params: Any) -> Any:
+        request = build_request(route, messages, params, api_key=KEY, api_base=fp.base_url(provider))
+        return parse_response(route, http.send(request))
+
+    reply = call()
+    assert (reply.choices[0].message.content, reply.choices[0].finish_reason) == ("echo: hello world", "stop")
+    assert reply.usage is not None and reply.usage.prompt_tokens == 4 and reply.usage.completion_tokens == 3
+    cut = call(max_tokens=2)
+    assert (cut.choices[0].message.content, cut.choices[0].finish_reason) == ("echo: hello", "length")
+    fp.set_behaviour(route.model, fail_always_status=429, retry_after_s=7)
+    with pytest.raises(RateLimitError) as limited:
+        call()
+    assert limited.value.retry_after_s == 7.0
+    fp.set_behaviour(route.model, context_window=1)
+    with pytest.raises(ContextWindowExceededError):
+        call()
+    assert [r.provider for r in fp.requests] == [provider] * 4
+
+
+def test_formats_refuse_a_taken_name_or_path() -> None:
+    class Copy(type(FORMATS["cohere"])):  # type: ignore[misc]
+        name = "cohere-copy"
+
+    with pytest.raises(ValueError, match="already"):
+        register_format(FORMATS["openai"])
+    with pytest.raises(ValueError, match="/v2/chat"):
+        register_format(Copy())
+    assert "cohere-copy" not in FORMATS
+
+
+def test_fake_provider_helper_points_this_process_at_it_and_restores_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-mine")
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    with fake_provider(default={"answer": "configured"}) as fake:
+        assert os.environ["OPENAI_BASE_URL"] == fake.openai_base
+        assert os.environ["OPENAI_API_KEY"] == "sk-mine"  # a key that is set stays
+        assert os.environ["ANTHROPIC_API_KEY"] == "sk-fake-anthropic"
+        route = resolve_route("claude-x")
+        api_base = resolve_api_base(route.provider, None, os.environ)
+        key = os.environ["ANTHROPIC_API_KEY"]
+        request = build_request(route, [{"role": "user", "content": "hi"}], {}, api_key=key, api_base=api_base)
+        with httpx.Client() as client:
+            assert parse_response(route, client.send(request)).choices[0].message.content == "configured"
+    assert "OPENAI_BASE_URL" not in os.environ and "ANTHROPIC_API_KEY" not in os.environ
+    assert os.environ["OPENAI_API_KEY"] == "sk-mine"
 
 
 def test_openai_chat_completion_shape(fp: FakeProvider, http: httpx.Client) -> None:
@@ -930,7 +987,7 @@ def test_cli_serves_until_sigterm(tmp_path: Any) -> None:
         [
             sys.executable,
             "-c",
-            "from batcher.fake_provider import fake_provider_command; fake_provider_command()",
+            "from batcher.testing.cli import fake_provider_command; fake_provider_command()",
             "--port",
             "0",
             "--expected-key",

@@ -6,7 +6,7 @@ import uuid
 from typing import Any
 
 from batcher._config import Settings
-from batcher._db.store import ClaimedRequest
+from batcher._db.rows import ClaimedRequest
 from workers._context import WorkerContext
 from workers._execute import _requeue
 

@@ -14,37 +14,24 @@ import pytest
 
 from batcher._egress import EGRESS_EXTENSION
 from batcher._exceptions import InvalidRequestError, MalformedResponseError, ProviderError
-from batcher._providers import Route, build_request, check_params, complete, send
-from batcher._providers._base import MAX_ERROR_CHARS, NAMED_BASE_ERROR_CHARS, parse_http_response
+from batcher._providers import PROVIDERS, Route, build_request, check_params, complete, send
+from batcher._providers._errors import MAX_ERROR_CHARS, NAMED_BASE_ERROR_CHARS, parse_http_response
+from batcher.testing import get_format
 
 KEY = "sk-tenant-own-0123456789abcdef"
+MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-sonnet-4-5", "cohere": "command-r"}
 ROUTES = {
-    "openai": (Route("openai", "gpt-4o-mini"), "https://api.openai.com/v1"),
-    "anthropic": (Route("anthropic", "claude-sonnet-4-5"), "https://api.anthropic.com"),
-    "cohere": (Route("cohere", "command-r"), "https://api.cohere.com"),
+    name: (Route(name, MODELS.get(name, f"{name}-model")), adapter.default_api_base)
+    for name, adapter in PROVIDERS.items()
 }
+KEY_HEADERS = {"anthropic": "x-api-key"}  # the header that carries the key, where it is not Authorization
 MESSAGES = [{"role": "user", "content": "hi"}]
 
 
 def echo_body(provider: str, text: str) -> dict[str, Any]:
-    if provider == "anthropic":
-        return {
-            "id": "m",
-            "type": "message",
-            "role": "assistant",
-            "model": "claude",
-            "content": [{"type": "text", "text": text}],
-            "stop_reason": "end_turn",
-            "usage": {"input_tokens": 1, "output_tokens": 1},
-        }
-    if provider == "cohere":
-        return {
-            "id": "c",
-            "finish_reason": "COMPLETE",
-            "message": {"role": "assistant", "content": [{"type": "text", "text": text}]},
-            "usage": {"tokens": {"input_tokens": 1, "output_tokens": 1}},
-        }
-    return {"id": "c", "created": 1, "model": "m", "choices": [{"message": {"content": text}, "finish_reason": "stop"}]}
+    """A success answering ``text`` in ``provider``'s shape, as the fake provider's format writes one."""
+    _, body = get_format(provider).success(ROUTES[provider][0].model, text, False, 1, 1, {})
+    return body
 
 
 def call(
@@ -71,8 +58,7 @@ def test_extra_headers_reach_the_request_and_the_key_header_stays_batchers(provi
     )
     assert request.headers["x-team"] == "a"
     assert request.headers.get_list("accept") == ["*/*"]
-    key_header = "x-api-key" if provider == "anthropic" else "authorization"
-    assert KEY in request.headers[key_header]
+    assert KEY in request.headers[KEY_HEADERS.get(provider, "authorization")]
 
 
 def test_an_extra_header_may_choose_the_anthropic_version_but_never_the_key() -> None:
@@ -108,7 +94,7 @@ def test_a_request_h11_refuses_to_send_is_an_invalid_request_never_retried() -> 
 @pytest.mark.parametrize("provider", sorted(ROUTES))
 def test_an_echoed_key_is_redacted_from_the_answer_before_it_is_stored(provider: str) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
-        sent = request.headers.get("authorization") or request.headers["x-api-key"]
+        sent = request.headers[KEY_HEADERS.get(provider, "authorization")]
         return httpx.Response(200, json={**echo_body(provider, f"you sent {sent}"), "echo": {"key": KEY}})
 
     response = call(provider, handler)

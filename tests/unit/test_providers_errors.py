@@ -7,6 +7,7 @@ import gzip
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import httpx
@@ -23,20 +24,25 @@ from batcher._exceptions import (
     ProviderTimeoutError,
     RateLimitError,
 )
-from batcher._providers import Route, complete, parse_response, redact, retry_after_seconds
-from batcher._providers._base import parse_duration
+from batcher._providers import PROVIDERS, Route, complete, parse_response, redact, retry_after_seconds
+from batcher._providers._retry_after import parse_duration
+from batcher.testing import Failure, get_format
 
 KEY = "sk-secret-0123456789abcdef"
+PROVIDER_NAMES = list(PROVIDERS)  # every registered provider: each brings its fake format (the error bodies)
+MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-sonnet-4-5", "cohere": "command-r"}
 ROUTES = {
-    "openai": (Route("openai", "gpt-4o-mini"), "https://api.openai.com/v1"),
-    "anthropic": (Route("anthropic", "claude-sonnet-4-5"), "https://api.anthropic.com"),
-    "cohere": (Route("cohere", "command-r"), "https://api.cohere.com"),
+    name: (Route(name, MODELS.get(name, f"{name}-model")), adapter.default_api_base)
+    for name, adapter in PROVIDERS.items()
 }
-ERROR_BODIES: dict[str, Callable[[str], dict[str, Any]]] = {
-    "openai": lambda m: {"error": {"message": m, "type": "invalid_request_error", "param": None, "code": None}},
-    "anthropic": lambda m: {"type": "error", "error": {"type": "invalid_request_error", "message": m}},
-    "cohere": lambda m: {"id": "e1", "message": m},
-}
+
+
+def error_body(provider: str, message: str) -> dict[str, Any]:
+    """A 400's body in ``provider``'s shape, as the fake provider's format for it writes one."""
+    return get_format(provider).error_body(Failure(400, "bad_request", message), ROUTES[provider][0].model, "req_1")
+
+
+ERROR_BODIES: dict[str, Callable[[str], dict[str, Any]]] = {name: partial(error_body, name) for name in PROVIDER_NAMES}
 HTML_502 = (
     "<html><head><title>502 Bad Gateway</title><style>body{color:red}</style></head>"
     "<body><center><h1>502 Bad Gateway</h1></center><hr><center>nginx</center></body></html>"
@@ -68,7 +74,7 @@ def fail(provider: str, handler: Callable[[httpx.Request], httpx.Response], **kw
     return info.value
 
 
-@pytest.mark.parametrize("provider", ["openai", "anthropic", "cohere"])
+@pytest.mark.parametrize("provider", PROVIDER_NAMES)
 @pytest.mark.parametrize(
     ("status", "cls"),
     [
@@ -276,7 +282,7 @@ def test_retry_after_function_with_fixed_now() -> None:
 # --- bodies that are not the expected JSON -----------------------------------------------
 
 
-@pytest.mark.parametrize("provider", ["openai", "anthropic", "cohere"])
+@pytest.mark.parametrize("provider", PROVIDER_NAMES)
 def test_html_on_200_is_malformed(provider: str) -> None:
     page = "<html><body><h1>Welcome to our captive portal</h1></body></html>"
     err = fail(provider, lambda r: httpx.Response(200, html=page))
@@ -287,7 +293,7 @@ def test_html_on_200_is_malformed(provider: str) -> None:
     assert "<h1>" not in str(err)
 
 
-@pytest.mark.parametrize("provider", ["openai", "anthropic", "cohere"])
+@pytest.mark.parametrize("provider", PROVIDER_NAMES)
 def test_html_on_502_is_a_server_error_with_the_page_text(provider: str) -> None:
     err = fail(provider, lambda r: httpx.Response(502, html=HTML_502))
     assert type(err) is ProviderServerError
@@ -297,14 +303,14 @@ def test_html_on_502_is_a_server_error_with_the_page_text(provider: str) -> None
     assert "color:red" not in str(err)
 
 
-@pytest.mark.parametrize("provider", ["openai", "anthropic", "cohere"])
+@pytest.mark.parametrize("provider", PROVIDER_NAMES)
 def test_truncated_json_is_malformed(provider: str) -> None:
     err = fail(provider, lambda r: httpx.Response(200, content=b'{"id": "x", "choices": [{"mess'))
     assert type(err) is MalformedResponseError
     assert "not JSON" in str(err)
 
 
-@pytest.mark.parametrize("provider", ["openai", "anthropic", "cohere"])
+@pytest.mark.parametrize("provider", PROVIDER_NAMES)
 def test_empty_and_non_object_bodies_are_malformed(provider: str) -> None:
     assert type(fail(provider, lambda r: httpx.Response(200, content=b""))) is MalformedResponseError
     assert type(fail(provider, lambda r: httpx.Response(200, json=[1, 2]))) is MalformedResponseError
@@ -428,7 +434,7 @@ def leaky_handlers() -> list[Callable[[httpx.Request], httpx.Response]]:
     ]
 
 
-@pytest.mark.parametrize("provider", ["openai", "anthropic", "cohere"])
+@pytest.mark.parametrize("provider", PROVIDER_NAMES)
 @pytest.mark.parametrize("index", range(len(leaky_handlers())))
 def test_no_error_message_contains_the_api_key(provider: str, index: int) -> None:
     err = fail(provider, leaky_handlers()[index])

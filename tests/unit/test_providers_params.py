@@ -7,14 +7,14 @@ from typing import Any
 import pytest
 
 from batcher._exceptions import InvalidRequestError, UnsupportedParamsError
-from batcher._providers import Route, build_request, check_params
+from batcher._providers import PROVIDERS, Route, build_request, check_params
 
 TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
 
 
 def test_supported_params_are_kept_unchanged() -> None:
     params = {"temperature": 0.5, "max_tokens": 10, "stop": ["x"], "tools": [TOOL], "tool_choice": "auto"}
-    for provider in ("openai", "anthropic", "cohere"):
+    for provider in PROVIDERS:
         assert check_params(provider, params, drop_params=False) == params
 
 
@@ -77,7 +77,7 @@ def test_drop_params_drops_only_the_unsupported() -> None:
     assert check_params("openai", params, drop_params=True) == params
 
 
-@pytest.mark.parametrize("provider", ["openai", "anthropic", "cohere"])
+@pytest.mark.parametrize("provider", list(PROVIDERS))
 @pytest.mark.parametrize("drop_params", [False, True])
 def test_stream_is_always_refused(provider: str, drop_params: bool) -> None:
     with pytest.raises(UnsupportedParamsError) as info:

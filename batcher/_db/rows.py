@@ -1,0 +1,122 @@
+"""The values the job store takes and gives back, shared by both implementations and their callers."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A job to insert: ``queued``, its counters at zero."""
+
+    id: uuid.UUID
+    kind: str
+    params: dict[str, Any]
+    """The job's options and provider parameters (see ``batcher._submit.job_params``)."""
+    total: int = 0
+    """Usually set once its requests are stored (``set_total``)."""
+    deadline_at: datetime | None = None
+    credentials: str | None = None
+    user_metadata: dict[str, Any] | None = None
+    owner_id: uuid.UUID | None = None
+    idempotency_key: str | None = None
+    idempotency_fingerprint: str | None = None
+    queue: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewRequest:
+    """A validated request, ready to be stored."""
+
+    idx: int
+    model: str
+    provider: str
+    messages: list[dict[str, Any]]
+    params: dict[str, Any] | None = None
+    custom_id: str | None = None
+    messages_json: str | None = None
+    """``messages`` already serialised (validation measured it), so ``COPY`` does not serialise it again."""
+    params_json: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedRequest:
+    """What a worker needs to make one provider call, read in the claim's round trip."""
+
+    request_id: int
+    job_id: uuid.UUID
+    idx: int
+    kind: str
+    model: str
+    provider: str
+    messages: list[dict[str, Any]]
+    job_params: dict[str, Any]
+    """The job's options and provider parameters (see ``batcher._submit.job_params``)."""
+    request_params: dict[str, Any] | None
+    """Provider parameters of this request alone, overriding the job's."""
+    attempts: int
+    """This attempt's number (the claim bumped it): the fence of every later write of the attempt."""
+    deadline_at: datetime | None
+    credentials: str | None
+    queue: str | None = None
+    """The job's broker queue (``None`` for jobs stored before it was recorded)."""
+
+    @classmethod
+    def from_row(
+        cls, row: Mapping[Any, Any], job_id: uuid.UUID, idx: int, *, attempts: int, deadline_at: datetime | None
+    ) -> ClaimedRequest:
+        """From the claim's row: the request's columns and its job's (``kind``, ``job_params``, ``credentials``...)."""
+        return cls(
+            request_id=row["id"],
+            job_id=job_id,
+            idx=idx,
+            kind=row["kind"],
+            model=row["model"],
+            provider=row["provider"],
+            messages=row["messages"],
+            job_params=row["job_params"] or {},
+            request_params=row["params"],
+            attempts=attempts,
+            deadline_at=deadline_at,
+            credentials=row["credentials"],
+            queue=row["queue"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """The job row's counters after a request reached a final state."""
+
+    total: int
+    done: int
+
+    @property
+    def complete(self) -> bool:
+        return self.done >= self.total
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A provider's answer to store (``record_success``)."""
+
+    body: dict[str, Any]
+    """The normalised ``chat.completion`` object."""
+    provider: str
+    model: str
+    usage: dict[str, Any] | None
+    latency_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """What an attempt that did not succeed leaves on its request (``record_end``, ``record_retry``)."""
+
+    error_type: str | None
+    error: str | None
+    status_code: int | None = None
+    latency_ms: float | None = None
+    """``record_end`` only; ``None`` keeps the latency stored on the request."""

@@ -1,0 +1,222 @@
+"""The HTTP transport: a batcher service (``batcher api``) reached over HTTP.
+
+Selected by ``Client(base_url=..., api_key=...)`` or ``BATCHER_API_URL`` / ``BATCHER_API_KEY``: the
+caller then needs no database or broker credentials. Creates carry an ``Idempotency-Key`` reused
+across this transport's retries, so a retried create never runs the work twice. The service's
+OpenAI-shaped errors come back as batcher's exceptions (``checked``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+
+from batcher._config import Settings
+from batcher._exceptions import (
+    BatcherError,
+    ConfigurationError,
+    IdempotencyKeyReusedError,
+    InvalidRequestError,
+    JobNotFoundError,
+    MissingAPIKeyError,
+    ServiceUnavailableError,
+    UnknownModelError,
+    UnsupportedParamsError,
+)
+from batcher._jobs import JobStatus, Result
+from batcher._response import ModelResponse
+from batcher._states import JobKind
+from batcher._submit import RequestSpec
+from batcher._transport import Poll, Transport, Until
+from batcher._validation import check_json_value
+
+RETRIES = 2
+"""Extra attempts after a connection error or a 5xx (creates are safe: they carry an idempotency key)."""
+LONG_POLL_S = 20.0
+"""Longest one ``/wait`` call blocks on the server."""
+TIMEOUT = httpx.Timeout(60.0, connect=10.0)
+
+_INVALID_CODES: dict[str, type[InvalidRequestError]] = {
+    "unknown_model": UnknownModelError,
+    "missing_api_key": MissingAPIKeyError,
+    "unsupported_params": UnsupportedParamsError,
+    "idempotency_key_reused": IdempotencyKeyReusedError,
+}
+
+
+class APIError(BatcherError):
+    """The service answered with an error this client has no better exception for."""
+
+    def __init__(self, message: str, *, status_code: int) -> None:
+        self.status_code = status_code
+        super().__init__(message)
+
+
+class HttpTransport(Transport):
+    """Talks to a batcher HTTP service; the same verbs as the local transport."""
+
+    wait_slice_s = LONG_POLL_S
+
+    def __init__(self, settings: Settings, *, base_url: str | None = None, api_key: str | None = None) -> None:
+        self.settings = settings
+        url = base_url or settings.api_url
+        if not url:
+            raise ConfigurationError("no service URL: pass base_url= or set BATCHER_API_URL")
+        key = api_key or (settings.api_key.get_secret_value() if settings.api_key else None)
+        if not key:
+            raise ConfigurationError("no API key for the batcher service: pass api_key= or set BATCHER_API_KEY")
+        self.base_url = url.rstrip("/").removesuffix("/v1")
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            headers={"Authorization": f"Bearer {key}", "User-Agent": "batcher-remote"},
+            timeout=TIMEOUT,
+        )
+
+    def __repr__(self) -> str:
+        return f"<HttpTransport {self.base_url}>"
+
+    def close(self) -> None:
+        self._http.close()
+
+    def request(self, method: str, path: str, *, retries: int = RETRIES, **kwargs: Any) -> httpx.Response:
+        """One call, retried after connection errors and 5xx; errors raised as batcher's exceptions."""
+        for attempt in range(retries + 1):
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                if attempt == retries:
+                    raise ConfigurationError(f"cannot reach the batcher service at {self.base_url}: {exc}") from None
+                time.sleep(0.5 * 2**attempt)
+                continue
+            if response.status_code >= 500 and attempt < retries:
+                time.sleep(0.5 * 2**attempt)
+                continue
+            return checked(response)
+        raise AssertionError("unreachable")
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self.request(method, path, **kwargs).json()
+
+    # --- submission --------------------------------------------------------------------------------
+
+    def submit_conversations(self, model: str, conversations: Sequence[Any], kwargs: dict[str, Any]) -> uuid.UUID:
+        return self._create({"kind": "batch", "model": model, "messages": list(conversations)}, kwargs)
+
+    def submit_fanout(self, kind: JobKind, models: list[str], messages: Any, kwargs: dict[str, Any]) -> uuid.UUID:
+        return self._create({"kind": kind.value, "models": models, "messages": messages}, kwargs)
+
+    def submit_requests(self, requests: Iterable[RequestSpec], kwargs: dict[str, Any]) -> uuid.UUID:
+        """Spooled to a temporary JSONL file (never whole in memory), uploaded, then run as one job."""
+        with tempfile.TemporaryFile("w+b") as spool:
+            for idx, spec in enumerate(requests):
+                where = spec.where or f"requests[{idx}]"
+                check_json_value(spec.messages, f"{where}.messages")
+                if spec.params:
+                    check_json_value(spec.params, f"{where}.params")
+                line: dict[str, Any] = {**(spec.params or {}), "model": spec.model, "messages": spec.messages}
+                if spec.custom_id is not None:
+                    line["custom_id"] = spec.custom_id
+                spool.write(json.dumps(line).encode() + b"\n")
+            spool.seek(0)
+            return self.submit_file(spool, None, kwargs)
+
+    def submit_file(self, file: IO[bytes] | str | Path, default_model: str | None, kwargs: dict[str, Any]) -> uuid.UUID:
+        """Upload the JSONL file as it is (the service parses it) and run it as one batch job."""
+        if isinstance(file, str | Path):
+            with Path(file).open("rb") as handle:
+                return self.submit_file(handle, default_model, kwargs)
+        raw_name = getattr(file, "name", None)
+        name = Path(raw_name).name if isinstance(raw_name, str) and raw_name else "prompts.jsonl"
+        # Not retried: the stream is consumed. (A create is, with its idempotency key.)
+        uploaded = self.request(
+            "POST", "/v1/files", retries=0, files={"file": (name, file)}, data={"purpose": "batch"}
+        ).json()
+        try:
+            return self._create({"kind": "batch", "model": default_model, "input_file_id": uploaded["id"]}, kwargs)
+        finally:
+            # The job holds its own copy of every request; a leftover upload would only be clutter.
+            with contextlib.suppress(BatcherError):
+                self.request("DELETE", f"/v1/files/{uploaded['id']}")
+
+    def _create(self, body: dict[str, Any], kwargs: dict[str, Any]) -> uuid.UUID:
+        # The body must survive JSON encoding: NaN, deep nesting, sets or lone surrogates would fail
+        # inside httpx with no field named. Refused here with the line the service would answer.
+        if body.get("messages") is not None:
+            check_json_value(body["messages"], "messages")
+        body["params"] = {k: _jsonable(v) for k, v in kwargs.items() if v is not None}
+        check_json_value(body["params"], "params")
+        data = self._json("POST", "/v1/jobs", json=body, headers={"Idempotency-Key": str(uuid.uuid4())})
+        return uuid.UUID(data["id"])
+
+    # --- reading -----------------------------------------------------------------------------------
+
+    def status(self, job_id: uuid.UUID) -> JobStatus:
+        return JobStatus.model_validate(self._json("GET", f"/v1/jobs/{job_id}"))
+
+    def poll(self, job_id: uuid.UUID, timeout_s: float, until: Until) -> Poll:
+        data = self._json(
+            "GET",
+            f"/v1/jobs/{job_id}/wait",
+            params={"timeout": timeout_s, "until": until},
+            timeout=httpx.Timeout(timeout_s + 30.0, connect=10.0),
+        )
+        response = data.get("response")
+        return Poll(
+            JobStatus.model_validate(data["job"]),
+            ModelResponse.model_validate(response) if response is not None else None,
+        )
+
+    def results(self, job_id: uuid.UUID) -> Iterator[Result]:
+        """Streamed JSONL from the service, in input order (never the whole job in memory)."""
+        with self._http.stream("GET", f"/v1/jobs/{job_id}/results") as response:
+            if response.status_code >= 400:
+                response.read()
+                checked(response)
+            for line in response.iter_lines():
+                if line.strip():
+                    yield Result.from_line(json.loads(line))
+
+    def write_jsonl(self, job_id: uuid.UUID, out: IO[bytes]) -> None:
+        for result in self.results(job_id):
+            out.write(json.dumps(result.as_line()).encode() + b"\n")
+
+    def cancel(self, job_id: uuid.UUID) -> JobStatus:
+        return JobStatus.model_validate(self._json("POST", f"/v1/jobs/{job_id}/cancel"))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    return value
+
+
+def checked(response: httpx.Response) -> httpx.Response:
+    """Turn the service's OpenAI-shaped errors back into batcher's exceptions."""
+    if response.status_code < 400:
+        return response
+    try:
+        error = response.json()["error"]
+        message, param, code = str(error.get("message")), error.get("param"), error.get("code")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        message, param, code = response.text[:500], None, None
+    if response.status_code == 401:
+        raise ConfigurationError(f"the batcher service refused the API key: {message}")
+    if response.status_code == 404:
+        raise JobNotFoundError(message)
+    if response.status_code in (400, 413, 422):
+        cls = _INVALID_CODES.get(code or "", InvalidRequestError)
+        field = param if isinstance(param, str) else None
+        text = message.removeprefix(f"{field}: ") if field else message
+        raise cls(text, field=field)
+    if response.status_code == 503:
+        raise ServiceUnavailableError(f"the batcher service is unavailable: {message}")
+    raise APIError(f"batcher service error {response.status_code}: {message}", status_code=response.status_code)

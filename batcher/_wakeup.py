@@ -1,0 +1,86 @@
+"""Wake-ups: how a waiting caller learns, without polling, that its job finished or its race was won.
+
+The protocol, in one place for its three parties (the worker that announces, the Python client and
+the HTTP service that wait):
+
+* an event is a small JSON object pushed on a per-job Redis list (``batcher:job:done:<job>``,
+  ``batcher:race:win:<job>``), whose expiry is (re)armed with every push;
+* a waiter ``BLPOP``s the lists it cares about and **pushes the event back** (expiry re-armed: the
+  pop may have deleted the list and its TTL), so every other waiter of the same job sees it too;
+* Redis may lose an event at any moment: waiters wake at least every ``WAIT_SLICE_S`` to re-read
+  Postgres, which always knows the truth. A lost wake-up costs latency, never correctness.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from batcher import _keys
+
+WAIT_SLICE_S = 1.0
+"""Longest a waiter blocks on Redis before it reads Postgres again (events may be lost)."""
+
+Event = dict[str, Any]
+
+
+def announce_done(client: Any, job_id: str, state: str) -> None:
+    """The job reached its final ``state`` (the finalizer, and a cancel that finalizes at once)."""
+    _push(client, _keys.job_done_key(job_id), {"event": "done", "state": state, "at": time.time()})
+
+
+def announce_win(client: Any, job_id: str, idx: int, response: dict[str, Any]) -> None:
+    """A race's winner hands its answer to the waiting caller, before it is durably stored."""
+    _push(client, _keys.race_win_key(job_id), {"event": "win", "idx": idx, "response": response})
+
+
+def done_keys(job_id: str, *, first_response: bool = False) -> list[str]:
+    """The lists a waiter watches: the job's end, and with ``first_response`` its race's win too."""
+    keys = [_keys.job_done_key(job_id)]
+    return [_keys.race_win_key(job_id), *keys] if first_response else keys
+
+
+def wait(client: Any, keys: list[str], timeout_s: float) -> Event | None:
+    """Block up to ``timeout_s`` for an event on ``keys``; returns it (left for others), or ``None``."""
+    item = client.blpop(keys, timeout=max(timeout_s, 0.01))
+    if item is None:
+        return None
+    key, raw = item
+    _give_back(client, key, raw)
+    return _decode(raw)
+
+
+async def await_event(client: Any, keys: list[str], timeout_s: float) -> Event | None:
+    """``wait`` for an asyncio Redis client: a long-polled HTTP wait holds no thread."""
+    item = await client.blpop(keys, timeout=max(timeout_s, 0.01))
+    if item is None:
+        return None
+    key, raw = item
+    pipe = client.pipeline()
+    pipe.rpush(key, raw)
+    pipe.expire(key, _keys.WAKE_TTL_S)
+    await pipe.execute()
+    return _decode(raw)
+
+
+def _push(client: Any, key: str, event: Event) -> None:
+    pipe = client.pipeline()
+    pipe.rpush(key, json.dumps(event))
+    pipe.expire(key, _keys.WAKE_TTL_S)
+    pipe.execute()
+
+
+def _give_back(client: Any, key: Any, raw: Any) -> None:
+    pipe = client.pipeline()
+    pipe.rpush(key, raw)
+    pipe.expire(key, _keys.WAKE_TTL_S)
+    pipe.execute()
+
+
+def _decode(raw: Any) -> Event | None:
+    try:
+        event = json.loads(raw)
+    except (TypeError, ValueError):
+        return None
+    return event if isinstance(event, dict) else None

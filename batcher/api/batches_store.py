@@ -1,0 +1,169 @@
+"""The SQL of OpenAI-style batches (the ``batches`` table). Postgres only, as the HTTP service is.
+
+Every status change is guarded by the status it expects (``WHERE status = 'validating'``), so two
+replicas advancing the same batch, or a reader racing a cancel, change it once. The job a batch
+runs is stored and controlled through the job store (``batcher._db.contract``); the file records
+of its output and error files through ``batcher._files_store``.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+from batcher._validation import text_problem
+
+_LOAD = """
+    SELECT b.*, j.state AS job_state, j.total AS job_total, j.succeeded AS job_succeeded,
+           j.failed AS job_failed, j.cancelled AS job_cancelled, j.expired AS job_expired,
+           j.finished_at AS job_finished_at
+      FROM batches AS b LEFT JOIN jobs AS j ON j.id = b.job_id
+"""
+
+_TERMINAL_SQL = "('completed', 'failed', 'expired', 'cancelled')"
+
+
+def try_lock(conn: Connection, batch_id: str) -> bool:
+    """A transaction-scoped advisory lock on one batch; False if another session holds it."""
+    got: bool = conn.execute(
+        text("SELECT pg_try_advisory_xact_lock(hashtextextended(:id, 0))"), {"id": batch_id}
+    ).scalar_one()
+    return got
+
+
+def load(conn: Connection, batch_id: str) -> dict[str, Any] | None:
+    """The batch with its job's state and counters (``job_*``), or ``None``."""
+    if text_problem(batch_id) is not None:  # an id Postgres cannot even compare names no batch
+        return None
+    row = conn.execute(text(_LOAD + " WHERE b.id = :id"), {"id": batch_id}).mappings().first()
+    return dict(row) if row else None
+
+
+def insert(
+    conn: Connection,
+    *,
+    batch_id: str,
+    owner_id: uuid.UUID,
+    input_file_id: str,
+    endpoint: str,
+    completion_window: str,
+    window: timedelta,
+    metadata: dict[str, str] | None,
+) -> tuple[str, bool]:
+    """Store a ``validating`` batch, one per (owner, input file): returns its id and whether it is new
+    (a second create of the same file returns the first batch's id)."""
+    inserted = conn.execute(
+        text(
+            "INSERT INTO batches (id, owner_id, input_file_id, endpoint, completion_window, batch_metadata, "
+            "status, expires_at) VALUES (:id, :owner, :file, :endpoint, :window, CAST(:metadata AS jsonb), "
+            "'validating', now() + make_interval(secs => :window_s)) "
+            "ON CONFLICT (owner_id, input_file_id) DO NOTHING RETURNING id"
+        ),
+        {
+            "id": batch_id,
+            "owner": owner_id,
+            "file": input_file_id,
+            "endpoint": endpoint,
+            "window": completion_window,
+            "metadata": json.dumps(metadata) if metadata is not None else None,
+            "window_s": window.total_seconds(),
+        },
+    ).scalar_one_or_none()
+    if inserted is not None:
+        return str(inserted), True
+    existing = conn.execute(
+        text("SELECT id FROM batches WHERE owner_id = :owner AND input_file_id = :file"),
+        {"owner": owner_id, "file": input_file_id},
+    ).scalar_one()
+    return str(existing), False
+
+
+def mark_failed(conn: Connection, batch_id: str, errors: list[dict[str, Any]]) -> None:
+    """``validating`` → ``failed``, with the lines' errors."""
+    conn.execute(
+        text(
+            "UPDATE batches SET status = 'failed', failed_at = now(), errors = CAST(:errors AS jsonb) "
+            "WHERE id = :id AND status = 'validating'"
+        ),
+        {"id": batch_id, "errors": json.dumps(errors)},
+    )
+
+
+def mark_in_progress(conn: Connection, batch_id: str, job_id: uuid.UUID) -> bool:
+    """``validating`` → ``in_progress``, running ``job_id``. False if it was no longer validating (cancelled)."""
+    started = conn.execute(
+        text(
+            "UPDATE batches SET status = 'in_progress', in_progress_at = now(), job_id = :job "
+            "WHERE id = :id AND status = 'validating' RETURNING id"
+        ),
+        {"id": batch_id, "job": job_id},
+    ).scalar_one_or_none()
+    return started is not None
+
+
+def mark_cancelling(conn: Connection, batch_id: str) -> None:
+    """``in_progress`` → ``cancelling``."""
+    conn.execute(
+        text(
+            "UPDATE batches SET status = 'cancelling', cancelling_at = now() WHERE id = :id AND status = 'in_progress'"
+        ),
+        {"id": batch_id},
+    )
+
+
+def cancel_validating(conn: Connection, batch_id: str) -> bool:
+    """``validating`` → ``cancelled`` at once (nothing was stored yet). False if validation finished meanwhile."""
+    done = conn.execute(
+        text(
+            "UPDATE batches SET status = 'cancelled', cancelling_at = now(), cancelled_at = now() "
+            "WHERE id = :id AND status = 'validating' RETURNING id"
+        ),
+        {"id": batch_id},
+    ).scalar_one_or_none()
+    return done is not None
+
+
+def mark_finalizing(conn: Connection, batch_id: str, at: datetime | None) -> None:
+    """``in_progress`` → ``finalizing`` since ``at`` (when its job finished)."""
+    conn.execute(
+        text("UPDATE batches SET status = 'finalizing', finalizing_at = :at WHERE id = :id AND status = 'in_progress'"),
+        {"id": batch_id, "at": at},
+    )
+
+
+_FINISH_COLUMNS = frozenset({"completed_at", "expired_at", "cancelled_at"})
+
+
+def finish(
+    conn: Connection,
+    batch_id: str,
+    *,
+    target: str,
+    column: str,
+    output_file_id: str | None,
+    error_file_id: str | None,
+    job_finished_at: datetime | None,
+) -> None:
+    """Any status not terminal → ``target`` (stamping ``column``), with its output and error files.
+
+    ``completed`` is stamped now; ``expired`` and ``cancelled`` when the job finished."""
+    if column not in _FINISH_COLUMNS:
+        raise ValueError(f"not a batch's final timestamp: {column!r}")
+    at = "now()" if target == "completed" else "COALESCE(:job_finished_at, now())"
+    conn.execute(
+        text(
+            f"UPDATE batches SET status = :target, {column} = {at}, "
+            f"output_file_id = :output, error_file_id = :error WHERE id = :id AND status NOT IN {_TERMINAL_SQL}"
+        ),
+        {
+            "id": batch_id,
+            "target": target,
+            "output": output_file_id,
+            "error": error_file_id,
+            "job_finished_at": job_finished_at,
+        },
+    )
