@@ -97,7 +97,7 @@ class Result:
             "model": self.model,
             "state": self.state.value,
             "attempts": self.attempts,
-            "response": self.response.model_dump(mode="json") if self.response else None,
+            "response": self.response.stored_body() if self.response else None,
             "error": (
                 {"type": type(error).__name__, "message": error.message, "status_code": error.status_code}
                 if error is not None

@@ -140,7 +140,7 @@ def _run_claimed(ctx: WorkerContext, job: uuid.UUID, claimed: ClaimedRequest) ->
         log.warning("request failed: %s", text, extra=extra)
         return "failed"
 
-    body = response.model_dump(mode="json")
+    body = response.stored_body()  # OpenAI's object plus the reserved keys of _hidden_params, _response_ms
     usage = body.get("usage")
     latency_ms = float(response.latency_ms or 0.0)
     # A race's caller is woken first, with the answer in hand; the durable write follows (a few

@@ -104,7 +104,8 @@ class Answer:
     """A provider's answer to store (``record_success``)."""
 
     body: dict[str, Any]
-    """The normalised ``chat.completion`` object."""
+    """The normalised ``chat.completion`` object (``ModelResponse.stored_body()``: with the reserved keys
+    ``_hidden_params`` and ``_response_ms``)."""
     provider: str
     model: str
     usage: dict[str, Any] | None

@@ -55,6 +55,7 @@ from typing import Any
 
 import httpx
 
+from batcher._cost import response_cost
 from batcher._providers._adapter import ProviderAdapter
 from batcher._providers._anthropic import ANTHROPIC_VERSION, DEFAULT_MAX_TOKENS
 from batcher._providers._errors import parse_http_response, request_secrets
@@ -71,6 +72,7 @@ from batcher._providers._registry import (
     unregister_provider,
 )
 from batcher._providers._retry_after import retry_after_seconds
+from batcher._ratelimit import deployment_id
 from batcher._response import ModelResponse
 from batcher._secrets import redact
 
@@ -83,8 +85,10 @@ __all__ = [
     "build_request",
     "check_params",
     "complete",
+    "fill_hidden_params",
     "get_adapter",
     "parse_response",
+    "public_base_url",
     "redact",
     "redact_response",
     "register_provider",
@@ -139,8 +143,8 @@ def complete(
     api_base: str,
     timeout_s: float,
 ) -> ModelResponse:
-    """One completion: build, send, parse. ``latency_ms`` is the time from sending to
-    having the whole answer."""
+    """One completion: build, send, parse. ``_response_ms`` (``latency_ms``) is the time from
+    sending to having the whole answer; ``_hidden_params`` as ``fill_hidden_params`` fills them."""
     adapter = get_adapter(route.provider)
     request = adapter.build_request(route.model, messages, params, api_key=api_key, api_base=api_base)
     started = time.perf_counter()
@@ -157,8 +161,46 @@ def complete(
     result = parse_http_response(adapter, route.model, response, secrets=secrets)
     if _may_echo(response.content, secrets):
         result = redact_response(result, secrets)
-    result.latency_ms = latency_ms
+    fill_hidden_params(result, route, api_base=api_base, api_key=api_key)
+    result._response_ms = latency_ms
     return result
+
+
+def fill_hidden_params(response: ModelResponse, route: Route, *, api_base: str, api_key: str | None) -> None:
+    """LiteLLM's ``_hidden_params`` of an answer: ``custom_llm_provider``, ``api_base`` (without
+    userinfo, query or fragment: nothing secret), ``model_id`` (the deployment, base URL and key,
+    as the rate limiter names it: a hash, never the key) and ``response_cost`` (USD, None for a
+    model without a known price)."""
+    usage = response.usage
+    details = usage.prompt_tokens_details if usage is not None else None
+    extra = usage.model_extra or {} if usage is not None else {}
+    cost = (
+        response_cost(
+            route.provider,
+            (response.model, route.model),
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            cached_tokens=(details.cached_tokens or 0) if details is not None else 0,
+            cache_write_tokens=int(extra.get("cache_creation_input_tokens") or 0),
+        )
+        if usage is not None
+        else None
+    )
+    response._hidden_params.update(
+        custom_llm_provider=route.provider,
+        api_base=public_base_url(api_base),
+        model_id=deployment_id(api_base, api_key),
+        response_cost=cost,
+    )
+
+
+def public_base_url(url: str) -> str:
+    """``url`` without userinfo, query or fragment: what may be shown and stored."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError):
+        return ""
+    return str(parsed.copy_with(username=None, password=None, query=None, fragment=None))
 
 
 def _may_echo(body: bytes, secrets: Sequence[str | None]) -> bool:
@@ -177,4 +219,7 @@ def redact_response(response: ModelResponse, secrets: Sequence[str | None]) -> M
     hidden = [*found, *(json.dumps(s)[1:-1] for s in found)]  # also as JSON text spells them
     if not any(s in text for s in hidden):
         return response
-    return ModelResponse.model_validate_json(redact(text, hidden))
+    redacted = ModelResponse.model_validate_json(redact(text, hidden))
+    redacted._hidden_params = dict(response._hidden_params)
+    redacted._response_ms = response._response_ms
+    return redacted

@@ -36,11 +36,14 @@ Translation from OpenAI's chat format:
 
 The answer: text blocks are joined into ``content``; ``tool_use`` blocks become
 ``tool_calls`` (``input`` as a JSON string); ``thinking`` blocks are kept as
-``reasoning_content`` and ``thinking_blocks`` (LiteLLM's names) so they can be sent back.
+``reasoning_content`` and ``thinking_blocks`` (LiteLLM's names, the blocks also in the message's
+``provider_specific_fields``) so they can be sent back.
 ``stop_reason``: end_turn / stop_sequence / pause_turn -> stop, max_tokens /
 model_context_window_exceeded -> length, tool_use -> tool_calls, refusal -> content_filter.
 ``prompt_tokens`` counts cache reads and writes too (input_tokens +
-cache_creation_input_tokens + cache_read_input_tokens, as the Usage docs define the total).
+cache_creation_input_tokens + cache_read_input_tokens, as the Usage docs define the total);
+``prompt_tokens_details.cached_tokens`` is cache_read_input_tokens (``cache_creation_tokens`` the
+writes, LiteLLM's name), and both Anthropic counts stay on ``usage`` under their own names.
 """
 
 from __future__ import annotations
@@ -256,8 +259,10 @@ class AnthropicAdapter(ProviderAdapter):
             "content": "".join(texts) if texts else None,
             "tool_calls": tool_calls or None,
         }
-        if thinking_blocks:
+        if thinking_blocks:  # LiteLLM's names: on the message and in its provider_specific_fields
             message["thinking_blocks"] = thinking_blocks
+            message["provider_specific_fields"] = {"thinking_blocks": thinking_blocks}
+        if reasoning:
             message["reasoning_content"] = "".join(reasoning)
 
         native = body.get("stop_reason")
@@ -276,15 +281,18 @@ class AnthropicAdapter(ProviderAdapter):
         cache_read = int(usage.get("cache_read_input_tokens") or 0)
         prompt = int(usage["input_tokens"]) + cache_write + cache_read
         completion = int(usage["output_tokens"])
+        details: dict[str, Any] = {"cached_tokens": cache_read}
+        if cache_write:
+            details["cache_creation_tokens"] = cache_write  # LiteLLM's PromptTokensDetailsWrapper name
         usage_fields: dict[str, Any] = {
             "prompt_tokens": prompt,
             "completion_tokens": completion,
             "total_tokens": prompt + completion,
+            "prompt_tokens_details": details,
+            # Anthropic's own counts, kept on usage as LiteLLM keeps them
+            "cache_creation_input_tokens": cache_write,
+            "cache_read_input_tokens": cache_read,
         }
-        if cache_write or cache_read:
-            usage_fields["prompt_tokens_details"] = {"cached_tokens": cache_read}
-            usage_fields["cache_creation_input_tokens"] = cache_write
-            usage_fields["cache_read_input_tokens"] = cache_read
 
         return ModelResponse.model_validate(
             {

@@ -26,7 +26,8 @@ The answer: ``message.content`` text items are joined (``thinking`` items become
 STOP_SEQUENCE -> stop, MAX_TOKENS -> length, TOOL_CALL -> tool_calls, ERROR_TOXIC ->
 content_filter (v1 value); ERROR and TIMEOUT mean the generation failed, so they raise
 ProviderServerError / ProviderTimeoutError (both retryable) instead of returning a partial
-answer. Usage comes from ``usage.tokens`` (what the model saw), else ``usage.billed_units``.
+answer. Usage comes from ``usage.tokens`` (what the model saw), else ``usage.billed_units``;
+``usage.cached_tokens`` becomes ``prompt_tokens_details.cached_tokens``.
 """
 
 from __future__ import annotations
@@ -230,7 +231,7 @@ class CohereAdapter(ProviderAdapter):
         )
 
 
-def _usage(usage: Any) -> dict[str, int] | None:
+def _usage(usage: Any) -> dict[str, Any] | None:
     if not isinstance(usage, Mapping):
         return None
     tokens = usage.get("tokens") or {}
@@ -243,7 +244,12 @@ def _usage(usage: Any) -> dict[str, int] | None:
         return int(value or 0)
 
     prompt, completion = count("input_tokens"), count("output_tokens")
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": int(usage.get("cached_tokens") or 0)},
+    }
 
 
 def _tool(tool: Mapping[str, Any]) -> dict[str, Any]:

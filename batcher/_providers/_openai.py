@@ -12,7 +12,9 @@ part of the base) and its ``Authorization: Bearer`` auth; the "Error codes" guid
 
 Messages and parameters are OpenAI's own, so they are sent unchanged; the answer is already
 in the normalised shape and only ``finish_reason`` is normalised (OpenAI-compatible servers
-send values such as ``eos``). For OpenAI's reasoning models (o-series, gpt-5) ``max_tokens``
+send values such as ``eos``; the native value is kept in ``provider_specific_fields``), and a
+``reasoning`` text (Groq, OpenRouter) is named ``reasoning_content`` as LiteLLM names it. For
+OpenAI's reasoning models (o-series, gpt-5) ``max_tokens``
 is sent as ``max_completion_tokens``, which they require. Fields such as ``id`` or
 ``created`` that some compatible servers leave out are filled in; only ``choices`` (each
 with a ``message``) is required.
@@ -46,7 +48,7 @@ _FINISH_REASONS: dict[str, FinishReason] = {
     "length": "length",
     "tool_calls": "tool_calls",
     "content_filter": "content_filter",
-    "function_call": "tool_calls",  # deprecated functions API
+    "function_call": "function_call",  # deprecated functions API (one of OpenAI's five, as LiteLLM keeps it)
     # values some OpenAI-compatible servers send
     "eos": "stop",
     "end_turn": "stop",
@@ -164,7 +166,9 @@ def _choice(index: int, raw: Any) -> dict[str, Any]:
     if not isinstance(message, Mapping):
         raise TypeError(f"choices[{index}].message is not an object")
     message = dict(message)
-    message.setdefault("role", "assistant")
+    message["role"] = "assistant"  # OpenAI's type allows nothing else; some servers send null
+    if isinstance(message.get("reasoning"), str) and "reasoning_content" not in message:
+        message["reasoning_content"] = message.pop("reasoning")  # Groq, OpenRouter: LiteLLM's name for it
     if message.get("tool_calls"):
         message["tool_calls"] = [_tool_call(tc) for tc in message["tool_calls"]]
     choice["message"] = message

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from batcher._exceptions import InvalidRequestError
-from batcher._response import FinishReason
+from batcher._response import FinishReason, map_finish_reason
 
 __all__ = [
     "content_text",
@@ -78,9 +78,11 @@ def named_tool_choice(tool_choice: Any) -> str | None:
 
 
 def finish_reason_fields(native: str | None, normalised: FinishReason | None) -> dict[str, Any]:
-    """The ``finish_reason`` keys of a choice; the provider's own value is kept when it
-    differs, under ``native_finish_reason``."""
-    fields: dict[str, Any] = {"finish_reason": normalised}
-    if native is not None and native != normalised:
-        fields["native_finish_reason"] = native
+    """The ``finish_reason`` keys of a choice, as LiteLLM's ``Choices`` sets them: one of OpenAI's
+    five (``normalised``, else LiteLLM's mapping: unknown or missing -> ``stop``), and the provider's
+    own value, when it differs, in ``provider_specific_fields["native_finish_reason"]``."""
+    reason = normalised or map_finish_reason(native)
+    fields: dict[str, Any] = {"finish_reason": reason}
+    if native is not None and native != reason:
+        fields["provider_specific_fields"] = {"native_finish_reason": native}
     return fields

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+from batcher._response import public_body
 from batcher._states import RequestState
 from batcher.api import batches_store
 from batcher.api.context import ApiContext
@@ -48,7 +49,7 @@ def _render(row: dict[str, Any], job_id: uuid.UUID) -> tuple[str, bytes] | None:
     rid = hashlib.blake2b(f"{job_id}:{row['idx']}".encode(), digest_size=12).hexdigest()
     line: dict[str, Any] = {"id": f"batch_req_{rid}", "custom_id": row["custom_id"], "response": None, "error": None}
     if state == RequestState.SUCCEEDED.value and row["body"] is not None:
-        line["response"] = {"status_code": 200, "request_id": f"req_{rid}", "body": row["body"]}
+        line["response"] = {"status_code": 200, "request_id": f"req_{rid}", "body": public_body(row["body"])}
         which = "output"
     elif state in _NEVER_RAN:
         line["error"] = {"code": _NEVER_RAN[state], "message": row["error"] or state}

@@ -82,7 +82,7 @@ def result_line(result: Result) -> ResultLine:
         state=result.state,
         attempts=result.attempts,
         latency_ms=result.latency_ms,
-        response=result.response.model_dump(mode="json") if result.response is not None else None,
+        response=result.response.stored_body() if result.response is not None else None,
         error=(
             ResultErrorOut(
                 type=type(result.error).__name__, message=str(result.error), status_code=result.error.status_code

@@ -53,6 +53,37 @@ def test_batch_completion_seed_call(client: Client) -> None:
     assert responses[0].usage is not None and responses[0].usage.total_tokens > 0
 
 
+def test_results_are_openai_types_and_keep_litellms_hidden_params_through_storage(client: Client) -> None:
+    """Read back from the store (or, in the race, from the winner's wake-up): still the openai SDK's
+    ChatCompletion, with LiteLLM's _hidden_params and _response_ms as the worker measured them."""
+    from openai.types.chat import ChatCompletion
+
+    responses = batch_completion(
+        model="gpt-4o-mini",
+        messages=[[{"role": "user", "content": "price me"}], [{"role": "user", "content": "and me"}]],
+        client=client,
+    )
+    for resp in responses:
+        assert isinstance(resp, ModelResponse) and isinstance(resp, ChatCompletion)
+        assert ChatCompletion.model_validate(resp.model_dump()).model_dump() == resp.model_dump()
+        hidden = resp._hidden_params
+        assert hidden["custom_llm_provider"] == "openai" and hidden["api_base"].startswith("http")
+        assert isinstance(hidden["model_id"], str)
+        assert isinstance(hidden["response_cost"], float) and hidden["response_cost"] > 0
+        assert isinstance(resp._response_ms, float) and resp._response_ms > 0
+        assert resp.usage is not None and resp.usage.prompt_tokens_details is not None
+        assert resp.usage.prompt_tokens_details.cached_tokens == 0
+        assert "_hidden_params" not in resp.model_dump() and resp.json()["choices"][0]["finish_reason"] == "stop"
+    winner = batch_completion_models(
+        models=["gpt-4o-mini", "claude-3-5-haiku-latest"], messages=MESSAGES, client=client
+    )
+    assert winner._hidden_params["custom_llm_provider"] == winner.provider
+    assert winner._response_ms is not None
+
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
 def test_batch_completion_stores_every_request_and_response(client: Client, fake_provider: FakeProvider) -> None:
     job = client.submit(
         model="gpt-4o-mini",

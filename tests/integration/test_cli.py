@@ -58,7 +58,7 @@ def test_submit_wait_status_results(client: Client, cluster_env: dict[str, str],
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [line["index"] for line in lines] == [0, 1, 2, 3]
     assert lines[3]["custom_id"] == "req-7" and lines[3]["model"] == "claude-3-5-haiku-latest"
-    assert lines[3]["response"]["provider"] == "anthropic"
+    assert lines[3]["response"]["_hidden_params"]["custom_llm_provider"] == "anthropic"
     assert lines[0]["response"]["choices"][0]["message"]["content"].endswith("a plain prompt")
 
 

@@ -267,7 +267,7 @@ def test_a_batch_runs_end_to_end_through_a_provider_defined_in_a_test(
             assert result.response is not None
             assert result.response.choices[0].message.content == "echo: hello number"  # cut to max_tokens=3
             assert result.response.choices[0].finish_reason == "length"
-            assert result.response.choices[0].native_finish_reason == "cut"  # type: ignore[attr-defined]
+            assert result.response.choices[0].provider_specific_fields == {"native_finish_reason": "cut"}
             assert result.response.provider == "parrot"
             assert result.response.usage is not None and result.response.usage.prompt_tokens == 3
             assert result.model == "parrot/polly" and i == result.index

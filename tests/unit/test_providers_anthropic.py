@@ -314,12 +314,20 @@ def test_text_and_tool_use_response() -> None:
     assert msg["reasoning_content"] == "Need weather."
     assert msg["thinking_blocks"] == [{"type": "thinking", "thinking": "Need weather.", "signature": "sig"}]
     assert resp.choices[0].finish_reason == "tool_calls"
-    assert resp.choices[0]["native_finish_reason"] == "tool_use"
+    assert resp.choices[0].provider_specific_fields == {"native_finish_reason": "tool_use"}
     assert resp.usage.prompt_tokens == 155
     assert resp.usage.completion_tokens == 30
     assert resp.usage.total_tokens == 185
-    assert resp.usage["prompt_tokens_details"] == {"cached_tokens": 50}
-    assert resp.latency_ms is not None
+    details = resp.usage.prompt_tokens_details
+    assert (details.cached_tokens, details["cache_creation_tokens"]) == (50, 5)  # an object, LiteLLM's names
+    assert (resp.usage["cache_read_input_tokens"], resp.usage["cache_creation_input_tokens"]) == (50, 5)
+    assert msg.reasoning_content == "Need weather."
+    assert msg.provider_specific_fields == {"thinking_blocks": msg.thinking_blocks}
+    assert msg.function_call is None
+    assert resp.latency_ms is not None and resp._response_ms == resp.latency_ms
+    assert resp._hidden_params["custom_llm_provider"] == "anthropic"
+    assert resp._hidden_params["api_base"] == BASE
+    assert resp._hidden_params["response_cost"] is not None and resp._hidden_params["response_cost"] > 0
 
 
 def test_tool_only_response_has_no_content() -> None:
@@ -339,13 +347,13 @@ def test_tool_only_response_has_no_content() -> None:
         ("tool_use", "tool_calls"),
         ("refusal", "content_filter"),
         ("pause_turn", "stop"),
-        ("something_new", None),
+        ("something_new", "stop"),  # unknown: LiteLLM's map_finish_reason says stop
     ],
 )
-def test_stop_reasons(stop_reason: str, finish_reason: str | None) -> None:
+def test_stop_reasons(stop_reason: str, finish_reason: str) -> None:
     resp = parse_response(ROUTE, httpx.Response(200, json=message(stop_reason=stop_reason)))
     assert resp.choices[0].finish_reason == finish_reason
-    assert resp.choices[0]["native_finish_reason"] == stop_reason
+    assert resp.choices[0].provider_specific_fields == {"native_finish_reason": stop_reason}
 
 
 def test_stop_sequence_is_kept() -> None:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from pydantic import ValidationError
 
-from batcher._response import Choice, Message, ModelResponse, ToolCall, Usage, mock_model_response
+from batcher._response import Choice, Message, ModelResponse, ToolCall, Usage, mock_model_response, public_body
 
 BODY = {
     "id": "chatcmpl-123",
@@ -60,7 +59,9 @@ def test_unknown_fields_are_kept_and_reachable() -> None:
     assert resp.choices[0]["logprobs"] is None
     assert resp.choices[0].message["refusal"] is None
     assert resp.usage is not None
-    assert resp.usage["prompt_tokens_details"] == {"cached_tokens": 0}
+    assert resp.usage.prompt_tokens_details is not None
+    assert resp.usage.prompt_tokens_details.cached_tokens == 0  # an object, as in the openai SDK
+    assert resp.usage["prompt_tokens_details"]["cached_tokens"] == 0
     assert "service_tier" in resp
     assert resp.model_dump()["service_tier"] == "default"
 
@@ -101,11 +102,26 @@ def test_json_round_trip_is_lossless() -> None:
     resp.provider = "openai"
     resp.latency_ms = 12.5
     dumped = resp.model_dump(mode="json")
-    again = ModelResponse.model_validate(dumped)
+    assert "provider" not in dumped and "latency_ms" not in dumped  # private, as LiteLLM's are
+    stored = resp.stored_body()
+    assert stored == {**dumped, "_hidden_params": {"custom_llm_provider": "openai"}, "_response_ms": 12.5}
+    again = ModelResponse.model_validate(stored)
     assert again == resp
-    assert again.model_dump(mode="json") == dumped
-    assert again.latency_ms == 12.5
-    assert ModelResponse.model_validate_json(resp.model_dump_json()) == resp
+    assert again.stored_body() == stored
+    assert again.latency_ms == 12.5 and again.provider == "openai"
+    assert ModelResponse.model_validate_json(json.dumps(stored)) == resp
+    assert public_body(stored) == dumped
+
+
+def test_bodies_stored_before_hidden_params_read_the_same() -> None:
+    """Older bodies kept provider and latency_ms at the top and the native reason on the choice."""
+    old = {**BODY, "provider": "anthropic", "latency_ms": 7.0}
+    old["choices"] = [{**BODY["choices"][0], "finish_reason": None, "native_finish_reason": "pause"}]  # type: ignore[index]
+    resp = ModelResponse.model_validate(old)
+    assert (resp.provider, resp.latency_ms, resp._response_ms) == ("anthropic", 7.0, 7.0)
+    assert resp.choices[0].finish_reason == "stop"
+    assert resp.choices[0].provider_specific_fields == {"native_finish_reason": "pause"}
+    assert "native_finish_reason" not in resp.choices[0]
 
 
 def test_defaults_and_usage_total() -> None:
@@ -126,11 +142,17 @@ def test_defaults_and_usage_total() -> None:
     assert resp.usage.total_tokens == 7
 
 
-def test_finish_reason_is_one_of_the_four() -> None:
-    with pytest.raises(ValidationError):
-        Choice.model_validate({"message": {"content": "x"}, "finish_reason": "end_turn"})
-    for reason in ("stop", "length", "tool_calls", "content_filter", None):
-        assert Choice.model_validate({"message": {}, "finish_reason": reason}).finish_reason == reason
+def test_finish_reason_is_one_of_openais_five() -> None:
+    """As LiteLLM's Choices: a provider's reason is mapped (unknown or missing: stop), the native one kept."""
+    end_turn = Choice.model_validate({"message": {"content": "x"}, "finish_reason": "end_turn"})
+    assert end_turn.finish_reason == "stop"
+    assert end_turn.provider_specific_fields == {"native_finish_reason": "end_turn"}
+    assert Choice.model_validate({"message": {}, "finish_reason": "whatever"}).finish_reason == "stop"
+    assert Choice.model_validate({"message": {}, "finish_reason": None}).finish_reason == "stop"
+    for reason in ("stop", "length", "tool_calls", "content_filter", "function_call"):
+        choice = Choice.model_validate({"message": {}, "finish_reason": reason})
+        assert (choice.finish_reason, choice.provider_specific_fields) == (reason, None)
+    assert Choice(message=Message(), finish_reason="end_turn").finish_reason == "stop"  # type: ignore[arg-type]
 
 
 def test_tool_call_defaults_to_function() -> None:

@@ -2,7 +2,9 @@
 ``anthropic-version``; the body requires ``model``, ``max_tokens`` and a non-empty ``messages``.
 
 Success is ``{id: "msg_...", type: "message", role: "assistant", model, content: [{type: "text",
-text}], stop_reason, stop_sequence, usage{input_tokens, output_tokens, ...}}``. Errors are
+text}], stop_reason, stop_sequence, usage{input_tokens, output_tokens, ...}}``; a request with
+``thinking: {type: "enabled"}`` gets a ``{type: "thinking", thinking, signature}`` block first, as
+extended thinking answers. Errors are
 ``{"type": "error", "error": {"type", "message"}, "request_id"}`` with the types of Anthropic's
 "Errors" page (400 invalid_request_error, 401 authentication_error, 403 permission_error, 404
 not_found_error, 413 request_too_large, 429 rate_limit_error, 500 api_error, 529
@@ -131,12 +133,17 @@ class AnthropicFormat(FakeFormat):
         body: dict[str, Any],
     ) -> tuple[str, dict[str, Any]]:
         rid = f"msg_01{random_id(22)}"
+        content: list[dict[str, Any]] = [{"type": "text", "text": text}]
+        thinking = body.get("thinking")
+        if isinstance(thinking, dict) and thinking.get("type") == "enabled":
+            # Extended thinking: a thinking block (with its signature) before the text, as the API sends it.
+            content.insert(0, {"type": "thinking", "thinking": f"thinking about: {text}", "signature": random_id(40)})
         return rid, {
             "id": rid,
             "type": "message",
             "role": "assistant",
             "model": model,
-            "content": [{"type": "text", "text": text}],
+            "content": content,
             "stop_reason": self.length_reason if truncated else "end_turn",
             "stop_sequence": None,
             "usage": {

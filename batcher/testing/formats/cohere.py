@@ -2,7 +2,8 @@
 
 Success is ``{id, finish_reason: "COMPLETE" | "MAX_TOKENS", message: {role: "assistant", content:
 [{type: "text", text}]}, usage: {billed_units: {input_tokens, output_tokens}, tokens:
-{input_tokens, output_tokens}}}`` (Cohere's Chat API reference and "Using the Chat API" page).
+{input_tokens, output_tokens}}}`` (Cohere's Chat API reference and "Using the Chat API" page); with
+``thinking: {type: "enabled"}`` a ``{type: "thinking", thinking}`` item comes before the text.
 Errors are ``{"message": "..."}`` with the messages of Cohere's "Errors" page ("no api key
 supplied", "invalid api token", "invalid request: ...", "You are past the per minute request
 limit, please wait and try again later.").
@@ -105,9 +106,13 @@ class CohereFormat(FakeFormat):
     ) -> tuple[str, dict[str, Any]]:
         rid = str(uuid.uuid4())
         counts = {"input_tokens": prompt_tokens, "output_tokens": completion_tokens}
+        content: list[dict[str, Any]] = [{"type": "text", "text": text}]
+        thinking = body.get("thinking")
+        if isinstance(thinking, dict) and thinking.get("type") == "enabled":
+            content.insert(0, {"type": "thinking", "thinking": f"thinking about: {text}"})  # reasoning models
         return rid, {
             "id": rid,
-            "message": {"role": "assistant", "content": [{"type": "text", "text": text}]},
+            "message": {"role": "assistant", "content": content},
             "finish_reason": self.length_reason if truncated else "COMPLETE",
             "usage": {"billed_units": counts, "tokens": dict(counts)},
         }
