@@ -102,6 +102,8 @@ def test_batch_round_trip_across_providers(sdk: openai.OpenAI, fake_provider: Fa
         assert o["error"] is None and o["id"].startswith("batch_req_")
         assert o["response"]["status_code"] == 200 and o["response"]["request_id"]
         assert o["response"]["body"]["object"] == "chat.completion"
+        assert not {"_hidden_params", "_response_ms"} & set(o["response"]["body"])  # OpenAI's object only
+        openai.types.chat.ChatCompletion.model_validate(o["response"]["body"])
     assert "openai 3" in out[3]["response"]["body"]["choices"][0]["message"]["content"]
 
     errors = jsonl(sdk.files.content(batch.error_file_id).read())
