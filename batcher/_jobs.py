@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from batcher._exceptions import RequestError, error_from_stored
+from batcher._exceptions import ProviderError, RequestError, error_from_stored
 from batcher._response import ModelResponse
 from batcher._states import JobKind, JobState, RequestState
 
@@ -99,7 +99,13 @@ class Result:
             "attempts": self.attempts,
             "response": self.response.stored_body() if self.response else None,
             "error": (
-                {"type": type(error).__name__, "message": error.message, "status_code": error.status_code}
+                {
+                    "type": type(error).__name__,
+                    "message": error.message,
+                    "status_code": error.http_status,
+                    "llm_provider": error.llm_provider,
+                    "body": error.body if isinstance(error, ProviderError) else None,
+                }
                 if error is not None
                 else None
             ),
@@ -123,7 +129,13 @@ class Result:
             if not state.is_final:
                 error_type, message = "RequestError", f"not finished yet ({state.value})"
             error = error_from_stored(
-                error_type, message, model=row["model"], provider=row["provider"], status_code=row["status_code"]
+                error_type,
+                message,
+                model=row["model"],
+                provider=row["provider"],
+                status_code=row["status_code"],
+                body=row.get("error_body") if state.is_final else None,
+                num_retries=max(row["attempts"] - 1, 0),
             )
         return cls(
             index=row["idx"],
@@ -143,7 +155,13 @@ class Result:
         if line.get("error") is not None:
             err = line["error"]
             error = error_from_stored(
-                err.get("type"), err.get("message"), model=line["model"], status_code=err.get("status_code")
+                err.get("type"),
+                err.get("message"),
+                model=line["model"],
+                provider=err.get("llm_provider"),
+                status_code=err.get("status_code"),
+                body=err.get("body"),
+                num_retries=max(int(line.get("attempts") or 0) - 1, 0),
             )
         response = line.get("response")
         return cls(

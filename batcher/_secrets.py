@@ -9,7 +9,8 @@ are read by each worker from its own environment and are never copied anywhere.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from cryptography.fernet import Fernet, InvalidToken
@@ -59,6 +60,17 @@ def redact(text: str, secrets: Iterable[str | None]) -> str:
     for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
         text = text.replace(secret, REDACTED)
     return text
+
+
+def redact_json(value: Any, secrets: Iterable[str | None]) -> Any:
+    """``value`` (decoded JSON) with ``redact`` applied to every string in it, keys included."""
+    if isinstance(value, str):
+        return redact(value, secrets)
+    if isinstance(value, Mapping):
+        return {redact(str(k), secrets): redact_json(v, secrets) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_json(v, secrets) for v in value]
+    return value
 
 
 def strip_url_credentials(url: str) -> str:

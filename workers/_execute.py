@@ -27,6 +27,7 @@ from batcher._exceptions import (
     AuthenticationError,
     ConfigurationError,
     InvalidRequestError,
+    ProviderError,
     RateLimitError,
     RequestError,
 )
@@ -34,7 +35,7 @@ from batcher._publish import RUN_REQUEST_TASK, publish_finalize, task_id
 from batcher._ratelimit import Bucket, deployment_id, estimate_tokens
 from batcher._response import mock_model_response
 from batcher._retry import RetryPolicy
-from batcher._secrets import redact, unseal
+from batcher._secrets import redact, redact_json, unseal
 from batcher._states import JobKind, RequestState
 from batcher._submit import queue_for
 from workers._context import WorkerContext
@@ -227,7 +228,8 @@ def _api_key(ctx: WorkerContext, claimed: ClaimedRequest, api_base: str) -> str:
             f"the job names an api_base that is not configured for {claimed.provider} nor allowed, without its own "
             "api_key: workers send their keys only to the bases configured with them",
             model=claimed.model,
-            provider=claimed.provider,
+            llm_provider=claimed.provider,
+            api_base=api_base,
         )
     key = _providers.resolve_api_key(claimed.provider, None, os.environ)
     if key is None:
@@ -236,7 +238,8 @@ def _api_key(ctx: WorkerContext, claimed: ClaimedRequest, api_base: str) -> str:
             f"worker {socket.gethostname()} has no API key for {claimed.provider}: set {names} in the "
             "workers' environment",
             model=claimed.model,
-            provider=claimed.provider,
+            llm_provider=claimed.provider,
+            api_base=api_base,
         )
     return key
 
@@ -285,7 +288,7 @@ def _failed(
     decision = policy.decide(err, claimed.attempts)
     if decision is not None:
         delay_s = decision.delay_s
-        failure = Failure(type(err).__name__, text, err.status_code)
+        failure = _failure_of(err, text, api_key)
         parked = _write(
             ctx,
             lambda conn: ctx.store.record_retry(
@@ -297,9 +300,16 @@ def _failed(
         _metrics.observe_retry(claimed.provider, claimed.model, type(err).__name__)
         log.info("attempt failed (%s), retrying in %.1f s", text, decision.delay_s, extra=extra)
         return "retrying"
-    _end(ctx, claimed, RequestState.FAILED, type(err).__name__, text, status_code=err.status_code)
+    _end(ctx, claimed, RequestState.FAILED, type(err).__name__, text, failure=_failure_of(err, text, api_key))
     log.warning("request failed: %s", text, extra=extra)
     return "failed"
+
+
+def _failure_of(err: RequestError, text: str, api_key: str | None) -> Failure:
+    """What the request row keeps of ``err``: the status the provider really answered with (``None``: no
+    answer; the exception read back supplies its class's status, 408 for a timeout) and its error body."""
+    body = err.body if isinstance(err, ProviderError) else None
+    return Failure(type(err).__name__, text, err.http_status, error_body=redact_json(body, [api_key]))
 
 
 def _end(
@@ -309,9 +319,9 @@ def _end(
     error_type: str,
     error: str,
     *,
-    status_code: int | None = None,
+    failure: Failure | None = None,
 ) -> None:
-    failure = Failure(error_type, error, status_code)
+    failure = failure or Failure(error_type, error)
     progress = _write(
         ctx,
         lambda conn: ctx.store.record_end(conn, claimed.request_id, state, attempt=claimed.attempts, failure=failure),

@@ -137,6 +137,8 @@ class Request(Base):
     error_type: Mapped[str | None] = mapped_column(String(64), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error_body: Mapped[Any] = mapped_column(JSONType, nullable=True)
+    """The provider's error object of the last failed attempt (``ProviderError.body``), keys redacted."""
     latency_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

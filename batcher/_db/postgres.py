@@ -101,7 +101,7 @@ _RECORD_SUCCESS = """
     WITH upd AS (
         UPDATE requests SET state = 'succeeded', finished_at = now(), latency_ms = %(latency_ms)s,
                             lease_until = NULL, worker_id = NULL, error_type = NULL, error = NULL,
-                            status_code = 200
+                            error_body = NULL, status_code = 200
          WHERE id = %(request_id)s AND state IN ('running', 'queued', 'retrying')
         RETURNING job_id
     ), ins AS (
@@ -126,7 +126,8 @@ _RECORD_END = {
         WITH upd AS (
             UPDATE requests SET state = '{state.value}', finished_at = now(), lease_until = NULL,
                                 worker_id = NULL, error_type = :error_type, error = :error,
-                                status_code = :status_code, latency_ms = COALESCE(:latency_ms, latency_ms)
+                                status_code = :status_code, error_body = CAST(:error_body AS jsonb),
+                                latency_ms = COALESCE(:latency_ms, latency_ms)
              WHERE id = :request_id AND state = 'running' AND attempts = :attempt
             RETURNING job_id
         )
@@ -151,7 +152,7 @@ _MARK_ENQUEUED = text("UPDATE jobs SET enqueued_at = now() WHERE id = :id")
 _RECORD_RETRY = text(
     "UPDATE requests SET state = 'retrying', lease_until = NULL, worker_id = NULL, "
     "error_type = :error_type, error = :error, status_code = :status_code, "
-    "next_attempt_at = now() + make_interval(secs => :delay_s) "
+    "error_body = CAST(:error_body AS jsonb), next_attempt_at = now() + make_interval(secs => :delay_s) "
     "WHERE id = :request_id AND state = 'running' AND attempts = :attempt"
 )
 
@@ -210,12 +211,15 @@ _JOB_ROW = text("SELECT * FROM jobs WHERE id = :id")
 _RESULTS = text(
     """
     SELECT r.idx, r.custom_id, r.model, r.provider, r.state, r.attempts, r.error_type, r.error,
-           r.status_code, r.latency_ms, resp.body
+           r.status_code, r.error_body, r.latency_ms, resp.body
       FROM requests AS r LEFT JOIN responses AS resp ON resp.request_id = r.id
      WHERE r.job_id = :job_id AND r.idx >= :start
      ORDER BY r.idx
     """
 )
+
+_NOT_PROVIDER = "'RequestError', 'RequestCancelledError', 'RequestExpiredError', 'WorkerLostError'"
+"""Outcomes that are not provider errors: a body left from an earlier attempt is not theirs."""
 
 _EXPORT_JSONL = """
 COPY (
@@ -226,15 +230,16 @@ COPY (
             WHEN resp.body IS NOT NULL THEN NULL
             WHEN r.state IN ('queued', 'running', 'retrying')
                 THEN json_build_object('type', 'RequestError', 'message', 'not finished yet (' || r.state || ')',
-                                       'status_code', NULL)
+                                       'status_code', NULL, 'llm_provider', r.provider, 'body', NULL)
             ELSE json_build_object('type', COALESCE(r.error_type, 'ProviderError'), 'message', COALESCE(r.error, ''),
-                                   'status_code', r.status_code)
+                                   'status_code', r.status_code, 'llm_provider', r.provider,
+                                   'body', CASE WHEN r.error_type IN ({_NOT_PROVIDER}) THEN NULL ELSE r.error_body END)
         END)
       FROM requests AS r LEFT JOIN responses AS resp ON resp.request_id = r.id
      WHERE r.job_id = %s
      ORDER BY r.idx
 ) TO STDOUT WITH (FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02')
-"""
+""".replace("{_NOT_PROVIDER}", _NOT_PROVIDER)
 # CSV with a quote and a delimiter JSON never contains (it escapes control characters): each
 # output line is the JSON text as is, with no COPY escaping to undo.
 
@@ -261,7 +266,9 @@ _JOBS_DUE_FOR_FINALIZE = text(
 
 
 def _failure(failure: Failure, **values: Any) -> dict[str, Any]:
-    return dataclasses.asdict(failure) | values
+    row = dataclasses.asdict(failure) | values
+    row["error_body"] = None if failure.error_body is None else json.dumps(failure.error_body, default=str)
+    return row
 
 
 class PostgresStore(JobStore):

@@ -121,3 +121,5 @@ class Failure:
     status_code: int | None = None
     latency_ms: float | None = None
     """``record_end`` only; ``None`` keeps the latency stored on the request."""
+    error_body: Any = None
+    """The provider's error object (``ProviderError.body``: decoded JSON, keys redacted), if it sent one."""

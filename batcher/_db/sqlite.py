@@ -51,6 +51,7 @@ _CLAIM_COLUMNS = (
 _RESULT_COLUMNS = (
     *(R.c[name] for name in ("idx", "custom_id", "model", "provider", "state", "attempts", "error_type", "error")),
     R.c.status_code,
+    R.c.error_body,
     R.c.latency_ms,
     RESP.c.body,
 )
@@ -227,6 +228,7 @@ class SqliteStore(JobStore):
                 worker_id=None,
                 error_type=None,
                 error=None,
+                error_body=None,
                 status_code=200,
             )
         ).rowcount
@@ -273,7 +275,12 @@ class SqliteStore(JobStore):
     def record_retry(
         self, conn: Connection, request_id: int, *, attempt: int, delay_s: float, failure: Failure
     ) -> bool:
-        error = {"error_type": failure.error_type, "error": failure.error, "status_code": failure.status_code}
+        error = {
+            "error_type": failure.error_type,
+            "error": failure.error,
+            "status_code": failure.status_code,
+            "error_body": failure.error_body,
+        }
         return _park(conn, request_id, attempt=attempt, delay_s=delay_s, **error)
 
     def record_deferral(self, conn: Connection, request_id: int, *, attempt: int, delay_s: float) -> bool:

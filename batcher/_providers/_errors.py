@@ -4,9 +4,10 @@ The rules are the providers' documented ones (OpenAI's Chat Completions referenc
 codes" guide, Anthropic's "Errors" page, docs.cohere.com v2 "Errors"), each declared by its
 adapter (``error_details``, ``error_type_statuses``, ``status_errors``,
 ``context_window_patterns``, ``request_id_headers``) and merged by the registry into one
-vocabulary; the rules here are the ones every provider shares: 429 is a rate limit, 408 a
-timeout, 401/403 authentication, 409 and 5xx server errors (the SDKs retry them), other 4xx
-bad requests (or a context-window error when the message says so).
+vocabulary; the rules here are the ones every provider shares, with the openai SDK's classes:
+429 is a rate limit, 408 a timeout, 401 authentication, 403 permission denied, 409 and 5xx
+server errors (the SDKs retry them), 404 not found, 422 unprocessable, other 4xx bad requests
+(or a context-window error when the message says so).
 """
 
 from __future__ import annotations
@@ -26,22 +27,28 @@ from batcher._exceptions import (
     BadRequestError,
     ContextWindowExceededError,
     MalformedResponseError,
+    NotFoundError,
+    PermissionDeniedError,
     ProviderConnectionError,
     ProviderError,
     ProviderServerError,
     ProviderTimeoutError,
     RateLimitError,
+    UnprocessableEntityError,
+    safe_request,
 )
 from batcher._providers._adapter import ProviderAdapter
 from batcher._providers._registry import vocabulary
 from batcher._providers._retry_after import retry_after_seconds
 from batcher._response import ModelResponse
-from batcher._secrets import redact
+from batcher._secrets import redact, redact_json
 
 __all__ = [
+    "MAX_ERROR_BODY_CHARS",
     "MAX_ERROR_CHARS",
     "NAMED_BASE_ERROR_CHARS",
     "body_snippet",
+    "error_body",
     "error_class_for",
     "error_details",
     "error_from_response",
@@ -53,6 +60,8 @@ __all__ = [
 ]
 
 MAX_ERROR_CHARS = 500
+MAX_ERROR_BODY_CHARS = 4_000
+"""A provider's error object is kept whole on the exception (and stored) up to this size as JSON."""
 NAMED_BASE_ERROR_CHARS = 120
 """An answer from a base a caller named (neither configured nor allowed) is quoted this short in errors."""
 
@@ -129,14 +138,20 @@ def is_context_window_error(message: str, code: str | None) -> bool:
     return (code or "").lower() in words.context_window_codes or bool(words.context_window_re.search(message))
 
 
+_CLIENT_ERRORS: dict[int, type[ProviderError]] = {404: NotFoundError, 422: UnprocessableEntityError}
+"""4xx with a class of their own (the openai SDK's); other 4xx are ``BadRequestError``s."""
+
+
 def error_class_for(status: int, message: str, code: str | None) -> type[ProviderError]:
     """The batcher error class for an HTTP status (and, for 4xx, the provider's message)."""
     if status == 429:
         return RateLimitError
     if status == 408:
         return ProviderTimeoutError
-    if status in (401, 403):
+    if status == 401:
         return AuthenticationError
+    if status == 403:
+        return PermissionDeniedError
     own = vocabulary().status_errors.get(status)  # a provider's own status (Cohere's 498, 499)
     if own is not None:
         return own
@@ -147,7 +162,7 @@ def error_class_for(status: int, message: str, code: str | None) -> type[Provide
     if 400 <= status < 500:
         if is_context_window_error(message, code):
             return ContextWindowExceededError
-        return BadRequestError
+        return _CLIENT_ERRORS.get(status, BadRequestError)
     return ProviderError  # 1xx / 3xx: nothing we know how to handle
 
 
@@ -218,13 +233,43 @@ def error_from_response(
     if request_id:
         text += f" [request id {truncate(request_id, 100)}]"
 
-    kw: dict[str, Any] = {"model": model, "provider": provider, "status_code": status}
+    kw: dict[str, Any] = {
+        "model": model,
+        "llm_provider": provider,
+        "status_code": status,
+        "response": response,
+        "body": error_body(body, message, limit, secrets),
+    }
     if cls is RateLimitError:
         wait = retry_after_seconds(response.headers)
         if wait is not None:
             text += f" (retry after {wait:g}s)"
         return RateLimitError(redact(text, secrets), retry_after_s=wait, **kw)
     return cls(redact(text, secrets), **kw)
+
+
+_OPENAI_ERROR_FIELDS = ("message", "type", "param", "code")
+
+
+def error_body(body: Any, message: str, limit: int = MAX_ERROR_CHARS, secrets: Iterable[str | None] = ()) -> Any:
+    """The ``body`` of a provider error, as the openai SDK sets it: the ``error`` object of a JSON body
+    (the whole body when it has none), else the text. Keys are redacted; an answer from a base a
+    caller named, or one over ``MAX_ERROR_BODY_CHARS``, keeps only OpenAI's four fields, cut to ``limit``."""
+    if not isinstance(body, Mapping):
+        return redact(message, secrets)
+    inner: Any = body.get("error", body)
+    if isinstance(inner, str):
+        return redact(truncate(inner, limit), secrets)
+    inner = redact_json(inner, secrets)
+    if limit >= MAX_ERROR_CHARS and len(json.dumps(inner, default=str)) <= MAX_ERROR_BODY_CHARS:
+        return inner
+    if not isinstance(inner, Mapping):
+        return redact(message, secrets)
+    return {
+        k: truncate(v, limit) if isinstance(v, str) else v
+        for k in _OPENAI_ERROR_FIELDS
+        if isinstance(v := inner.get(k), str | int | float | bool)
+    }
 
 
 def malformed(
@@ -241,8 +286,9 @@ def malformed(
     return MalformedResponseError(
         redact(text, secrets),
         model=model,
-        provider=provider,
-        status_code=response.status_code,
+        llm_provider=provider,
+        response=response,
+        body=redact(snippet, secrets),
     )
 
 
@@ -271,8 +317,9 @@ def parse_http_response(
         raise ProviderConnectionError(
             redact(f"{provider}: the response body could not be read: {exc}", secrets),
             model=model,
-            provider=provider,
+            llm_provider=provider,
             status_code=response.status_code,
+            request=sent,
         ) from None
 
     if not 200 <= response.status_code < 300:
@@ -290,9 +337,12 @@ def parse_http_response(
     try:
         result = adapter.parse_body(model, body)
     except ProviderError as exc:  # the adapter judged the answer a failure (Cohere ERROR)
-        exc.provider = exc.provider or provider
+        exc.llm_provider = exc.llm_provider or provider
         exc.model = exc.model or model
-        exc.status_code = exc.status_code or response.status_code
+        exc.http_status = exc.http_status or response.status_code
+        exc.request = safe_request(sent)
+        if exc.response is not None:
+            exc.response.request = exc.request
         raise
     except (KeyError, TypeError, ValueError, AttributeError, pydantic.ValidationError) as exc:
         what = f"missing key {exc}" if isinstance(exc, KeyError) else f"unexpected JSON ({exc})"

@@ -55,7 +55,7 @@ def send(
 
     def fail(cls: type[ProviderError], what: str, status: int | None = None) -> ProviderError:
         text = f"{provider or 'provider'}: {what} ({_where(request)})"
-        return cls(redact(text, hidden), model=model, provider=provider, status_code=status)
+        return cls(redact(text, hidden), model=model, llm_provider=provider, status_code=status, request=request)
 
     try:
         response = client.send(request, stream=True)

@@ -15,7 +15,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from batcher import _wakeup
-from batcher._exceptions import InvalidRequestError, JobNotFoundError
+from batcher._exceptions import InvalidRequestError, JobNotFoundError, ProviderError
 from batcher._files import decode_line, read_jsonl
 from batcher._files_store import FILE_PURPOSE_BATCH, get_file, iter_chunks, iter_lines
 from batcher._jobs import JobStatus, Result
@@ -85,7 +85,11 @@ def result_line(result: Result) -> ResultLine:
         response=result.response.stored_body() if result.response is not None else None,
         error=(
             ResultErrorOut(
-                type=type(result.error).__name__, message=str(result.error), status_code=result.error.status_code
+                type=type(result.error).__name__,
+                message=str(result.error),
+                status_code=result.error.http_status,
+                llm_provider=result.error.llm_provider,
+                body=result.error.body if isinstance(result.error, ProviderError) else None,
             )
             if result.error is not None
             else None

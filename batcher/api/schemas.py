@@ -409,6 +409,10 @@ class ResultErrorOut(BaseModel):
     type: str
     message: str
     status_code: int | None = None
+    """The status the provider answered with (``None``: no answer); clients rebuild the exception's own."""
+    llm_provider: str | None = None
+    body: Any = None
+    """The provider's error object (keys redacted), for ``e.body`` / ``e.code`` on the client."""
 
 
 class ResultLine(BaseModel):

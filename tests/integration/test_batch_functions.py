@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import httpx
+import openai
 import pytest
 
 from batcher import (
@@ -12,6 +14,8 @@ from batcher import (
     ContextWindowExceededError,
     JobState,
     ModelResponse,
+    ProviderServerError,
+    RateLimitError,
     RequestState,
     batch_completion,
     batch_completion_models,
@@ -191,6 +195,41 @@ def test_fastest_all_fail_lists_every_model(client: Client, fake_provider: FakeP
     assert "gpt-down: AuthenticationError" in str(info.value)
     assert "claude-down: BadRequestError" in str(info.value)
     assert job.status().state is JobState.FAILED
+
+
+def test_failures_are_the_openai_sdks_exceptions(client: Client, fake_provider: FakeProvider) -> None:
+    """Issue #13: code written around LiteLLM (``except openai.RateLimitError`` / ``openai.APIError``) catches
+    batcher's failures, which carry LiteLLM's attributes."""
+    fake_provider.set_behaviour("gpt-sdk-limited", ModelBehaviour(fail_always_status=429, error_message="slow down"))
+    fake_provider.set_behaviour("claude-sdk-down", ModelBehaviour(fail_always_status=503))
+    responses = batch_completion(
+        model="gpt-sdk-limited", messages=[[{"role": "user", "content": "hi"}]], num_retries=0, client=client
+    )
+    err = responses[0]
+    assert isinstance(err, RateLimitError)
+    with pytest.raises(openai.RateLimitError) as caught:
+        raise err  # as a caller re-raising a failed slot would
+    assert caught.value is err
+    assert (err.status_code, err.llm_provider, err.model) == (429, "openai", "gpt-sdk-limited")
+    assert isinstance(err.response, httpx.Response) and err.response.status_code == 429
+    assert isinstance(err.body, dict) and err.body["message"] == "slow down"  # the provider's error object
+    assert err.code == err.body.get("code")
+    assert err.num_retries == 0
+
+    with pytest.raises(openai.APIError) as every:  # what a caller around LiteLLM writes
+        batch_completion_models(
+            models=["gpt-sdk-limited", "claude-sdk-down"],
+            messages=[{"role": "user", "content": "anyone?"}],
+            num_retries=0,
+            client=client,
+        )
+    assert isinstance(every.value, AllModelsFailedError)
+    failures = every.value.errors
+    assert isinstance(failures["gpt-sdk-limited"], RateLimitError)
+    down = failures["claude-sdk-down"]
+    assert isinstance(down, ProviderServerError) and isinstance(down, openai.InternalServerError)
+    assert (down.status_code, down.llm_provider) == (503, "anthropic")
+    assert every.value.status_code in (429, 503)  # the last failure's, as LiteLLM raises the last one
 
 
 def test_all_responses_keep_positions_with_failures(client: Client, fake_provider: FakeProvider) -> None:

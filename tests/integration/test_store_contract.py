@@ -34,7 +34,7 @@ from batcher._states import RequestState
 R = Request.__table__.c
 RESP = Response.__table__.c
 MESSAGES = [{"role": "user", "content": "hi"}]
-BOOM = Failure("ProviderError", "boom", 500)
+BOOM = Failure("ProviderError", "boom", 500, error_body={"message": "boom", "code": "engine_down", "param": None})
 TIMEOUT_S, MARGIN_S = 600.0, 30.0
 
 
@@ -413,7 +413,7 @@ def test_a_retry_parks_the_request_and_keeps_the_attempt_spent(engine: Engine, s
 
     def retry(attempt: int) -> bool:
         with engine.begin() as conn:
-            failure = Failure("ProviderServerError", "503", 503)
+            failure = Failure("ProviderServerError", "503", 503, error_body="upstream overloaded")
             return store.record_retry(conn, claimed.request_id, attempt=attempt, delay_s=30, failure=failure)
 
     assert not retry(claimed.attempts + 1)  # fenced
@@ -426,6 +426,7 @@ def test_a_retry_parks_the_request_and_keeps_the_attempt_spent(engine: Engine, s
         "ProviderServerError",
         503,
     )
+    assert row["error_body"] == "upstream overloaded"  # a text body, as the openai SDK keeps one
     assert row["worker_id"] is None and row["lease_until"] is None
     assert 20 < (row["next_attempt_at"] - row["started_at"]).total_seconds() < 40
     assert _counters(engine, store, job_id) == (1, 0, 0, 0, 0)  # not final: nothing counted
@@ -581,6 +582,7 @@ def test_results_stream_in_input_order_with_their_bodies(engine: Engine, store: 
         "error_type",
         "error",
         "status_code",
+        "error_body",
         "latency_ms",
         "body",
     }
@@ -592,6 +594,7 @@ def test_results_stream_in_input_order_with_their_bodies(engine: Engine, store: 
         ("queued", None),
     ]
     assert (rows[1]["error_type"], rows[1]["error"], rows[1]["status_code"]) == ("ProviderError", "boom", 500)
+    assert rows[1]["error_body"] == BOOM.error_body  # the provider's error object, for e.body / e.code
     assert list(store.stream_results(engine, uuid.uuid4())) == []
 
 
@@ -611,6 +614,8 @@ def test_the_database_writes_jsonl_where_it_can(engine: Engine, store: JobStore)
             "type": "RequestError",
             "message": "not finished yet (queued)",
             "status_code": None,
+            "llm_provider": "openai",
+            "body": None,
         }
     else:
         assert out.getvalue() == b""

@@ -233,10 +233,12 @@ def test_error_and_timeout_finish_reasons_raise_retryable_errors() -> None:
     with pytest.raises(ProviderServerError) as info:
         parse_response(ROUTE, httpx.Response(200, json=chat(finish_reason="ERROR")))
     assert info.value.provider == "cohere"
-    assert info.value.status_code == 200
+    assert info.value.status_code == 500  # an openai.InternalServerError; the answer itself was a 200
+    assert info.value.http_status == 200
     assert info.value.model == "command-a-03-2025"
-    with pytest.raises(ProviderTimeoutError):
+    with pytest.raises(ProviderTimeoutError) as timeout:
         parse_response(ROUTE, httpx.Response(200, json=chat(finish_reason="TIMEOUT")))
+    assert timeout.value.status_code == 408
 
 
 def test_no_usage_is_none() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import gzip
+import json
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -11,6 +12,7 @@ from functools import partial
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 from batcher._exceptions import (
@@ -18,11 +20,14 @@ from batcher._exceptions import (
     BadRequestError,
     ContextWindowExceededError,
     MalformedResponseError,
+    NotFoundError,
+    PermissionDeniedError,
     ProviderConnectionError,
     ProviderError,
     ProviderServerError,
     ProviderTimeoutError,
     RateLimitError,
+    UnprocessableEntityError,
 )
 from batcher._providers import PROVIDERS, Route, complete, parse_response, redact, retry_after_seconds
 from batcher._providers._retry_after import parse_duration
@@ -76,29 +81,35 @@ def fail(provider: str, handler: Callable[[httpx.Request], httpx.Response], **kw
 
 @pytest.mark.parametrize("provider", PROVIDER_NAMES)
 @pytest.mark.parametrize(
-    ("status", "cls"),
+    ("status", "cls", "sdk_cls"),
     [
-        (400, BadRequestError),
-        (404, BadRequestError),
-        (413, BadRequestError),
-        (422, BadRequestError),
-        (401, AuthenticationError),
-        (403, AuthenticationError),
-        (408, ProviderTimeoutError),
-        (409, ProviderServerError),
-        (429, RateLimitError),
-        (500, ProviderServerError),
-        (502, ProviderServerError),
-        (503, ProviderServerError),
-        (529, ProviderServerError),
+        (400, BadRequestError, openai.BadRequestError),
+        (404, NotFoundError, openai.NotFoundError),
+        (413, BadRequestError, openai.BadRequestError),
+        (422, UnprocessableEntityError, openai.UnprocessableEntityError),
+        (401, AuthenticationError, openai.AuthenticationError),
+        (403, PermissionDeniedError, openai.PermissionDeniedError),
+        (408, ProviderTimeoutError, openai.APITimeoutError),
+        (409, ProviderServerError, openai.InternalServerError),
+        (429, RateLimitError, openai.RateLimitError),
+        (500, ProviderServerError, openai.InternalServerError),
+        (502, ProviderServerError, openai.InternalServerError),
+        (503, ProviderServerError, openai.InternalServerError),
+        (529, ProviderServerError, openai.InternalServerError),
     ],
 )
-def test_status_mapping(provider: str, status: int, cls: type[ProviderError]) -> None:
+def test_status_mapping(provider: str, status: int, cls: type[ProviderError], sdk_cls: type[Exception]) -> None:
     err = fail(provider, lambda r: httpx.Response(status, json=ERROR_BODIES[provider]("it went wrong")))
     assert type(err) is cls
+    assert isinstance(err, sdk_cls)  # `except openai.RateLimitError` catches it, as it catches LiteLLM's
     assert err.status_code == status
-    assert err.provider == provider
+    assert err.provider == err.llm_provider == provider
     assert err.model == ROUTES[provider][0].model
+    # The provider's own answer and error object, as the openai SDK exposes them; no credential rides along.
+    assert err.response is not None and err.response.status_code == status
+    assert err.response.request is err.request and "authorization" not in err.request.headers
+    assert KEY not in repr(err.request.headers) and KEY not in str(err.request.url)
+    assert isinstance(err.body, dict) and "it went wrong" in json.dumps(err.body)
     assert "it went wrong" in str(err)
     assert f"HTTP {status}" in str(err)
     assert err.retryable == (cls in (RateLimitError, ProviderServerError, ProviderTimeoutError))
@@ -288,7 +299,8 @@ def test_html_on_200_is_malformed(provider: str) -> None:
     err = fail(provider, lambda r: httpx.Response(200, html=page))
     assert type(err) is MalformedResponseError
     assert err.retryable
-    assert err.status_code == 200
+    assert err.status_code == 500  # as LiteLLM's APIResponseValidationError
+    assert err.http_status == 200
     assert "Welcome to our captive portal" in str(err)
     assert "<h1>" not in str(err)
 
@@ -335,7 +347,8 @@ def test_error_body_on_200_is_an_error() -> None:
     body = {"error": {"message": "slow down", "code": 429}}
     err = fail("openai", lambda r: httpx.Response(200, json=body))
     assert type(err) is RateLimitError
-    assert err.status_code == 200
+    assert err.status_code == 429
+    assert err.http_status == 200
     assert type(fail("openai", lambda r: httpx.Response(200, json={"error": "engine crashed"}))) is (
         ProviderServerError
     )
@@ -375,7 +388,8 @@ def test_transport_errors(exc_type: type[httpx.TransportError], cls: type[Provid
     assert err.retryable
     assert err.provider == "anthropic"
     assert err.model == "claude-sonnet-4-5"
-    assert err.status_code is None
+    assert err.http_status is None  # no answer: nothing is stored
+    assert err.status_code == (408 if cls is ProviderTimeoutError else 500)  # LiteLLM's statuses
     assert "POST https://api.anthropic.com/v1/messages" in str(err)
 
 
@@ -388,7 +402,8 @@ def test_a_trickling_body_times_out() -> None:
     start = time.monotonic()
     err = fail("openai", lambda r: httpx.Response(200, content=slow()), timeout_s=0.2)
     assert type(err) is ProviderTimeoutError
-    assert err.status_code == 200
+    assert err.status_code == 408  # as LiteLLM's Timeout, whatever the status line said
+    assert err.http_status == 200
     assert time.monotonic() - start < 0.6
 
 

@@ -220,6 +220,7 @@ def test_router_provider_field_is_kept_under_another_name() -> None:
 def test_missing_required_keys_are_malformed(body: dict[str, Any]) -> None:
     with pytest.raises(MalformedResponseError) as info:
         parse_response(ROUTE, httpx.Response(200, json=body))
-    assert info.value.status_code == 200
+    assert info.value.status_code == 500
+    assert info.value.http_status == 200
     assert info.value.provider == "openai"
     assert info.value.model == "gpt-4o-mini"
