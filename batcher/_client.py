@@ -36,8 +36,10 @@ from batcher._transport import Transport
 from batcher._validation import (
     check_conversations_shape,
     check_single_conversation,
+    plain_conversation,
     split_call_kwargs,
     validate_messages,
+    with_provider,
 )
 
 PROGRESS_REFRESH_S = 0.25
@@ -117,8 +119,13 @@ class Client:
     # --- submission ------------------------------------------------------------------------------
 
     def submit(self, model: str, messages: Sequence[list[dict[str, Any]]], **kwargs: Any) -> Job:
-        """One request per conversation in ``messages``, all to ``model``. Returns at once."""
+        """One request per conversation in ``messages``, all to ``model``. Returns at once.
+
+        Messages may be dicts or message objects (a previous answer's ``choices[0].message``, any
+        pydantic model); ``custom_llm_provider="openai"`` routes ``model`` as ``"openai/<model>"``."""
         check_conversations_shape(messages)
+        model = with_provider(model, kwargs)
+        messages = [plain_conversation(conversation) for conversation in messages]
         split_call_kwargs(kwargs)  # options checked once, whatever the transport
         return Job(self, self.transport.submit_conversations(model, messages, kwargs), JobKind.BATCH)
 
@@ -144,9 +151,11 @@ class Client:
         if isinstance(models, str) or not isinstance(models, Sequence) or not models:
             raise InvalidRequestError("must be a non-empty list of model names", field="models")
         check_single_conversation(messages, sender="this call", example_prefix="messages=")
-        validate_messages(messages, "messages")
+        messages = validate_messages(messages, "messages")
+        models = [with_provider(model, kwargs, pop=False) for model in models]
+        kwargs.pop("custom_llm_provider", None)
         split_call_kwargs(kwargs)
-        return Job(self, self.transport.submit_fanout(kind, list(models), messages, kwargs), kind)
+        return Job(self, self.transport.submit_fanout(kind, models, messages, kwargs), kind)
 
     # --- reattaching -----------------------------------------------------------------------------
 

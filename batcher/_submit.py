@@ -64,6 +64,8 @@ def job_params(options: CallOptions) -> dict[str, Any]:
         stored["timeout_s"] = options.timeout_s
     if options.mock_response is not None:
         stored["mock_response"] = options.mock_response
+    if options.mock_error is not None:
+        stored["mock_error"] = options.mock_error
     if options.drop_params:
         stored["drop_params"] = True
     if options.max_attempts is not None:
@@ -121,12 +123,12 @@ class _Validator:
     def _check_base(self, route: _providers.Route) -> None:
         if self._base is None or self._egress is None or route.provider in self._based:
             return
-        if self.options.mock_response is None:  # a canned answer calls nobody
+        if not self.options.mocked:  # a canned answer calls nobody
             self._egress.check_named_base(route.provider, self._base, own_key=bool(self.options.api_key))
         self._based.add(route.provider)
 
     def _check_key(self, route: _providers.Route, model: str) -> None:
-        if route.provider in self._keyed or self.options.mock_response is not None or self.options.api_key:
+        if route.provider in self._keyed or self.options.mocked or self.options.api_key:
             return
         if _providers.resolve_api_key(route.provider, None, os.environ) is None:
             names = " or ".join(_providers.PROVIDERS[route.provider].api_key_env_vars)

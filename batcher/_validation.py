@@ -413,6 +413,8 @@ _CALL_OPTIONS = frozenset(
         "timeout",
         "request_timeout",
         "mock_response",
+        "mock_timeout",
+        "custom_llm_provider",
         "drop_params",
         "num_retries",
         "max_workers",
@@ -431,10 +433,18 @@ class CallOptions:
     api_base: str | None = None
     timeout_s: float | None = None
     mock_response: str | None = None
+    mock_error: dict[str, Any] | None = None
+    """A mocked failure (``mock_response`` an exception, or one of LiteLLM's error strings, or
+    ``mock_timeout=True``): ``{"type": <batcher class name>, "message": ..., "status_code": ...}``."""
     drop_params: bool = False
     max_attempts: int | None = None
     deadline: timedelta | None = None
     metadata: dict[str, Any] | None = None
+
+    @property
+    def mocked(self) -> bool:
+        """A canned answer or failure: no provider is called (so no key or base URL is needed)."""
+        return self.mock_response is not None or self.mock_error is not None
 
 
 def split_call_kwargs(kwargs: Mapping[str, Any]) -> CallOptions:
@@ -475,10 +485,31 @@ def split_call_kwargs(kwargs: Mapping[str, Any]) -> CallOptions:
             )
         opts.timeout_s = float(timeout)
     if (mock := kwargs.get("mock_response")) is not None:
-        if not isinstance(mock, str):
-            raise InvalidRequestError("must be the text of the canned answer", field="mock_response")
-        check_text(mock, "mock_response")
-        opts.mock_response = mock
+        if isinstance(mock, BaseException):
+            opts.mock_error = mock_error_of(mock)
+        elif not isinstance(mock, str):
+            raise InvalidRequestError(
+                "must be the text of the canned answer, an exception, or an error name such as "
+                "'litellm.RateLimitError'",
+                field="mock_response",
+            )
+        else:
+            check_text(mock, "mock_response")
+            if (error := MOCK_ERROR_STRINGS.get(mock)) is not None or mock.startswith(_CONTENT_FILTER_MOCK):
+                kind, message, status = error or ("BadRequestError", mock, 400)
+                opts.mock_error = {"type": kind, "message": message, "status_code": status}
+            else:
+                opts.mock_response = mock
+    if (mock_timeout := kwargs.get("mock_timeout")) is not None:
+        if not isinstance(mock_timeout, bool):
+            raise InvalidRequestError(f"must be true or false, got {_shown(mock_timeout)}", field="mock_timeout")
+        if mock_timeout:  # LiteLLM's mock: the call times out (batcher does not wait the timeout out)
+            opts.mock_response = None
+            opts.mock_error = {
+                "type": "ProviderTimeoutError",
+                "message": "mock timeout: the request timed out (mock_timeout=True)",
+                "status_code": 408,
+            }
     drop = kwargs.get("drop_params")
     if drop is not None and not isinstance(drop, bool):
         raise InvalidRequestError(f"must be true or false, got {_shown(drop)}", field="drop_params")
@@ -500,6 +531,100 @@ def split_call_kwargs(kwargs: Mapping[str, Any]) -> CallOptions:
         opts.metadata = metadata
     check_params(opts.params)
     return opts
+
+
+# --- mocked answers (LiteLLM's ``mock_response`` / ``mock_timeout``) --------------------------------
+
+MOCK_ERROR_STRINGS: dict[str, tuple[str, str, int]] = {
+    "litellm.RateLimitError": ("RateLimitError", "this is a mock rate limit error", 429),
+    "litellm.ContextWindowExceededError": (
+        "ContextWindowExceededError",
+        "this is a mock context window exceeded error",
+        400,
+    ),
+    "litellm.InternalServerError": ("ProviderServerError", "this is a mock internal server error", 500),
+}
+"""The ``mock_response`` strings LiteLLM turns into an error (``litellm/main.py``,
+``_handle_mock_potential_exceptions``): batcher class name, LiteLLM's message, status."""
+_CONTENT_FILTER_MOCK = "Exception: content_filter_policy"
+"""A ``mock_response`` starting with this is a 400 in LiteLLM (its Azure content-filter mock)."""
+
+_ERROR_NAMES: dict[str, str] = {
+    # LiteLLM's and openai's exception names -> batcher's class of the same meaning
+    "RateLimitError": "RateLimitError",
+    "Timeout": "ProviderTimeoutError",
+    "APITimeoutError": "ProviderTimeoutError",
+    "ProviderTimeoutError": "ProviderTimeoutError",
+    "APIConnectionError": "ProviderConnectionError",
+    "ProviderConnectionError": "ProviderConnectionError",
+    "InternalServerError": "ProviderServerError",
+    "ServiceUnavailableError": "ProviderServerError",
+    "BadGatewayError": "ProviderServerError",
+    "APIError": "ProviderServerError",
+    "ProviderServerError": "ProviderServerError",
+    "BadRequestError": "BadRequestError",
+    "NotFoundError": "BadRequestError",
+    "UnprocessableEntityError": "BadRequestError",
+    "ContentPolicyViolationError": "BadRequestError",
+    "ContextWindowExceededError": "ContextWindowExceededError",
+    "AuthenticationError": "AuthenticationError",
+    "PermissionDeniedError": "AuthenticationError",
+    "MalformedResponseError": "MalformedResponseError",
+    "RequestCancelledError": "RequestCancelledError",
+    "RequestExpiredError": "RequestExpiredError",
+}
+_DEFAULT_STATUS = {
+    "RateLimitError": 429,
+    "ProviderTimeoutError": 408,
+    "ProviderServerError": 500,
+    "BadRequestError": 400,
+    "ContextWindowExceededError": 400,
+    "AuthenticationError": 401,
+}
+
+
+def _class_for_status(status: int) -> str:
+    if status == 429:
+        return "RateLimitError"
+    if status == 408:
+        return "ProviderTimeoutError"
+    if status in (401, 403):
+        return "AuthenticationError"
+    if 400 <= status < 500:
+        return "BadRequestError"
+    return "ProviderServerError"
+
+
+def mock_error_of(exc: BaseException) -> dict[str, Any]:
+    """``mock_response=<an exception>``: the failure stored for every request of the call.
+
+    The class is found by name along the exception's MRO (LiteLLM's, openai's and batcher's names),
+    else by its ``status_code`` (LiteLLM raises a ``MockException`` with it, 500 by default)."""
+    status = getattr(exc, "status_code", None)
+    status = status if isinstance(status, int) and not isinstance(status, bool) else None
+    kind = next((_ERROR_NAMES[c.__name__] for c in type(exc).__mro__ if c.__name__ in _ERROR_NAMES), None)
+    if kind is None:
+        kind = _class_for_status(status or 500)
+    message = getattr(exc, "message", None)
+    if not isinstance(message, str):
+        message = str(exc)
+    message = re.sub(r"^litellm\.\w+: ", "", message)  # LiteLLM prefixes its class name
+    check_text(message, "mock_response")
+    return {"type": kind, "message": message, "status_code": status or _DEFAULT_STATUS.get(kind, 500)}
+
+
+def mock_response_string(exc: BaseException) -> str:
+    """An exception as the ``mock_response`` text that means the same error over HTTP, where only text
+    travels (``litellm.RateLimitError`` ...). Other classes cannot travel: refused, naming the field."""
+    kind = mock_error_of(exc)["type"]
+    for text, (name, _, _) in MOCK_ERROR_STRINGS.items():
+        if name == kind:
+            return text
+    raise InvalidRequestError(
+        f"a {type(exc).__name__} cannot be sent to a batcher service (only text travels); use one of "
+        f"{', '.join(repr(t) for t in MOCK_ERROR_STRINGS)}, or run the call in-process",
+        field="mock_response",
+    )
 
 
 def parse_window(value: Any) -> timedelta:
@@ -541,7 +666,10 @@ def validate_messages(messages: Any, where: str) -> list[dict[str, Any]]:
         )
     if not messages:
         raise InvalidRequestError("is empty; a conversation needs at least one message", field=where)
-    for i, message in enumerate(messages):
+    if not all(type(message) is dict for message in messages):
+        messages = [plain_message(message) for message in messages]
+    checked: list[dict[str, Any]] = messages
+    for i, message in enumerate(checked):
         here = f"{where}[{i}]"
         if not isinstance(message, dict):
             raise InvalidRequestError(
@@ -590,7 +718,60 @@ def validate_messages(messages: Any, where: str) -> list[dict[str, Any]]:
         for key, value in message.items():
             if type(value) is not str or type(key) is not str:
                 check_json_value({key: value}, here, depth=2, strings=False)
+    return checked
+
+
+_ANSWER_ONLY_KEYS = ("annotations", "provider_specific_fields", "reasoning_content", "thinking_blocks", "refusal")
+"""Keys of an answer's message (openai's, LiteLLM's) that a request's message does not take."""
+
+
+def plain_message(message: Any) -> Any:
+    """A message object (openai's ``ChatCompletionMessage``, LiteLLM's ``Message``, batcher's, any
+    pydantic model or ``Mapping``) as the plain dict a request carries: ``model_dump(exclude_none=True)``
+    without the keys only an answer has. Anything else is returned as it is (and refused by the caller)."""
+    if isinstance(message, dict):
+        return message
+    dump = getattr(message, "model_dump", None)
+    if callable(dump):
+        try:
+            plain = dump(exclude_none=True)
+        except TypeError:  # a model_dump without pydantic's keywords
+            plain = dump()
+        if isinstance(plain, dict):
+            for key in _ANSWER_ONLY_KEYS:
+                if not plain.get(key):
+                    plain.pop(key, None)
+            for key in ("provider_specific_fields", "reasoning_content", "thinking_blocks"):
+                plain.pop(key, None)  # LiteLLM's own additions: never part of a request
+            if plain.get("role") == "assistant" and plain.get("tool_calls") and "content" not in plain:
+                plain["content"] = None
+            return plain
+    if isinstance(message, Mapping):
+        return dict(message)
+    return message
+
+
+def plain_conversation(messages: Any) -> Any:
+    """``plain_message`` over one conversation (the same list when it holds only dicts)."""
+    if isinstance(messages, list | tuple) and not all(type(m) is dict for m in messages):
+        return [plain_message(m) for m in messages]
     return messages
+
+
+def with_provider(model: Any, kwargs: dict[str, Any], *, pop: bool = True) -> Any:
+    """LiteLLM's ``custom_llm_provider="openai"``: ``model`` routed as ``"openai/<model>"`` (unless it
+    already carries that prefix). Taken out of ``kwargs`` (``pop``): it is not a provider parameter."""
+    provider = kwargs.pop("custom_llm_provider", None) if pop else kwargs.get("custom_llm_provider")
+    if provider is None:
+        return model
+    if not isinstance(provider, str) or not provider.strip() or "/" in provider:
+        raise InvalidRequestError(
+            f"must be a provider name such as 'openai', 'anthropic' or 'cohere', got {_shown(provider)}",
+            field="custom_llm_provider",
+        )
+    if isinstance(model, str) and not model.startswith(f"{provider}/"):
+        return f"{provider}/{model}"
+    return model
 
 
 def check_conversations_shape(messages: Any) -> None:
@@ -602,7 +783,7 @@ def check_conversations_shape(messages: Any) -> None:
         )
     if not messages:
         raise InvalidRequestError("is empty; pass at least one conversation", field="messages")
-    if isinstance(messages[0], dict):
+    if isinstance(messages[0], dict) or callable(getattr(messages[0], "model_dump", None)):
         raise InvalidRequestError(
             "is a flat list of messages, but batch_completion takes a list of conversations: "
             "wrap each prompt in its own list, e.g. messages=[[{'role': 'user', 'content': 'hi'}]]",

@@ -33,7 +33,7 @@ from batcher._exceptions import (
 )
 from batcher._publish import RUN_REQUEST_TASK, publish_finalize, task_id
 from batcher._ratelimit import Bucket, deployment_id, estimate_tokens
-from batcher._response import mock_model_response
+from batcher._response import ModelResponse, mock_model_response
 from batcher._retry import RetryPolicy
 from batcher._secrets import redact, redact_json, unseal
 from batcher._states import JobKind, RequestState
@@ -111,10 +111,20 @@ def _run_claimed(ctx: WorkerContext, job: uuid.UUID, claimed: ClaimedRequest) ->
 
     options = claimed.job_params
     call: _Call | None = None
+    if (mock_error := options.get("mock_error")) is not None:
+        # LiteLLM's mocked failure: the error it names, at once (retrying a mock cannot change it).
+        _end(
+            ctx,
+            claimed,
+            RequestState.FAILED,
+            str(mock_error.get("type") or "ProviderError"),
+            str(mock_error.get("message") or ""),
+            status_code=mock_error.get("status_code"),
+        )
+        return "failed"
     try:
         if "mock_response" in options:
-            response = mock_model_response(str(options["mock_response"]), model=claimed.model)
-            response.provider = claimed.provider
+            response = _mocked(options, claimed)
         else:
             call = _prepare(ctx, claimed)
             http = ctx.http  # before the limiter: a window slot is taken only when the call can leave at once
@@ -156,6 +166,17 @@ def _run_claimed(ctx: WorkerContext, job: uuid.UUID, claimed: ClaimedRequest) ->
     _metrics.observe_request(claimed.provider, claimed.model, "succeeded", latency_ms / 1000 if call else None)
     log.debug("request succeeded in %.0f ms", latency_ms, extra=extra)
     return "succeeded"
+
+
+def _mocked(options: dict[str, Any], claimed: ClaimedRequest) -> ModelResponse:
+    """LiteLLM's ``mock_response="..."``: the canned text, in ``n`` choices when ``n`` is asked for."""
+    response = mock_model_response(str(options["mock_response"]), model=claimed.model, messages=claimed.messages)
+    response.provider = claimed.provider
+    n = {**options.get("params", {}), **(claimed.request_params or {})}.get("n")
+    if isinstance(n, int) and not isinstance(n, bool) and n > 1:
+        first = response.choices[0]
+        response.choices = [first.model_copy(update={"index": i}, deep=True) for i in range(n)]
+    return response
 
 
 def _write(ctx: WorkerContext, statement: Callable[[Connection], T]) -> T:

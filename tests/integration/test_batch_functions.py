@@ -238,6 +238,7 @@ def test_all_responses_keep_positions_with_failures(client: Client, fake_provide
         models=["gpt-3.5-turbo", "claude-all-broken", "command-nightly"],
         messages=[{"role": "user", "content": "Hey, how's it going"}],
         client=client,
+        return_exceptions=True,
     )
     assert len(every) == 3
     assert isinstance(every[0], ModelResponse) and every[0].provider == "openai"
