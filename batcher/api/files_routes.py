@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import StreamingResponse
+from pydantic import WithJsonSchema
 
 from batcher._exceptions import InvalidRequestError
 from batcher._files import decode_line, parse_line
@@ -139,19 +140,19 @@ def upload_file(
     file: Annotated[UploadFile, File(description="A JSONL file, one request per line.")],
     purpose: Annotated[str, Form(json_schema_extra={"enum": [FILE_PURPOSE_BATCH]})],
     expires_after_anchor: Annotated[
-        str | None, Form(alias="expires_after[anchor]", json_schema_extra={"enum": ["created_at"]})
+        str | None,
+        WithJsonSchema({"type": "string", "enum": ["created_at"]}),
+        Form(alias="expires_after[anchor]"),
     ] = None,
     expires_after_seconds: Annotated[
-        int | None,
-        Form(
-            alias="expires_after[seconds]",
-            description="3600 to 2592000; batch files default to 30 days.",
-            json_schema_extra={"minimum": 3_600, "maximum": 2_592_000},
-        ),
+        str | None,
+        WithJsonSchema({"type": "integer", "minimum": 3_600, "maximum": 2_592_000}),
+        Form(alias="expires_after[seconds]", description="3600 to 2592000; batch files default to 30 days."),
     ] = None,
     batcher_format: Annotated[
         str | None,
-        Form(json_schema_extra={"enum": [PROMPTS_FORMAT]}, description="batcher's extension: a native prompt file."),
+        WithJsonSchema({"type": "string", "enum": [PROMPTS_FORMAT]}),
+        Form(description="batcher's extension: a native prompt file."),
     ] = None,
 ) -> FileObject:
     if purpose != FILE_PURPOSE_BATCH:
@@ -166,8 +167,17 @@ def upload_file(
             code="invalid_value",
         )
     expires_after_s = DEFAULT_BATCH_FILE_EXPIRY_S
-    if expires_after_seconds is not None:  # the anchor has one value, so it may go unsaid
-        policy = ExpiresAfter(anchor=expires_after_anchor or "created_at", seconds=expires_after_seconds)
+    if expires_after_seconds is not None:
+        try:
+            seconds = int(expires_after_seconds)
+        except ValueError:
+            raise ApiError(
+                400,
+                f"Invalid type for 'expires_after.seconds': expected an integer, but got '{expires_after_seconds}'.",
+                param="expires_after.seconds",
+                code="invalid_type",
+            ) from None  # the anchor has one value, so it may go unsaid
+        policy = ExpiresAfter(anchor=expires_after_anchor or "created_at", seconds=seconds)
         expires_after_s = check_expires_after(policy, "expires_after") or DEFAULT_BATCH_FILE_EXPIRY_S
     elif expires_after_anchor is not None:
         check_expires_after(
