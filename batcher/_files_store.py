@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from sqlalchemy import Connection, Engine, text
 
@@ -61,6 +61,20 @@ class FileTooLargeError(Exception):
     """The upload is larger than ``settings.max_file_bytes``."""
 
 
+class ContentCheck(Protocol):
+    """Checks an upload's bytes as they are copied (``feed`` each chunk, ``close`` at the end); raising
+    from either rolls the upload back."""
+
+    def feed(self, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+NOT_EXPIRED = "(expires_at IS NULL OR expires_at > now())"
+"""A condition on ``files``: the file has not expired (an expired file is gone for every reader at once,
+before the prune removes it)."""
+
+
 def save_upload(
     engine: Engine,
     *,
@@ -70,17 +84,26 @@ def save_upload(
     source: IO[bytes],
     chunk_bytes: int,
     max_bytes: int,
-    expires_at: datetime | None = None,
+    expires_after_s: int | None = None,
+    check: ContentCheck | None = None,
 ) -> StoredFile:
-    """Copy ``source`` into Postgres chunk by chunk, in one transaction (all or nothing)."""
+    """Copy ``source`` into Postgres chunk by chunk, in one transaction (all or nothing); ``check`` sees every
+    chunk first. The file expires ``expires_after_s`` after its ``created_at`` (never if ``None``)."""
     file_id = new_file_id()
     with engine.begin() as conn:
         conn.execute(
             text(
                 "INSERT INTO files (id, owner_id, filename, purpose, bytes, status, expires_at) "
-                "VALUES (:id, :owner, :filename, :purpose, 0, 'processed', :expires_at)"
+                "VALUES (:id, :owner, :filename, :purpose, 0, 'processed', "
+                "now() + make_interval(secs => CAST(:expires_after_s AS double precision)))"
             ),
-            {"id": file_id, "owner": owner_id, "filename": filename, "purpose": purpose, "expires_at": expires_at},
+            {
+                "id": file_id,
+                "owner": owner_id,
+                "filename": filename,
+                "purpose": purpose,
+                "expires_after_s": expires_after_s,
+            },
         )
         size = 0
         seq = 0
@@ -91,11 +114,15 @@ def save_upload(
             size += len(data)
             if size > max_bytes:
                 raise FileTooLargeError(f"the file is larger than the limit of {max_bytes:,} bytes")
+            if check is not None:
+                check.feed(data)
             conn.execute(
                 text("INSERT INTO file_chunks (file_id, seq, data) VALUES (:id, :seq, :data)"),
                 {"id": file_id, "seq": seq, "data": data},
             )
             seq += 1
+        if check is not None:
+            check.close()
         row = (
             conn.execute(
                 text("UPDATE files SET bytes = :size WHERE id = :id RETURNING *"), {"id": file_id, "size": size}
@@ -107,15 +134,25 @@ def save_upload(
 
 
 def insert_batch_file(
-    conn: Connection, *, file_id: str, owner_id: uuid.UUID, filename: str, size: int, batch_id: str
+    conn: Connection,
+    *,
+    file_id: str,
+    owner_id: uuid.UUID,
+    filename: str,
+    size: int,
+    batch_id: str,
+    expires_after_s: int | None = None,
 ) -> None:
-    """Record a batch's output or error file: no chunks, its lines are rendered from the results when read."""
+    """Record a batch's output or error file: no chunks, its lines are rendered from the results when read.
+    It expires ``expires_after_s`` after now, its ``created_at`` (the batch's ``output_expires_after``)."""
     conn.execute(
         text(
-            "INSERT INTO files (id, owner_id, filename, purpose, bytes, status, batch_id) "
-            "VALUES (:id, :owner, :filename, :purpose, :bytes, 'processed', :batch)"
+            "INSERT INTO files (id, owner_id, filename, purpose, bytes, status, batch_id, expires_at) "
+            "VALUES (:id, :owner, :filename, :purpose, :bytes, 'processed', :batch, "
+            "now() + make_interval(secs => CAST(:expires_after_s AS double precision)))"
         ),
         {
+            "expires_after_s": expires_after_s,
             "id": file_id,
             "owner": owner_id,
             "filename": filename,
@@ -129,8 +166,26 @@ def insert_batch_file(
 def get_file(conn: Connection, file_id: str) -> StoredFile | None:
     if "\x00" in file_id or not file_id.isascii():  # ids are ASCII; Postgres cannot even compare a NUL
         return None
-    row = conn.execute(text("SELECT * FROM files WHERE id = :id"), {"id": file_id}).mappings().first()
+    row = (
+        conn.execute(text(f"SELECT * FROM files WHERE id = :id AND {NOT_EXPIRED}"), {"id": file_id}).mappings().first()
+    )
     return StoredFile.from_row(row) if row else None
+
+
+def prune_expired(conn: Connection, *, limit: int = 1_000) -> int:
+    """Delete up to ``limit`` expired files (their chunks go with them); how many went. Postgres only, as
+    files are: elsewhere (embedded mode's SQLite) there are none, and nothing is done."""
+    if conn.dialect.name != "postgresql":
+        return 0
+    return int(
+        conn.execute(
+            text(
+                "DELETE FROM files WHERE id IN (SELECT id FROM files WHERE expires_at <= now() "
+                "ORDER BY expires_at LIMIT :limit FOR UPDATE SKIP LOCKED)"
+            ),
+            {"limit": limit},
+        ).rowcount
+    )
 
 
 def delete_file(conn: Connection, file_id: str) -> bool:

@@ -138,7 +138,11 @@ class HttpTransport(Transport):
         name = Path(raw_name).name if isinstance(raw_name, str) and raw_name else "prompts.jsonl"
         # Not retried: the stream is consumed. (A create is, with its idempotency key.)
         uploaded = self.request(
-            "POST", "/v1/files", retries=0, files={"file": (name, file)}, data={"purpose": "batch"}
+            "POST",
+            "/v1/files",
+            retries=0,
+            files={"file": (name, file)},
+            data={"purpose": "batch", "batcher_format": "prompts"},
         ).json()
         try:
             return self._create({"kind": "batch", "model": default_model, "input_file_id": uploaded["id"]}, kwargs)

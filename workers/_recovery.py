@@ -21,6 +21,7 @@ order:
 5. **Orphans**: with both queues empty, a queued request of a fully published job that no worker
    holds has lost its message (seen twice in a row, to let a delivery in progress land).
 6. Deadlines (unsent requests end ``expired``) and finalizers (jobs whose requests are all final).
+7. Pruning: rows of long-gone workers, and uploaded or output files past their ``expires_at``.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 import redis
 from sqlalchemy import Connection
 
-from batcher import _keys
+from batcher import _files_store, _keys
 from batcher._db import recovery
 from batcher._db.recovery import ActiveJob, RequestRef
 from batcher._publish import RUN_REQUEST_TASK, task_id
@@ -64,6 +65,7 @@ class SweepReport:
     jobs_published: int = 0
     jobs_expired: int = 0
     jobs_finalized: int = 0
+    files_expired: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {k: int(v) for k, v in asdict(self).items()}
@@ -157,6 +159,8 @@ def sweep(
             report.jobs_finalized += 1
     with conn.begin():
         recovery.prune_workers(conn, older_than_s=WORKER_RETENTION_S)
+    with conn.begin():
+        report.files_expired = _files_store.prune_expired(conn)
     if any(asdict(report).values()):
         log.info("recovery sweep: %s", report.as_dict())
     return report

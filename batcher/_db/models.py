@@ -217,7 +217,10 @@ class File(Base):
     """An uploaded file (content in ``file_chunks``) or a batch's output/error file (rendered on download)."""
 
     __tablename__ = "files"
-    __table_args__ = (Index("ix_files_owner_created", "owner_id", "created_at", "id"),)
+    __table_args__ = (
+        Index("ix_files_owner_created", "owner_id", "created_at", "id"),
+        Index("ix_files_expires_at", "expires_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     owner_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("api_keys.id"))
@@ -246,8 +249,14 @@ class Batch(Base):
 
     __tablename__ = "batches"
     __table_args__ = (
-        UniqueConstraint("owner_id", "input_file_id", name="uq_batches_owner_id_input_file_id"),
         Index("ix_batches_owner_created", "owner_id", "created_at", "id"),
+        Index(
+            "uq_batches_owner_idempotency_key",
+            "owner_id",
+            "idempotency_key",
+            unique=True,
+            postgresql_where=text("idempotency_key IS NOT NULL"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -270,6 +279,17 @@ class Batch(Base):
     expired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     cancelling_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     cancelled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # migration 0005
+    model: Mapped[str | None] = mapped_column(Text, nullable=True)
+    """The model the input file's lines name (distinct models, comma-separated, in order), set by validation."""
+    usage: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    """Token usage summed from the stored responses, recorded once the batch is final."""
+    window_override: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    """batcher's extension ``batcher_completion_window``: the window used (``completion_window`` stays as sent)."""
+    output_expires_after_s: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    """``output_expires_after.seconds``: the output and error files expire this long after they are created."""
+    idempotency_key: Mapped[str | None] = mapped_column(Text, nullable=True)
+    idempotency_fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 # --- evaluation runs (migration 0003) ------------------------------------------------------------

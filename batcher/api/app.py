@@ -6,6 +6,7 @@ wake-ups), so any number of replicas can sit behind a load balancer.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -13,7 +14,8 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from batcher import _metrics
 from batcher._config import Settings, get_settings
@@ -62,6 +64,31 @@ class UploadLimit:
         await self.app(scope, receive, send)
 
 
+class RequestId:
+    """An ``x-request-id`` (``req_`` and 32 hex digits, as OpenAI's) on every response, errors and 404s included;
+    the ``openai`` SDK exposes it as ``_request_id``. The outermost middleware; a 500, answered outside every
+    middleware, takes the id from ``scope["state"]`` (``errors``)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = f"req_{secrets.token_hex(16)}"
+        scope.setdefault("state", {})[errors.REQUEST_ID_STATE] = request_id
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                if "x-request-id" not in headers:
+                    headers["x-request-id"] = request_id
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
 def _health(ctx: ApiContext) -> Health:
     postgres = redis_state = "ok"
     try:
@@ -92,6 +119,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
 
     app.add_middleware(UploadLimit, limit=ctx.settings.max_file_bytes)
+    app.add_middleware(RequestId)  # added last: the outermost, so the 413 above carries an id too
 
     @app.get(
         "/healthz",

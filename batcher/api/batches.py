@@ -20,6 +20,7 @@ The rest of a batch lives beside this module: checking the input file's lines
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 import uuid
@@ -40,13 +41,27 @@ from batcher.api.auth import Principal
 from batcher.api.batches_lines import checked_requests, line_error
 from batcher.api.batches_output import render_lines
 from batcher.api.context import ApiContext
-from batcher.api.errors import ApiError, data_error_detail, is_unavailable, not_found
-from batcher.api.schemas import BatchCreate, BatchError, BatchErrors, BatchObject, BatchRequestCounts
+from batcher.api.errors import ApiError, data_error_detail, is_unavailable
+from batcher.api.schemas import (
+    EXPIRES_AFTER_MAX_S,
+    EXPIRES_AFTER_MIN_S,
+    OPENAI_COMPLETION_WINDOW,
+    BatchCreate,
+    BatchError,
+    BatchErrors,
+    BatchObject,
+    BatchRequestCounts,
+    BatchUsage,
+    ExpiresAfter,
+)
 
 log = logging.getLogger("batcher.api.batches")
 
 SUPPORTED_ENDPOINTS = ("/v1/chat/completions",)
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+OPENAI_WINDOW = timedelta(hours=24)
+MAX_MODELS_NAMED = 8
+"""``model`` names at most this many of the models a file's lines name (OpenAI batches have one)."""
 STALE_VALIDATION_S = 30.0
 """A batch still ``validating`` this long after creation, with no validator holding its lock, is re-validated."""
 
@@ -66,8 +81,21 @@ def load_visible(ctx: ApiContext, principal: Principal, batch_id: str) -> dict[s
     with ctx.engine.connect() as conn:
         row = batches_store.load(conn, batch_id)
     if row is None or not principal.can_see(row["owner_id"]):
-        raise not_found("batch", batch_id)
+        raise batch_not_found(batch_id)
     return row
+
+
+def batch_not_found(batch_id: str) -> ApiError:
+    """OpenAI's 404 for a batch id that names no batch of the caller's."""
+    return ApiError(404, f"No batch found with id '{batch_id}'.")
+
+
+def with_usage(ctx: ApiContext, row: dict[str, Any]) -> dict[str, Any]:
+    """The row with ``usage``: recorded once the batch is final, summed live from the responses before."""
+    if row["status"] in TERMINAL or row["job_id"] is None:
+        return row
+    with ctx.engine.connect() as conn:
+        return {**row, "usage": batches_store.usage(conn, row["job_id"])}
 
 
 def to_object(row: dict[str, Any]) -> BatchObject:
@@ -93,71 +121,138 @@ def to_object(row: dict[str, Any]) -> BatchObject:
         cancelling_at=_ts(row["cancelling_at"]),
         cancelled_at=_ts(row["cancelled_at"]),
         request_counts=BatchRequestCounts(total=total, completed=row["job_succeeded"] or 0, failed=failed),
+        model=row["model"],
+        usage=BatchUsage.model_validate(row["usage"] or batches_store.usage_of_nothing()),
         metadata=row["batch_metadata"],
+        batcher_completion_window=row["window_override"],
     )
 
 
 # --- create and validate ------------------------------------------------------------------------
 
 
-def check_create(body: BatchCreate) -> timedelta:
-    if body.endpoint not in SUPPORTED_ENDPOINTS:
+def _invalid_value(value: str, supported: str, param: str) -> ApiError:
+    """OpenAI's 400 for a value outside an enumeration."""
+    return ApiError(
+        400, f"Invalid value: '{value}'. Supported values are: {supported}.", param=param, code="invalid_value"
+    )
+
+
+def check_expires_after(policy: ExpiresAfter | None, param: str) -> int | None:
+    """``expires_after`` / ``output_expires_after`` as OpenAI checks it: the seconds, or ``None`` if not sent."""
+    if policy is None:
+        return None
+    if policy.anchor != "created_at":
+        raise _invalid_value(policy.anchor, "'created_at'", f"{param}.anchor")
+    if policy.seconds < EXPIRES_AFTER_MIN_S:
         raise ApiError(
             400,
-            f"Unsupported endpoint '{body.endpoint}'; batcher runs '/v1/chat/completions' batches.",
-            param="endpoint",
-            code="invalid_value",
+            f"Invalid '{param}.seconds': integer below minimum value. Expected a value >= {EXPIRES_AFTER_MIN_S}, "
+            f"but got {policy.seconds} instead.",
+            param=f"{param}.seconds",
+            code="integer_below_min_value",
         )
-    try:
-        window = parse_window(body.completion_window)
-    except InvalidRequestError as exc:
-        raise ApiError(400, str(exc), param="completion_window", code="invalid_value") from None
+    if policy.seconds > EXPIRES_AFTER_MAX_S:
+        raise ApiError(
+            400,
+            f"Invalid '{param}.seconds': integer above maximum value. Expected a value <= {EXPIRES_AFTER_MAX_S}, "
+            f"but got {policy.seconds} instead.",
+            param=f"{param}.seconds",
+            code="integer_above_max_value",
+        )
+    return policy.seconds
+
+
+def check_create(body: BatchCreate) -> timedelta:
+    """The create's parameters as OpenAI checks them (its messages); returns the batch's window."""
+    if body.endpoint not in SUPPORTED_ENDPOINTS:
+        raise _invalid_value(body.endpoint, "'/v1/chat/completions'", "endpoint")
+    if body.completion_window != OPENAI_COMPLETION_WINDOW:
+        raise _invalid_value(body.completion_window, f"'{OPENAI_COMPLETION_WINDOW}'", "completion_window")
+    window = OPENAI_WINDOW
+    if body.batcher_completion_window is not None:
+        try:
+            window = parse_window(body.batcher_completion_window)
+        except InvalidRequestError as exc:
+            message = str(exc).replace("completion_window", "batcher_completion_window")
+            raise ApiError(400, message, param="batcher_completion_window", code="invalid_value") from None
     metadata = body.metadata or {}
     if len(metadata) > 16:
-        raise ApiError(400, "metadata can hold at most 16 key-value pairs.", param="metadata", code="invalid_value")
+        raise ApiError(
+            400,
+            "Invalid 'metadata': too many properties. Expected an object with at most 16 properties, "
+            f"but got an object with {len(metadata)} properties instead.",
+            param="metadata",
+            code="object_above_max_properties",
+        )
     for key, value in metadata.items():
-        if len(key) > 64 or len(value) > 512:
+        if len(key) > 64:
             raise ApiError(
                 400,
-                "metadata keys are at most 64 characters and values at most 512.",
+                "Invalid 'metadata': string too long. Expected a string with maximum length 64, "
+                f"but got a string with length {len(key)} instead.",
                 param="metadata",
-                code="invalid_value",
+                code="string_above_max_length",
+            )
+        if len(value) > 512:
+            raise ApiError(
+                400,
+                f"Invalid 'metadata.{key}': string too long. Expected a string with maximum length 512, "
+                f"but got a string with length {len(value)} instead.",
+                param=f"metadata.{key}",
+                code="string_above_max_length",
             )
     check_json_value(metadata, "metadata")  # text Postgres can store
+    check_expires_after(body.output_expires_after, "output_expires_after")
     return window
 
 
-def create(ctx: ApiContext, principal: Principal, body: BatchCreate) -> tuple[dict[str, Any], bool]:
+def create(
+    ctx: ApiContext, principal: Principal, body: BatchCreate, idempotency_key: str | None = None
+) -> tuple[dict[str, Any], bool]:
     """Store a ``validating`` batch; returns it and whether it is new.
 
-    One batch per (key, input file): the SDK retries a create that timed out or got a 5xx
-    without an idempotency key, and a retry must not run the file twice. A second create
-    returns the first batch (to run a file again, upload it again).
+    Every create makes a new batch, as on OpenAI (the same file may run twice). A create repeating an
+    ``Idempotency-Key`` (a retry) returns the batch the key first created; with another body, a 422.
     """
     window = check_create(body)
+    fingerprint = hashlib.sha256(body.model_dump_json().encode()).hexdigest() if idempotency_key else None
     with ctx.engine.begin() as conn:
         file = get_file(conn, body.input_file_id)
         if file is None or not principal.can_see(file.owner_id):
-            raise ApiError(
-                404, f"No file found with id '{body.input_file_id}'.", param="input_file_id", code="not_found"
-            )
+            raise ApiError(404, f"No such File object: {body.input_file_id}", param="input_file_id", code="not_found")
         if file.purpose != FILE_PURPOSE_BATCH:
             raise ApiError(
                 400,
-                f"File '{file.id}' has purpose '{file.purpose}'; a batch needs a file uploaded with purpose 'batch'.",
+                f"Invalid 'input_file_id': '{file.id}'. The file was uploaded with purpose '{file.purpose}'; "
+                "a batch's input file must be uploaded with purpose 'batch'.",
                 param="input_file_id",
                 code="invalid_value",
             )
-        batch_id, created = batches_store.insert(
-            conn,
-            batch_id=new_batch_id(),
-            owner_id=principal.id,
-            input_file_id=file.id,
-            endpoint=body.endpoint,
-            completion_window=body.completion_window,
-            window=window,
-            metadata=body.metadata,
-        )
+        try:
+            batch_id, created = batches_store.insert(
+                conn,
+                batch_id=new_batch_id(),
+                owner_id=principal.id,
+                input_file_id=file.id,
+                endpoint=body.endpoint,
+                completion_window=body.completion_window,
+                window=window,
+                window_override=body.batcher_completion_window,
+                metadata=body.metadata,
+                output_expires_after_s=body.output_expires_after.seconds if body.output_expires_after else None,
+                idempotency_key=idempotency_key,
+                idempotency_fingerprint=fingerprint,
+            )
+        except batches_store.KeyReusedError as exc:
+            # 422 for a reused key, as the native job API answers (the IETF Idempotency-Key draft's status).
+            raise ApiError(
+                422,
+                f"The Idempotency-Key was already used to create batch '{exc}' with a different request body; "
+                "use a new key for a new batch.",
+                param="Idempotency-Key",
+                code="idempotency_key_reused",
+            ) from None
         row = batches_store.load(conn, batch_id)
     assert row is not None
     return row, created
@@ -202,6 +297,7 @@ def _validate(ctx: ApiContext, batch_id: str) -> tuple[uuid.UUID, int] | None:
         if row is None or row["status"] != "validating":
             return None
         errors: list[dict[str, Any]] = []
+        models: list[str] = []
         total = 0
         with conn.begin_nested() as savepoint:
             job = NewJob(
@@ -217,7 +313,7 @@ def _validate(ctx: ApiContext, batch_id: str) -> tuple[uuid.UUID, int] | None:
                 line_error(errors, 0, "invalid_request", f"The input file '{row['input_file_id']}' was deleted.")
             else:
                 total = store.copy_requests(
-                    conn, job_id, checked_requests(ctx, row["input_file_id"], row["endpoint"], errors)
+                    conn, job_id, checked_requests(ctx, row["input_file_id"], row["endpoint"], errors, models)
                 )
             if total == 0 and not errors:
                 errors.append(
@@ -227,6 +323,7 @@ def _validate(ctx: ApiContext, batch_id: str) -> tuple[uuid.UUID, int] | None:
                 savepoint.rollback()
             else:
                 store.set_total(conn, job_id, total)
+        batches_store.set_model(conn, batch_id, _models_named(models))
         if errors:
             for error in errors:
                 if error["line"] == 0:
@@ -236,6 +333,15 @@ def _validate(ctx: ApiContext, batch_id: str) -> tuple[uuid.UUID, int] | None:
         if not batches_store.mark_in_progress(conn, batch_id, job_id):
             raise _CancelledMeanwhileError
     return job_id, total
+
+
+def _models_named(models: list[str]) -> str | None:
+    """The batch's ``model``: the one model its lines name, as on OpenAI; batcher lets lines name several
+    (of any provider), then they are listed in order of first use, comma-separated (the first few)."""
+    if not models:
+        return None
+    named = ",".join(models[:MAX_MODELS_NAMED])
+    return named + (",..." if len(models) > MAX_MODELS_NAMED else "")
 
 
 def validate_quietly(ctx: ApiContext, batch_id: str) -> None:
@@ -323,6 +429,7 @@ def _finish(ctx: ApiContext, batch_id: str, target: str, column: str) -> None:
                 filename=f"{batch_id}_{which}.jsonl",
                 size=sizes[which],
                 batch_id=batch_id,
+                expires_after_s=row["output_expires_after_s"],
             )
         batches_store.finish(
             conn,
@@ -332,6 +439,7 @@ def _finish(ctx: ApiContext, batch_id: str, target: str, column: str) -> None:
             output_file_id=file_ids["output"],
             error_file_id=file_ids["error"],
             job_finished_at=row["job_finished_at"],
+            usage=batches_store.usage(conn, row["job_id"]),
         )
 
 
@@ -357,4 +465,5 @@ def cancel(ctx: ApiContext, row: dict[str, Any]) -> dict[str, Any]:
         return refresh(ctx, fresh)
     if status in ("cancelling", "cancelled"):
         return refresh(ctx, row)
-    raise ApiError(400, f"Cannot cancel a batch with status '{status}'.", param="batch_id", code="invalid_state")
+    # OpenAI's 409 (with x-should-retry: false, which the SDKs honour: never retried).
+    raise ApiError(409, f"Cannot cancel a batch with status '{status}'.", code="invalid_state")

@@ -43,10 +43,12 @@ def _bare(exc: InvalidRequestError, number: int) -> str:
 
 
 def checked_requests(
-    ctx: ApiContext, file_id: str, endpoint: str, errors: list[dict[str, Any]]
+    ctx: ApiContext, file_id: str, endpoint: str, errors: list[dict[str, Any]], models: list[str] | None = None
 ) -> Iterator[NewRequest]:
     """Each valid line as a request to store; bad lines go to ``errors``. Stops yielding at the first error,
-    but goes on reading so the batch reports every bad line (up to ``MAX_REPORTED_ERRORS``)."""
+    but goes on reading so the batch reports every bad line (up to ``MAX_REPORTED_ERRORS``). The models the
+    lines name go to ``models`` (each once, in order of first use)."""
+    named: set[str] = set()
     settings = ctx.settings
     validator = _Validator(settings, CallOptions())
     seen: set[str] = set()
@@ -107,6 +109,9 @@ def checked_requests(
         if not isinstance(model, str) or not model:
             line_error(errors, number, "missing_required_parameter", "body.model is missing.", "body.model")
             continue
+        if models is not None and model not in named and len(named) < 1_000:
+            named.add(model)
+            models.append(model)
         if "messages" not in body:
             line_error(errors, number, "missing_required_parameter", "body.messages is missing.", "body.messages")
             continue

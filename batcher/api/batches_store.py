@@ -43,6 +43,10 @@ def load(conn: Connection, batch_id: str) -> dict[str, Any] | None:
     return dict(row) if row else None
 
 
+class KeyReusedError(Exception):
+    """The ``Idempotency-Key`` was used by an earlier create with another body."""
+
+
 def insert(
     conn: Connection,
     *,
@@ -52,16 +56,24 @@ def insert(
     endpoint: str,
     completion_window: str,
     window: timedelta,
+    window_override: str | None,
     metadata: dict[str, str] | None,
+    output_expires_after_s: int | None,
+    idempotency_key: str | None,
+    idempotency_fingerprint: str | None,
 ) -> tuple[str, bool]:
-    """Store a ``validating`` batch, one per (owner, input file): returns its id and whether it is new
-    (a second create of the same file returns the first batch's id)."""
+    """Store a ``validating`` batch: returns its id and whether it is new.
+
+    Every create makes a new batch, except one repeating an ``Idempotency-Key`` of the same owner:
+    that returns the first batch's id (the unique index is the check, so a concurrent duplicate waits
+    for the first transaction), or raises ``KeyReusedError`` if the first create had another body."""
     inserted = conn.execute(
         text(
-            "INSERT INTO batches (id, owner_id, input_file_id, endpoint, completion_window, batch_metadata, "
-            "status, expires_at) VALUES (:id, :owner, :file, :endpoint, :window, CAST(:metadata AS jsonb), "
-            "'validating', now() + make_interval(secs => :window_s)) "
-            "ON CONFLICT (owner_id, input_file_id) DO NOTHING RETURNING id"
+            "INSERT INTO batches (id, owner_id, input_file_id, endpoint, completion_window, window_override, "
+            "batch_metadata, output_expires_after_s, idempotency_key, idempotency_fingerprint, status, expires_at) "
+            "VALUES (:id, :owner, :file, :endpoint, :window, :window_override, CAST(:metadata AS jsonb), "
+            ":output_expires_after_s, :key, :fingerprint, 'validating', now() + make_interval(secs => :window_s)) "
+            "ON CONFLICT (owner_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING id"
         ),
         {
             "id": batch_id,
@@ -69,17 +81,68 @@ def insert(
             "file": input_file_id,
             "endpoint": endpoint,
             "window": completion_window,
+            "window_override": window_override,
             "metadata": json.dumps(metadata) if metadata is not None else None,
+            "output_expires_after_s": output_expires_after_s,
+            "key": idempotency_key,
+            "fingerprint": idempotency_fingerprint,
             "window_s": window.total_seconds(),
         },
     ).scalar_one_or_none()
     if inserted is not None:
         return str(inserted), True
     existing = conn.execute(
-        text("SELECT id FROM batches WHERE owner_id = :owner AND input_file_id = :file"),
-        {"owner": owner_id, "file": input_file_id},
-    ).scalar_one()
-    return str(existing), False
+        text("SELECT id, idempotency_fingerprint FROM batches WHERE owner_id = :owner AND idempotency_key = :key"),
+        {"owner": owner_id, "key": idempotency_key},
+    ).one()
+    if existing.idempotency_fingerprint != idempotency_fingerprint:
+        raise KeyReusedError(existing.id)
+    return str(existing.id), False
+
+
+_USAGE = """
+    SELECT COALESCE(SUM(prompt_tokens), 0) AS input_tokens,
+           COALESCE(SUM(completion_tokens), 0) AS output_tokens,
+           COALESCE(SUM(COALESCE(total_tokens, COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0))), 0)
+               AS total_tokens,
+           COALESCE(SUM(CASE WHEN jsonb_typeof(body #> '{usage,prompt_tokens_details,cached_tokens}') = 'number'
+                        THEN (body #>> '{usage,prompt_tokens_details,cached_tokens}')::numeric END), 0)
+               AS cached_tokens,
+           COALESCE(SUM(CASE WHEN jsonb_typeof(body #> '{usage,completion_tokens_details,reasoning_tokens}') = 'number'
+                        THEN (body #>> '{usage,completion_tokens_details,reasoning_tokens}')::numeric END), 0)
+               AS reasoning_tokens
+      FROM responses WHERE job_id = :job
+"""
+
+
+def usage_of_nothing() -> dict[str, Any]:
+    """The usage of a batch that ran nothing (failed validation, cancelled while validating)."""
+    return {
+        "input_tokens": 0,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": 0,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": 0,
+    }
+
+
+def usage(conn: Connection, job_id: uuid.UUID | None) -> dict[str, Any]:
+    """Token usage summed over the job's stored responses, in the shape of OpenAI's ``BatchUsage``."""
+    if job_id is None:
+        return usage_of_nothing()
+    n = {k: int(v) for k, v in conn.execute(text(_USAGE), {"job": job_id}).mappings().one().items()}
+    return {
+        "input_tokens": n["input_tokens"],
+        "input_tokens_details": {"cached_tokens": n["cached_tokens"]},
+        "output_tokens": n["output_tokens"],
+        "output_tokens_details": {"reasoning_tokens": n["reasoning_tokens"]},
+        "total_tokens": n["total_tokens"],
+    }
+
+
+def set_model(conn: Connection, batch_id: str, model: str | None) -> None:
+    """Record the model(s) the input file's lines name."""
+    conn.execute(text("UPDATE batches SET model = :model WHERE id = :id"), {"id": batch_id, "model": model})
 
 
 def mark_failed(conn: Connection, batch_id: str, errors: list[dict[str, Any]]) -> None:
@@ -147,6 +210,7 @@ def finish(
     output_file_id: str | None,
     error_file_id: str | None,
     job_finished_at: datetime | None,
+    usage: dict[str, Any] | None = None,
 ) -> None:
     """Any status not terminal → ``target`` (stamping ``column``), with its output and error files.
 
@@ -156,10 +220,11 @@ def finish(
     at = "now()" if target == "completed" else "COALESCE(:job_finished_at, now())"
     conn.execute(
         text(
-            f"UPDATE batches SET status = :target, {column} = {at}, "
-            f"output_file_id = :output, error_file_id = :error WHERE id = :id AND status NOT IN {_TERMINAL_SQL}"
+            f"UPDATE batches SET status = :target, {column} = {at}, output_file_id = :output, "
+            f"error_file_id = :error, usage = CAST(:usage AS jsonb) WHERE id = :id AND status NOT IN {_TERMINAL_SQL}"
         ),
         {
+            "usage": json.dumps(usage) if usage is not None else None,
             "id": batch_id,
             "target": target,
             "output": output_file_id,

@@ -1,7 +1,8 @@
 """Errors in OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``, with the status the SDKs expect.
 
-Client mistakes are 4xx, never 5xx. 409 is never used: the ``openai`` SDK retries 408/409/429/5xx, so a
-state conflict (cancelling a finished batch) is a 400 that no client retries. Postgres or Redis being
+Client mistakes are 4xx, never 5xx. A state conflict (cancelling a finished batch) is OpenAI's 409; every
+4xx carries ``x-should-retry: false``, which the ``openai`` SDK honours, so the 409 it would otherwise retry
+is not retried. Every answer carries an ``x-request-id`` (``app.RequestId``), errors included. Postgres or Redis being
 unreachable (or Redis full) is a 503 with ``Retry-After``, which clients retry; anything else unexpected
 is a generic 500 (logged, never echoed).
 """
@@ -41,6 +42,7 @@ _TYPES = {
     403: "permission_error",
     404: "invalid_request_error",
     405: "invalid_request_error",
+    409: "invalid_request_error",
     413: "invalid_request_error",
     415: "invalid_request_error",
     422: "invalid_request_error",
@@ -56,6 +58,9 @@ INVALID_REQUEST_CODES: dict[type[InvalidRequestError], str] = {
     UnstorableValueError: UnstorableValueError.code,
     NestedTooDeeplyError: NestedTooDeeplyError.code,
 }
+
+REQUEST_ID_STATE = "request_id"
+"""Where ``app.RequestId`` keeps the request's ``x-request-id`` in ``scope["state"]``."""
 
 RETRY_AFTER_S = 5
 """``Retry-After`` of a 503: Postgres restarts and Redis failovers take seconds."""
@@ -293,4 +298,9 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return _response(ApiError(500, "The server had an error while processing your request.", type="server_error"))
+        # Answered by Starlette's outermost middleware, outside RequestId: the id is added here.
+        request_id = request.scope.get("state", {}).get(REQUEST_ID_STATE)
+        headers = {"x-request-id": request_id} if request_id else None
+        error = ApiError(500, "The server had an error while processing your request.", type="server_error")
+        error.headers = headers
+        return _response(error)

@@ -261,14 +261,38 @@ class FileDeleted(BaseModel):
 # --- OpenAI Batches -----------------------------------------------------------------------------
 
 
+OPENAI_COMPLETION_WINDOW = "24h"
+"""The only ``completion_window`` OpenAI accepts (and so the only one batcher accepts there)."""
+EXPIRES_AFTER_MIN_S = 3_600
+EXPIRES_AFTER_MAX_S = 2_592_000
+"""OpenAI's bounds of ``expires_after.seconds`` and ``output_expires_after.seconds`` (1 hour to 30 days)."""
+
+
+class ExpiresAfter(BaseModel):
+    """OpenAI's expiration policy: ``seconds`` after the file's ``created_at``."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "properties": {
+                "anchor": {"type": "string", "enum": ["created_at"]},
+                "seconds": {"type": "integer", "minimum": EXPIRES_AFTER_MIN_S, "maximum": EXPIRES_AFTER_MAX_S},
+            }
+        }
+    )
+
+    anchor: str
+    seconds: int
+
+
 class BatchCreate(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     input_file_id: str = Field(min_length=1, max_length=64)
     endpoint: str = Field(json_schema_extra={"enum": ["/v1/chat/completions"]})
     completion_window: str = Field(
-        json_schema_extra={"pattern": WINDOW_PATTERN},
-        description="'24h' (OpenAI's only value), or any whole number of s, m, h or d up to 30 days.",
+        json_schema_extra={"enum": [OPENAI_COMPLETION_WINDOW]},
+        description="'24h', OpenAI's only value (anything else is a 400, as on OpenAI). For another window, send "
+        "batcher's extension `batcher_completion_window` as well.",
     )
     metadata: Annotated[
         dict[str, str] | None,
@@ -287,6 +311,33 @@ class BatchCreate(BaseModel):
             }
         ),
     ] = None
+    output_expires_after: ExpiresAfter | None = Field(
+        None, description="The output and error files expire `seconds` (3600 to 2592000) after they are created."
+    )
+    batcher_completion_window: str | None = Field(
+        None,
+        json_schema_extra={"pattern": WINDOW_PATTERN},
+        description="batcher's extension (not OpenAI's): the batch's real window, any whole number of s, m, h or "
+        "d up to 30 days ('1h', '30m', '7d'); `expires_at` follows it, `completion_window` stays as sent.",
+    )
+
+
+class InputTokensDetails(BaseModel):
+    cached_tokens: int
+
+
+class OutputTokensDetails(BaseModel):
+    reasoning_tokens: int
+
+
+class BatchUsage(BaseModel):
+    """Token usage summed over the batch's stored responses (``openai.types.BatchUsage``)."""
+
+    input_tokens: int
+    input_tokens_details: InputTokensDetails
+    output_tokens: int
+    output_tokens_details: OutputTokensDetails
+    total_tokens: int
 
 
 class BatchRequestCounts(BaseModel):
@@ -328,8 +379,11 @@ class BatchObject(BaseModel):
     cancelling_at: int | None = None
     cancelled_at: int | None = None
     request_counts: BatchRequestCounts
-    usage: dict[str, Any] | None = None
+    usage: BatchUsage
     metadata: dict[str, str] | None = None
+    batcher_completion_window: str | None = Field(
+        None, description="batcher's extension: the window used instead of `completion_window`, if one was sent."
+    )
 
 
 class BatchList(BaseModel):

@@ -26,6 +26,7 @@ SEMANTIC_REFUSALS = {
     "invalid_state": "only a batch still in progress can be cancelled (server state)",
     "unsupported_params": "each provider takes its own parameters (depends on where the model is routed)",
     "idempotency_key_reused": "an Idempotency-Key an earlier create used with another body (server state)",
+    "invalid_file_format": "an upload's lines must be JSON objects (a schema says only 'binary')",
 }
 UNSTORABLE_TEXT_CODE = "invalid_value"
 """The code of a refusal of text Postgres cannot store; relaxed only when the request holds such text."""

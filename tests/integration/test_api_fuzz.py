@@ -303,8 +303,20 @@ POISON_LINES: list[tuple[str, bytes]] = [
 
 
 def upload(http: httpx.Client, lines: list[bytes]) -> str:
+    file_id = try_upload(http, lines)
+    assert isinstance(file_id, str), file_id
+    return file_id
+
+
+def try_upload(http: httpx.Client, lines: list[bytes]) -> str | dict[str, Any]:
+    """The file's id; or, for a file refused at upload (empty, a line not a JSON object), the error, which
+    names the line (nothing is stored)."""
     content = b"\n".join(lines) + b"\n"
     response = http.post("/v1/files", files={"file": ("input.jsonl", content)}, data={"purpose": "batch"})
+    if response.status_code == 400:
+        error: dict[str, Any] = refused(response, naming="file")
+        assert error["code"] == "invalid_file_format", error
+        return error
     assert response.status_code == 200, response.text
     return str(response.json()["id"])
 
@@ -325,8 +337,12 @@ def test_a_bad_file_line_is_named_and_nothing_is_stored(
     http: httpx.Client, stored: Callable[[], tuple[int, int]], name: str, poison: bytes
 ) -> None:
     lines = [batch_line(1), batch_line(2), poison, batch_line(4)]
-    file_id = upload(http, lines)
     before = stored()
+    file_id = try_upload(http, lines)
+    if not isinstance(file_id, str):  # not JSON, not UTF-8: refused at upload already, as OpenAI does
+        assert "line 3 " in file_id["message"], file_id
+        assert stored() == before
+        return
     # A native job from the file: refused at once, naming the line.
     error = refused(http.post("/v1/jobs", json={"input_file_id": file_id}), naming="line 3")
     assert stored() == before, error
@@ -357,8 +373,11 @@ def test_random_file_contents_never_stall_a_batch(http: httpx.Client, stored: Ca
         )
     )
     def check(lines: list[bytes]) -> None:
-        file_id = upload(http, [*lines, b"[" * 3_000])  # always one bad line, last
         before = stored()
+        file_id = try_upload(http, [*lines, b"[" * 3_000])  # always one bad line, last
+        if not isinstance(file_id, str):  # refused at upload (a line not a JSON object), naming it
+            assert stored() == before
+            return
         refused(http.post("/v1/jobs", json={"input_file_id": file_id, "model": "gpt-4o-mini"}))
         assert stored() == before
         created = http.post(
@@ -376,14 +395,9 @@ def test_random_file_contents_never_stall_a_batch(http: httpx.Client, stored: Ca
 
 def test_a_line_over_the_limit_is_named(http: httpx.Client, stored: Callable[[], tuple[int, int]]) -> None:
     huge = batch_line(2).replace(b'"hi"', b'"' + b"x" * 2_100_000 + b'"')
-    file_id = upload(http, [batch_line(1), huge])
     before = stored()
-    refused(http.post("/v1/jobs", json={"input_file_id": file_id}), naming="line 2")
-    created = http.post(
-        "/v1/batches", json={"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h"}
-    )
-    batch = wait_final(http, created.json()["id"])
-    assert batch["status"] == "failed" and [e["line"] for e in batch["errors"]["data"]] == [2], batch
+    error = try_upload(http, [batch_line(1), huge])  # refused at upload, naming the line
+    assert isinstance(error, dict) and "line 2 is longer than" in error["message"], error
     assert stored() == before
 
 

@@ -59,8 +59,19 @@ COVERAGE: dict[str, frozenset[str]] = {
     "run_job_v1_jobs_run_post": frozenset(
         {"kind", "model", "models", "messages", "input_file_id", "params", "timeout"}
     ),
-    "upload_file_v1_files_post": frozenset({"file", "purpose"}),
-    "create_batch_v1_batches_post": frozenset({"input_file_id", "endpoint", "completion_window", "metadata"}),
+    "upload_file_v1_files_post": frozenset(
+        {"file", "purpose", "expires_after[anchor]", "expires_after[seconds]", "batcher_format"}
+    ),
+    "create_batch_v1_batches_post": frozenset(
+        {
+            "input_file_id",
+            "endpoint",
+            "completion_window",
+            "metadata",
+            "output_expires_after",
+            "batcher_completion_window",
+        }
+    ),
 }
 _COVERED: set[tuple[str, str]] = set()
 
@@ -443,6 +454,32 @@ def test_batch_input_lines_cannot_name_a_base_a_key_or_an_auth_header(tenant: Te
         },
     )
     assert response.status_code == 400, response.text
+    t.assert_no_leak()
+
+
+@covers(UPLOAD, "expires_after[anchor]", "expires_after[seconds]", "batcher_format")
+@covers(BATCH, "output_expires_after", "batcher_completion_window")
+def test_expiry_and_window_fields_are_bounded(tenant: Tenant) -> None:
+    """Out-of-range expiries and windows are clean 400s naming the field: nothing stored, nothing sent."""
+    t = tenant
+    line = json.dumps(_batch_line()).encode() + b"\n"
+    for data, param in (
+        ({"expires_after[seconds]": str(10**12)}, "expires_after.seconds"),
+        ({"expires_after[seconds]": "-1"}, "expires_after.seconds"),
+        ({"expires_after[anchor]": "\u0000", "expires_after[seconds]": "3600"}, "expires_after.anchor"),
+        ({"batcher_format": "../../etc"}, "batcher_format"),
+    ):
+        response = t.plain.post("/v1/files", files={"file": ("x.jsonl", line)}, data={"purpose": "batch", **data})
+        assert response.status_code == 400 and response.json()["error"]["param"] == param, (data, response.text)
+    file_id = _upload(t.plain, [_batch_line()])
+    base = {"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h"}
+    for extra, param in (
+        ({"output_expires_after": {"anchor": "created_at", "seconds": 2**62}}, "output_expires_after.seconds"),
+        ({"output_expires_after": {"anchor": "now", "seconds": 3600}}, "output_expires_after.anchor"),
+        ({"batcher_completion_window": "99999999999999d"}, "batcher_completion_window"),
+        ({"batcher_completion_window": "0s"}, "batcher_completion_window"),
+    ):
+        refused(t, t.plain, "plain", "/v1/batches", {**base, **extra}, 400, param)
     t.assert_no_leak()
 
 
