@@ -113,14 +113,9 @@ def _run_claimed(ctx: WorkerContext, job: uuid.UUID, claimed: ClaimedRequest) ->
     call: _Call | None = None
     if (mock_error := options.get("mock_error")) is not None:
         # LiteLLM's mocked failure: the error it names, at once (retrying a mock cannot change it).
-        _end(
-            ctx,
-            claimed,
-            RequestState.FAILED,
-            str(mock_error.get("type") or "ProviderError"),
-            str(mock_error.get("message") or ""),
-            status_code=mock_error.get("status_code"),
-        )
+        error_type = str(mock_error.get("type") or "ProviderError")
+        failure = Failure(error_type, str(mock_error.get("message") or ""), mock_error.get("status_code"))
+        _end(ctx, claimed, RequestState.FAILED, error_type, failure.error or "", failure=failure)
         return "failed"
     try:
         if "mock_response" in options:

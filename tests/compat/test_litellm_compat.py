@@ -248,12 +248,8 @@ def test_without_litellm_imported_batcher_never_imports_it() -> None:
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, timeout=60).returncode == 0
 
 
-I13_RESP = pytest.mark.xfail(strict=True, reason="needs i13-resp")
-
-
-@I13_RESP
 def test_native_response_is_an_openai_chat_completion(litellm_env: Any) -> None:
-    """``batcher.ModelResponse`` is openai's ``ChatCompletion`` with LiteLLM's extras (branch i13-resp)."""
+    """``batcher.ModelResponse`` is openai's ``ChatCompletion`` with LiteLLM's extras."""
     import openai.types.chat as oai
 
     [ours] = batcher.batch_completion(model="gpt-4o-mini", messages=[HI])
@@ -262,9 +258,8 @@ def test_native_response_is_an_openai_chat_completion(litellm_env: Any) -> None:
     assert isinstance(ours.json(), dict)  # type: ignore[union-attr]
 
 
-@pytest.mark.xfail(strict=True, reason="needs i13-resp")
 def test_native_exceptions_are_openai_exceptions(litellm_env: Any, fake_provider: FakeProvider) -> None:
-    """batcher's provider errors subclass openai's classes and carry ``llm_provider`` (branch i13-exc)."""
+    """batcher's provider errors subclass openai's classes and carry ``llm_provider``."""
     import openai
 
     fake_provider.set_behaviour("gpt-compat-auth", ModelBehaviour(fail_always_status=401))
