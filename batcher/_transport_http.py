@@ -37,7 +37,7 @@ from batcher._response import ModelResponse
 from batcher._states import JobKind
 from batcher._submit import RequestSpec
 from batcher._transport import Poll, Transport, Until
-from batcher._validation import check_json_value
+from batcher._validation import check_json_value, mock_response_string
 
 RETRIES = 2
 """Extra attempts after a connection error or a 5xx (creates are safe: they carry an idempotency key)."""
@@ -200,6 +200,8 @@ class HttpTransport(Transport):
 def _jsonable(value: Any) -> Any:
     if isinstance(value, timedelta):
         return value.total_seconds()
+    if isinstance(value, BaseException):  # mock_response=<an exception>: its LiteLLM error string travels
+        return mock_response_string(value)
     return value
 
 

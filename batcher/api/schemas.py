@@ -75,7 +75,12 @@ _OPTIONS: dict[str, dict[str, Any]] = {
     "base_url": {"type": "string", "pattern": "^https?://", "description": "Another name of api_base."},
     "timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_TIMEOUT_S, "description": "Seconds."},
     "request_timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_TIMEOUT_S},
-    "mock_response": {"type": "string", "description": "A canned answer; no provider is called."},
+    "mock_response": {
+        "type": "string",
+        "description": "A canned answer, or one of LiteLLM's mock errors ('litellm.RateLimitError', "
+        "'litellm.InternalServerError', ...); no provider is called.",
+    },
+    "mock_timeout": {"type": "boolean", "description": "True: every request fails as timed out (LiteLLM's mock)."},
     "drop_params": {"type": "boolean", "description": "Drop parameters the provider does not take."},
     "num_retries": {"type": "integer", "minimum": 0, "maximum": 49},
     "max_workers": {"type": "integer", "minimum": 1, "description": "Accepted for LiteLLM compatibility; ignored."},

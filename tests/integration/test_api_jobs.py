@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import text
@@ -24,6 +25,7 @@ from batcher import (
     JobNotFoundError,
     JobState,
     ModelResponse,
+    RateLimitError,
     RequestCancelledError,
     UnknownModelError,
     WaitTimeoutError,
@@ -90,10 +92,27 @@ def test_the_batch_functions_run_over_http(remote: Client, fake_provider: FakePr
     assert all(isinstance(r, ModelResponse) for r in out)
     best = batch_completion_models(["gpt-4o-mini", "anthropic/claude-3-5-haiku"], HI, client=remote)
     assert isinstance(best, ModelResponse)
-    every = batch_completion_models_all_responses(["gpt-remote-down", "cohere/command-r"], HI, client=remote)
+    every = batch_completion_models_all_responses(
+        ["gpt-remote-down", "cohere/command-r"], HI, client=remote, return_exceptions=True
+    )
     assert not isinstance(every[0], ModelResponse) and isinstance(every[1], ModelResponse)
+    assert batch_completion_models_all_responses(["gpt-remote-down", "cohere/command-r"], HI, client=remote) == [
+        every[1]
+    ]
     with pytest.raises(AllModelsFailedError, match="gpt-remote-down"):
         batch_completion_models(["gpt-remote-down"], HI, client=remote)
+
+
+def test_litellm_mocks_travel_over_http(remote: Client) -> None:
+    """``mock_response`` as an exception or an error string, and ``mock_timeout``, as a local client runs them."""
+    answer = httpx.Response(429, request=httpx.Request("POST", "https://api.openai.com/v1/chat/completions"))
+    limited = openai.RateLimitError("slow down", response=answer, body=None)
+    [by_exception] = batch_completion("gpt-4o-mini", [HI], client=remote, mock_response=limited)
+    assert isinstance(by_exception, RateLimitError) and by_exception.status_code == 429
+    [by_string] = batch_completion("gpt-4o-mini", [HI], client=remote, mock_response="litellm.InternalServerError")
+    assert isinstance(by_string, openai.InternalServerError) and by_string.status_code == 500
+    [timed_out] = batch_completion("gpt-4o-mini", [HI], client=remote, mock_timeout=True)
+    assert isinstance(timed_out, openai.APITimeoutError) and timed_out.status_code == 408
 
 
 def test_remote_cancel_and_wait_timeout(remote: Client, fake_provider: FakeProvider) -> None:

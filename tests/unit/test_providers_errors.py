@@ -395,7 +395,7 @@ def test_transport_errors(exc_type: type[httpx.TransportError], cls: type[Provid
 
 def test_a_trickling_body_times_out() -> None:
     def slow() -> Iterator[bytes]:
-        for _ in range(20):
+        for _ in range(200):  # 10 s in all, were the timeout not applied to the whole read
             time.sleep(0.05)
             yield b" "
 
@@ -404,7 +404,7 @@ def test_a_trickling_body_times_out() -> None:
     assert type(err) is ProviderTimeoutError
     assert err.status_code == 408  # as LiteLLM's Timeout, whatever the status line said
     assert err.http_status == 200
-    assert time.monotonic() - start < 0.6
+    assert time.monotonic() - start < 5  # far from the 10 s of the whole body, whatever the load
 
 
 def test_a_body_that_fails_mid_read_is_a_connection_error() -> None:
