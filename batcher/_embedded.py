@@ -100,12 +100,14 @@ class EmbeddedRuntime:
         start_for(self.app, concurrency=self.settings.worker_concurrency)
 
     def stop(self) -> None:
+        from workers._context import close_context
         from workers._liveness import stop_for
 
         stop_for(self.app)
         if self._thread.is_alive():
             self.worker.stop(in_sighandler=False)
             self._thread.join(WORKER_STOP_TIMEOUT_S)
+        close_context(self.app)  # the worker threads' HTTP clients: no socket left to the GC
 
 
 def _shown(path: Path) -> str:

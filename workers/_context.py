@@ -189,11 +189,17 @@ def get_context(app: Celery) -> WorkerContext:
     return ctx
 
 
-def _close_on_shutdown(sender: object = None, **_: object) -> None:
-    app = getattr(sender, "app", None)
-    ctx = _contexts.pop(id(app), None) if app is not None else None
+def close_context(app: Celery) -> None:
+    """Forget ``app``'s context and close its HTTP clients (a worker's shutdown, embedded mode's stop)."""
+    ctx = _contexts.pop(id(app), None)
     if ctx is not None:
         ctx.close()
+
+
+def _close_on_shutdown(sender: object = None, **_: object) -> None:
+    app = getattr(sender, "app", None)
+    if app is not None:
+        close_context(app)
 
 
 def install_celery_hooks() -> None:
