@@ -70,9 +70,12 @@ class Settings(BaseSettings):
     max_attempts: int = Field(5, ge=1, le=50)
     """Attempts per request for retryable failures (429, 5xx, timeouts, malformed replies)."""
     backoff_base_s: float = Field(1.0, gt=0)
+    """A retry waits a random time up to this, doubled at each attempt (full jitter); a provider's Retry-After wins."""
     backoff_max_s: float = Field(60.0, gt=0)
+    """Cap of that doubling: the longest wait between two attempts."""
 
     max_prompts_per_job: int = Field(DEFAULT_MAX_PROMPTS_PER_JOB, ge=1)
+    """Most requests one job may hold; a larger submission is refused before anything is stored."""
     max_request_bytes: int = Field(DEFAULT_MAX_REQUEST_BYTES, ge=1_000)
     """Largest JSON size of one request's messages + parameters."""
 
@@ -131,6 +134,7 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = "text"
     """``json``: one JSON object per line (time, level, logger, message, job_id, idx, provider, model, attempt)."""
     log_level: str = "INFO"
+    """Level of batcher's own log lines (``DEBUG``, ``INFO``, ``WARNING``, ...); ``--log-level`` overrides it."""
 
     metrics_port: int = Field(0, ge=0, le=65_535)
     """Workers serve Prometheus metrics on this port (``/metrics``); 0 turns the exporter off."""

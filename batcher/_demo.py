@@ -8,12 +8,14 @@ deployment on the same Redis never pick up its tasks.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from itertools import islice
 from pathlib import Path
 from typing import Any, cast
@@ -31,6 +33,8 @@ from batcher._mode import EMBEDDED, resolve_mode
 DEMO_MODELS = ("gpt-4o-mini", "claude-3-5-haiku-latest", "command-r")
 RACE_LATENCIES_MS = {"gpt-4o-mini": 50, "claude-3-5-haiku-latest": 200, "command-r": 500}
 WORKER_READY_TIMEOUT_S = 60.0
+DEMO_KEY_TTL_S = 3_600
+"""Redis keys of a demo's own queues expire an hour after it ends."""
 
 
 def _check_services(settings: Settings, console: Console) -> None:
@@ -76,7 +80,8 @@ def _start_worker(env: dict[str, str], concurrency: int, log: Path) -> subproces
 def run_demo(*, prompts: int, latency_ms: int, concurrency: int) -> None:
     from batcher.testing import FakeProvider, FakeProviderConfig, ModelBehaviour
 
-    console = Console()
+    # No guessed colours on numbers, paths and ids; long lines are not cut at 80 columns when piped.
+    console = Console(highlight=False, soft_wrap=True)
     base = Settings()
     embedded = resolve_mode(base) == EMBEDDED
     if embedded:
@@ -84,14 +89,15 @@ def run_demo(*, prompts: int, latency_ms: int, concurrency: int) -> None:
     else:
         _check_services(base, console)
         console.print(f"[bold]batcher demo[/]: Postgres {base.database_url.split('@')[-1]}, Redis {base.redis_url}")
-        upgrade(base)
+        with _quiet("alembic"):  # one line, not one per migration
+            upgrade(base)
         console.print("database migrated")
 
     config = FakeProviderConfig(
         default=ModelBehaviour(latency_ms=latency_ms),
         models={m: ModelBehaviour(latency_ms=ms) for m, ms in RACE_LATENCIES_MS.items()},
     )
-    with FakeProvider(port=0, config=config) as fake, tempfile.TemporaryDirectory() as tmp:
+    with _quiet("batcher.testing"), FakeProvider(port=0, config=config) as fake, tempfile.TemporaryDirectory() as tmp:
         tag = f"demo-{os.getpid()}"
         env = {
             **os.environ,
@@ -111,7 +117,10 @@ def run_demo(*, prompts: int, latency_ms: int, concurrency: int) -> None:
             if embedded:
                 console.print(f"fake provider on {fake.url}; in-process worker ({concurrency} threads)")
             else:
-                console.print(f"fake provider on {fake.url}; starting a worker ({concurrency} threads)")
+                console.print(
+                    f"fake provider on {fake.url}; starting a worker ({concurrency} threads) "
+                    f"on a queue of its own ({env['BATCHER_QUEUE']})"
+                )
                 log = Path(tmp) / "worker.log"
                 worker = _start_worker(env, concurrency, log)
                 _wait_ready(worker, log)
@@ -126,8 +135,38 @@ def run_demo(*, prompts: int, latency_ms: int, concurrency: int) -> None:
                 except subprocess.TimeoutExpired:
                     worker.kill()
                     worker.wait()
+                _expire_demo_keys(base.redis_url, tag)
     if not ok:
         sys.exit(1)
+
+
+@contextlib.contextmanager
+def _quiet(logger: str) -> Iterator[None]:
+    """``logger`` at WARNING for the duration (its INFO lines are noise in the demo's output)."""
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def _expire_demo_keys(redis_url: str, tag: str) -> int:
+    """Give every Redis key of the demo's own queues a TTL (kombu's bindings never expire by themselves),
+    so demos leave nothing behind for good. Returns how many keys got one."""
+    client = redis.Redis.from_url(redis_url, socket_timeout=3)
+    try:
+        keys = [k for pattern in (f"*{tag}*",) for k in client.scan_iter(match=pattern, count=1_000)]
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.expire(key, DEMO_KEY_TTL_S)
+        pipe.execute()
+        return len(keys)
+    except redis.RedisError:
+        return 0
+    finally:
+        client.close()
 
 
 def _wait_ready(worker: subprocess.Popen[bytes], log: Path) -> None:
@@ -163,9 +202,11 @@ def _run_three_jobs(client: Any, console: Console, prompts: int, latency_ms: int
     console.print(f"job {job.id} submitted in {time.perf_counter() - started:.2f} s")
     status = job.wait(progress=True)
     elapsed = time.perf_counter() - started
+    failed_style = "red" if status.failed else "dim"
     console.print(
-        f"{status.state.value}: {status.succeeded} succeeded, {status.failed} failed in {elapsed:.1f} s "
-        f"({status.total / elapsed:.0f} completions/s; ideal {ideal_s:.1f} s at {concurrency} in flight)"
+        f"{status.state.value}: [green]{status.succeeded} succeeded[/], [{failed_style}]{status.failed} failed[/] "
+        f"in {elapsed:.1f} s ({status.total / elapsed:.0f} completions/s; ideal {ideal_s:.1f} s at {concurrency} "
+        "in flight)"
     )
     results = cast(Generator[Result, None, None], job.results())
     for result in islice(results, 2):

@@ -33,19 +33,25 @@ def decode_line(raw: bytes, number: int) -> str:
     try:
         return raw.decode()
     except UnicodeDecodeError as exc:
+        # The column an editor shows: characters before the bad byte, not bytes (é is two bytes).
+        column = len(raw[: exc.start].decode(errors="replace")) + 1
         raise InvalidRequestError(
-            f"is not UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); save the file as UTF-8",
+            f"is not UTF-8 (byte 0x{raw[exc.start]:02x} at column {column}); save the file as UTF-8",
             field=f"line {number}",
         ) from None
 
 
 def parse_line(line: str | bytes, where: str) -> Any:
     """One JSON value; ``InvalidRequestError`` naming the line if it is not JSON or is nested too deeply."""
+    text = line.decode(errors="replace") if isinstance(line, bytes) else line
     try:
-        return json.loads(line)
+        return json.loads(text)
     except json.JSONDecodeError as exc:
+        # The column on the line as an editor shows it (1-based, in characters); the line's own
+        # line break or a Windows "\r" never shifts it.
+        column = exc.pos - text.rfind("\n", 0, exc.pos)
         raise InvalidRequestError(
-            f"is not valid JSON ({exc.msg} at column {exc.colno}); each line must be one JSON value",
+            f"is not valid JSON ({exc.msg} at column {column}); each line must be one JSON value",
             field=where,
         ) from None
     except RecursionError:  # thousands of levels: more than the parser can follow
@@ -74,7 +80,8 @@ def _numbered(lines: Iterable[str] | Iterable[bytes] | IO[str] | IO[bytes]) -> I
             raise InvalidRequestError(
                 "or a line shortly after it is not UTF-8; save the file as UTF-8", field=f"line {number + 1}"
             ) from None
-        yield number, decode_line(line, number) if isinstance(line, bytes) else str(line)
+        text = decode_line(line, number) if isinstance(line, bytes) else str(line)
+        yield number, text.removeprefix("\ufeff") if number == 1 else text
 
 
 def read_jsonl(
@@ -119,7 +126,7 @@ def _spec(item: Any, where: str, default_model: str | None) -> RequestSpec:
     if "body" in item or "url" in item or "method" in item:
         return _openai_batch_line(item, where, default_model)
     if "messages" not in item:
-        raise InvalidRequestError('has no "messages"', field=where)
+        raise InvalidRequestError(_no_messages(item), field=where)
     params = {k: v for k, v in item.items() if k not in _LINE_KEYS}
     custom_id = item.get("custom_id")
     if custom_id is not None and not isinstance(custom_id, str):
@@ -131,6 +138,24 @@ def _spec(item: Any, where: str, default_model: str | None) -> RequestSpec:
         custom_id=custom_id,
         where=where,
     )
+
+
+_PROMPT_KEYS = ("prompt", "text", "content", "input", "question")
+_ACCEPTED = (
+    'a line is a prompt string ("Hi"), a list of messages, an object with "messages" '
+    '({"messages": [{"role": "user", "content": "Hi"}]}) or an OpenAI Batch API line'
+)
+
+
+def _no_messages(item: dict[str, Any]) -> str:
+    """Why an object line without ``messages`` is refused, and what to write instead."""
+    named = next((k for k in _PROMPT_KEYS if k in item), None)
+    if named is not None and isinstance(item[named], str):
+        return (
+            f'has "{named}" but no "messages": write {{"messages": [{{"role": "user", "content": ...}}]}} '
+            f"or the prompt alone as a JSON string; {_ACCEPTED}"
+        )
+    return f'has no "messages"; {_ACCEPTED}'
 
 
 def _openai_batch_line(item: dict[str, Any], where: str, default_model: str | None) -> RequestSpec:

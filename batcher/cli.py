@@ -36,14 +36,61 @@ def _parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:
         if not sep or not key:
             raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--param")
         try:
-            params[key] = json.loads(raw)
+            params[key] = json.loads(raw)  # numbers, true/false/null, lists and objects
         except json.JSONDecodeError:
-            params[key] = raw
+            params[key] = _PYTHON_WORDS.get(raw, raw)
         except RecursionError:
             raise NestedTooDeeplyError(
                 f"is nested too deeply (batcher takes at most {MAX_JSON_DEPTH} levels)", field=f"--param {key}"
             ) from None
     return params
+
+
+_PYTHON_WORDS: dict[str, Any] = {"True": True, "False": False, "None": None}
+
+_JOB_ID_CHARS = frozenset("0123456789abcdef-")
+MIN_JOB_PREFIX = 6
+
+
+def _job(ident: str) -> Any:
+    """The job named by its id or a unique prefix of it (the ``job 1a2b3c4d`` of the progress bar)."""
+    client = _client()
+    return client.job(_resolve_job_id(client, ident))
+
+
+def _resolve_job_id(client: Any, ident: str) -> str:
+    import uuid
+
+    from batcher._exceptions import JobNotFoundError
+
+    ident = ident.strip().lower()
+    try:
+        return str(uuid.UUID(ident))
+    except ValueError:
+        pass
+    if not ident or not set(ident) <= _JOB_ID_CHARS or len(ident.replace("-", "")) < MIN_JOB_PREFIX:
+        raise JobNotFoundError(
+            f"{ident!r} is not a job id: give the id `batcher submit` printed, or at least its first "
+            f"{MIN_JOB_PREFIX} characters"
+        )
+    engine = getattr(client.transport, "engine", None)
+    if engine is None:  # over HTTP (BATCHER_API_URL): the service takes full ids only
+        raise JobNotFoundError(f"{ident!r} is not a whole job id: over HTTP give the full id `batcher submit` printed")
+    from sqlalchemy import String, cast, func, select
+
+    from batcher._db.models import Job
+
+    digits = ident.replace("-", "")
+    with engine.connect() as conn:
+        found = conn.execute(
+            select(Job.id).where(func.replace(cast(Job.id, String), "-", "").like(f"{digits}%")).limit(3)
+        ).all()
+    if not found:
+        raise JobNotFoundError(f"no job id starts with {ident!r}")
+    if len(found) > 1:
+        some = ", ".join(str(row.id) for row in found[:2])
+        raise JobNotFoundError(f"{ident!r} is the start of several job ids ({some}, ...): give more of the id")
+    return str(found[0].id)
 
 
 class _Group(click.Group):
@@ -58,7 +105,7 @@ class _Group(click.Group):
 
 
 @click.group(cls=_Group)
-@click.version_option(package_name="batcher")
+@click.version_option(package_name="batcher-llm")
 def main() -> None:
     """batcher: durable, distributed batch completion for LLMs."""
     from batcher._logging import configure_from_settings
@@ -90,6 +137,9 @@ def submit(
 def _print_status(status: Any, as_json: bool = False) -> None:
     if as_json:
         data = status.model_dump(mode="json")
+        # One level of parameters, as they were passed (stored as {"params": {...}, "timeout": ...}).
+        stored = dict(data.get("params") or {})
+        data["params"] = {**{k: v for k, v in stored.items() if k != "params"}, **(stored.get("params") or {})}
         data.update(done=status.done, progress=status.progress)
         click.echo(json.dumps(data, indent=2))
         return
@@ -104,8 +154,8 @@ def _print_status(status: Any, as_json: bool = False) -> None:
 @click.argument("job_id")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole status as JSON.")
 def status(job_id: str, as_json: bool) -> None:
-    """Show a job's state and counts."""
-    _print_status(_client().job(job_id).status(), as_json)
+    """Show a job's state and counts (JOB_ID: the id, or a unique prefix of it)."""
+    _print_status(_job(job_id).status(), as_json)
 
 
 @main.command()
@@ -113,29 +163,61 @@ def status(job_id: str, as_json: bool) -> None:
 @click.option("--timeout", type=float, help="Give up after this many seconds (the job goes on).")
 def wait(job_id: str, timeout: float | None) -> None:
     """Wait for a job with a live progress bar."""
-    _print_status(_client().job(job_id).wait(timeout=timeout, progress=True))
+    _print_status(_job(job_id).wait(timeout=timeout, progress=True))
 
 
 @main.command()
 @click.argument("job_id")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write JSONL here.")
 def results(job_id: str, output: Path | None) -> None:
-    """Stream a job's results as JSONL, in input order."""
-    job = _client().job(job_id)
-    out = output.open("wb") if output else sys.stdout.buffer
-    try:
-        job.write_jsonl(out)  # local: Postgres writes the lines; remote: the service streams them
-        out.flush()
-    finally:
-        if output:
-            out.close()
+    """Stream a job's results as JSONL, in input order (to stdout, or to a file with -o)."""
+    job = _job(job_id)
+    if output is None:
+        job.write_jsonl(sys.stdout.buffer)  # local: Postgres writes the lines; remote: the service streams them
+        sys.stdout.buffer.flush()
+        return
+    with output.open("wb") as handle:
+        counted = _LineCounter(handle)
+        job.write_jsonl(counted)  # only write() and flush() are used
+    lines = f"{counted.lines:,} line" + ("" if counted.lines == 1 else "s")
+    click.echo(f"wrote {lines} (one per request, in input order) of job {job.id} to {output}", err=True)
+
+
+class _LineCounter:
+    """A binary writer that passes bytes on and counts the lines written."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self._out = out
+        self.lines = 0
+
+    def write(self, data: Any) -> int:
+        chunk = bytes(data)
+        self.lines += chunk.count(b"\n")
+        self._out.write(chunk)
+        return len(chunk)
+
+    def flush(self) -> None:
+        self._out.flush()
 
 
 @main.command()
 @click.argument("job_id")
 def cancel(job_id: str) -> None:
     """Cancel every request not yet sent; in-flight ones are recorded when they return."""
-    _print_status(_client().job(job_id).cancel())
+    _print_status(_job(job_id).cancel())
+
+
+@main.command()
+@click.option("--markdown", is_flag=True, help="Print the documentation table of every setting (docs/settings.md).")
+def settings(markdown: bool) -> None:
+    """Print every setting (BATCHER_* variable) as this process reads it; secrets are hidden."""
+    from batcher import _settings_doc
+
+    if markdown:
+        click.echo(_settings_doc.markdown(), nl=False)
+        return
+    for line in _settings_doc.current_values(get_settings()):
+        click.echo(line)
 
 
 @main.command()
@@ -152,7 +234,7 @@ def recover() -> None:
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.option("--concurrency", "-c", type=int, help="Threads (in-flight requests); default BATCHER_WORKER_CONCURRENCY.")
-@click.option("--loglevel", "-l", default="INFO")
+@click.option("--log-level", "--loglevel", "-l", "loglevel", default="INFO", show_default=True, help="Log level.")
 @click.pass_context
 def worker(ctx: click.Context, concurrency: int | None, loglevel: str) -> None:
     """Start a Celery worker tuned for LLM calls (threads pool, both queues). Extra args go to Celery."""
@@ -205,7 +287,7 @@ def flower(ctx: click.Context, port: int) -> None:
     import importlib.util
 
     if importlib.util.find_spec("flower") is None:
-        raise click.ClickException("Flower is not installed: pip install 'batcher[monitoring]'")
+        raise click.ClickException("Flower is not installed: pip install 'batcher-llm[monitoring]'")
     from workers.celery_app import app
 
     # Flower only reads events and inspects workers: kombu's stock transport (and its redis:// name
@@ -262,7 +344,7 @@ def demo(prompts: int, latency_ms: int, concurrency: int) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
 @click.option("--workers", default=1, show_default=True, type=int, help="Server processes (the service is stateless).")
-@click.option("--log-level", default="info", show_default=True)
+@click.option("--log-level", "--loglevel", "log_level", default="info", show_default=True, help="Log level.")
 def api(host: str, port: int, workers: int, log_level: str) -> None:
     """Serve the HTTP API: native jobs (/v1/jobs) and the OpenAI Batch API (/v1/files, /v1/batches)."""
     import uvicorn

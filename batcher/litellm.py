@@ -6,7 +6,7 @@ The calls run on batcher's workers like ``batcher.batch_completion`` and friends
 LiteLLM's: every answer a ``litellm.ModelResponse`` (so ``litellm.completion_cost(r)`` works), every
 failure an instance of LiteLLM's exception class of the same meaning (``litellm.RateLimitError``,
 ``litellm.Timeout``, ``litellm.BadRequestError`` ...), raised or put in its slot where LiteLLM puts
-it. Needs ``litellm`` (``pip install 'batcher[litellm]'``); batcher itself never does, and this is the
+it. Needs ``litellm`` (``pip install 'batcher-llm[litellm]'``); batcher itself never does, and this is the
 only module that imports it.
 """
 
@@ -20,7 +20,7 @@ try:
     from litellm import exceptions as errors
 except ImportError as exc:  # pragma: no cover - exercised without litellm installed
     raise ImportError(
-        "batcher.litellm returns LiteLLM's own objects and needs litellm: pip install 'batcher[litellm]' "
+        "batcher.litellm returns LiteLLM's own objects and needs litellm: pip install 'batcher-llm[litellm]' "
         "(or use batcher.batch_completion, which needs nothing more)"
     ) from exc
 

@@ -28,6 +28,8 @@ registered at import of its own module with ``batcher.providers.register_provide
 
 from __future__ import annotations
 
+import difflib
+import functools
 import importlib
 import re
 from collections.abc import Callable, Mapping
@@ -43,6 +45,7 @@ __all__ = [
     "BUILTIN",
     "PROVIDERS",
     "Route",
+    "did_you_mean",
     "get_adapter",
     "model_pattern",
     "register_provider",
@@ -201,7 +204,47 @@ def resolve_route(model: str) -> Route:
     for pattern, provider in words.families:
         if pattern.match(lowered):
             return Route(provider=provider, model=model)
-    raise UnknownModelError(f"no provider is known for model {model!r}: {words.fix}", field="model")
+    guess = did_you_mean(model)
+    hint = f" (did you mean {guess!r}?)" if guess else ""
+    raise UnknownModelError(f"no provider is known for model {model!r}{hint}: {words.fix}", field="model")
+
+
+def did_you_mean(model: str) -> str | None:
+    """The routable model name closest to a mistyped one, or None: a misspelt ``provider/`` prefix
+    (``opneai/gpt-4o`` -> ``openai/gpt-4o``), else the nearest name the registered providers are known
+    to serve (``gtp-4o-mini`` -> ``gpt-4o-mini``, ``cluade-sonnet-4-5`` -> ``claude-sonnet-4-5``)."""
+    head, slash, rest = model.partition("/")
+    if slash and rest:
+        prefixes = [prefix for prefix, _ in _vocabulary.prefixes]
+        close = difflib.get_close_matches(f"{head.lower()}/", prefixes, n=1, cutoff=0.7)
+        return f"{close[0]}{rest}" if close else None
+    close = difflib.get_close_matches(model.lower(), _known_models(tuple(_registered)), n=1, cutoff=0.8)
+    return close[0] if close else None
+
+
+@functools.lru_cache(maxsize=4)
+def _known_models(providers: tuple[str, ...]) -> tuple[str, ...]:
+    """Model names of the registered providers from ``genai-prices``' table (shipped with it, read on the
+    first unknown model only), kept when they route to that provider."""
+    from genai_prices import data_snapshot
+
+    names: list[str] = []
+    for priced in data_snapshot.get_snapshot().providers:
+        if priced.id not in providers:
+            continue
+        for entry in priced.models:
+            name = str(entry.id)
+            if _PLAIN_NAME.fullmatch(name) and _routes_to(name) == priced.id:
+                names.append(name)
+    return tuple(names)
+
+
+_PLAIN_NAME = re.compile(r"[a-z0-9][a-z0-9.\-]*[a-z0-9]")
+
+
+def _routes_to(model: str) -> str | None:
+    lowered = model.lower()
+    return next((provider for pattern, provider in _vocabulary.families if pattern.match(lowered)), None)
 
 
 def get_adapter(provider: str) -> ProviderAdapter:

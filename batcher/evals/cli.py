@@ -38,7 +38,7 @@ def print_summary(console: Any, run: dict[str, Any]) -> None:
     from batcher.evals.prices import format_usd
 
     summary = run["summary"] or {"models": []}
-    table = Table(title=f"{run['suite_name']}: run {str(run['id'])[:8]} ({summary.get('items', 0)} items)")
+    table = Table(title=f"{run['suite_name']}: run {run['id']} ({summary.get('items', 0)} items)")
     for column in ("model", "score", "passed", "errors", "p50 ms", "p95 ms", "tokens in / out", "cost", "cached"):
         table.add_column(column, justify="left" if column == "model" else "right")
     for m in summary["models"]:
@@ -143,7 +143,9 @@ def runs(suite: str | None, limit: int) -> None:
     with runner.engine.connect() as conn:
         rows = store.list_runs(conn, suite_name_of(suite) if suite else None, limit=limit)
     table = Table()
-    for column in ("run", "suite", "state", "trigger", "items", "regressed", "created", "error"):
+    # Whole ids, never cut to fit the terminal: they are what `eval compare` and `eval report --run` take.
+    table.add_column("run", no_wrap=True, min_width=36)
+    for column in ("suite", "state", "trigger", "items", "regressed", "created", "error"):
         table.add_column(column)
     for r in rows:
         regressed = "" if r["regressed"] is None else ("yes" if r["regressed"] else "no")

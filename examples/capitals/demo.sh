@@ -2,10 +2,22 @@
 # The nightly-evaluation demo, on this machine, against the fake provider (no real API is called):
 # two runs of the capitals suite, the second after gpt-4o-mini "got worse", then the HTML report.
 # Needs Postgres and Redis as for `batcher demo` (BATCHER_DATABASE_URL / BATCHER_REDIS_URL).
+#
+#   examples/capitals/demo.sh [-o|--output FILE]
+#
+# The report goes to FILE, by default capitals-report.html in $BATCHER_OUTPUT_DIR (default
+# ${XDG_STATE_HOME:-~/.local/state}/batcher): never into the directory you run it from.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 port="${FAKE_PORT:-9999}"
-out="${1:-capitals-report.html}"
+out="${BATCHER_OUTPUT_DIR:-${XDG_STATE_HOME:-$HOME/.local/state}/batcher}/capitals-report.html"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -o|--output) out="$2"; shift 2 ;;
+    *) echo "usage: $0 [-o|--output FILE]" >&2; exit 2 ;;
+  esac
+done
+mkdir -p "$(dirname "$out")"
 work="$(mktemp -d)"
 
 export OPENAI_BASE_URL="http://127.0.0.1:$port/v1" ANTHROPIC_BASE_URL="http://127.0.0.1:$port"
@@ -16,7 +28,7 @@ export BATCHER_QUEUE="batcher.evaldemo.$$" BATCHER_RACE_QUEUE="batcher.evaldemo.
 batcher db upgrade
 batcher fake-provider --port "$port" --config "$here/fake-provider.json" >"$work/fake.log" 2>&1 &
 fake=$!
-batcher worker --concurrency 20 --loglevel WARNING >"$work/worker.log" 2>&1 &
+batcher worker --concurrency 20 --log-level WARNING >"$work/worker.log" 2>&1 &
 worker=$!
 trap 'kill "$worker" "$fake" 2>/dev/null; wait "$worker" "$fake" 2>/dev/null; rm -rf "$work"' EXIT
 

@@ -8,6 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import redis
+
+from batcher._demo import DEMO_KEY_TTL_S
 
 DEMO_PROMPTS = "60"
 
@@ -59,4 +62,22 @@ def test_demo_against_the_cluster(cluster_env: dict[str, str], tmp_path: Path) -
     result = _demo(env, tmp_path)
     _assert_ran_end_to_end(result)
     assert "database migrated" in result.stdout
-    assert not (tmp_path / "batcher.db").exists()
+    assert list(tmp_path.iterdir()) == []  # no batcher.db, no schedule or report files in the working directory
+    # One line for the migrations, no log lines of alembic or the fake provider, no colour codes when piped.
+    out = result.stdout + result.stderr
+    assert "alembic" not in out and "Running upgrade" not in out and "fake provider listening" not in out
+    assert "\x1b[" not in out
+    # Progress reached the pipe as plain lines.
+    assert f"{DEMO_PROMPTS}/{DEMO_PROMPTS} done, {DEMO_PROMPTS} ok, 0 failed" in result.stderr
+    # The demo's own queues leave no Redis key behind for good.
+    tag = f"demo-{_demo_pid(result.stdout)}"
+    client = redis.Redis.from_url(cluster_env["BATCHER_REDIS_URL"])
+    keys = list(client.scan_iter(match=f"*{tag}*"))
+    assert keys, "the demo's queue bindings should still be there, expiring"
+    assert all(0 < client.ttl(key) <= DEMO_KEY_TTL_S for key in keys), keys
+    client.close()
+
+
+def _demo_pid(stdout: str) -> str:
+    """The process id in the name of the demo's own queue, which it prints: "... (batcher.demo-1234)"."""
+    return stdout.split("on a queue of its own (batcher.demo-", 1)[1].split(")", 1)[0]

@@ -162,6 +162,10 @@ def test_regression_calls_the_webhook_and_fails_the_command(
     assert runs[1]["comparison"]["webhook"] == {"status_code": 204}
     assert payload["run_id"] == str(runs[1]["id"]) and payload["previous_run_id"] == str(runs[0]["id"])
 
+    listed = batcher({"COLUMNS": "80"}, "eval", "runs", "evc-regress")  # a narrow terminal: ids are still whole
+    assert listed.returncode == 0, listed.stderr
+    assert str(runs[0]["id"]) in listed.stdout and str(runs[1]["id"]) in listed.stdout
+
     compared = batcher({}, "eval", "compare", str(runs[0]["id"])[:8], str(runs[1]["id"]))
     assert compared.returncode == 0, compared.stderr
     lines = compared.stdout.splitlines()

@@ -112,3 +112,25 @@ def test_readme_commands_are_the_ones_ci_runs() -> None:
     assert test_command in ci
     demo_command = next(line for line in readme if "batcher demo" in line)
     assert shlex.split(demo_command)[-2:] == ["batcher", "demo"]
+
+
+def test_flower_is_published_only_behind_basic_auth_from_the_env_file() -> None:
+    """Flower can revoke tasks and shut workers down: the stack refuses to start it without a login, and
+    the message says what to set where (compose's ``${VAR:?message}``)."""
+    flower = _compose()["services"]["flower"]
+    assert flower["ports"] == ["5555:5555"]
+    auth = flower["environment"]["FLOWER_BASIC_AUTH"]
+    assert auth == "${FLOWER_BASIC_AUTH:?set FLOWER_BASIC_AUTH=user:password in .env (Flower's login)}"
+    # The rest of the batcher environment is kept (a service's own `environment` replaces the anchor's).
+    assert {k: v for k, v in flower["environment"].items() if k != "FLOWER_BASIC_AUTH"} == _compose()["x-batcher"][
+        "environment"
+    ]
+    example = (ROOT / ".env.example").read_text().splitlines()
+    assert "FLOWER_BASIC_AUTH=" in example  # listed, empty: compose names it until it is set
+
+
+def test_readme_says_how_to_start_the_stack() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert "cp .env.example .env" in readme
+    assert "Compose 2.24" in readme
+    assert "FLOWER_BASIC_AUTH" in readme

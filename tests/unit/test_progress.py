@@ -42,7 +42,7 @@ class _Clock:
 def test_terminal_bar_shows_done_failed_rate_and_eta() -> None:
     console = Console(record=True, file=io.StringIO(), width=120, force_terminal=False)
     clock = _Clock()
-    with ProgressBar("job 1234abcd", console=console, get_time=clock) as bar:
+    with ProgressBar("job 1234abcd", console=console, get_time=clock, plain=False) as bar:
         bar.update(_status(ok=2))  # already done when we started watching
         clock.now += 2
         bar.update(_status(ok=4, failed=1))
@@ -59,7 +59,7 @@ def test_terminal_bar_shows_done_failed_rate_and_eta() -> None:
 
 def test_rate_is_unknown_until_something_finishes_while_watching() -> None:
     console = Console(record=True, file=io.StringIO(), width=120, force_terminal=False)
-    with ProgressBar("job idle", console=console, get_time=_Clock()) as bar:
+    with ProgressBar("job idle", console=console, get_time=_Clock(), plain=False) as bar:
         bar.update(_status(ok=3))
     text = console.export_text()
     assert "3/10" in text and "-/s" in text
@@ -108,3 +108,42 @@ def test_notebook_without_a_kernel_does_not_print_the_bar_repeatedly() -> None:
         for ok in range(1, 5):
             bar.update(_status(ok=ok))
     assert len(calls) == 1
+
+
+def test_piped_output_gets_plain_progress_lines_at_intervals_and_at_the_end() -> None:
+    """Not a terminal (a CI log, ``2> log``): no live bar, no control codes, but a line every
+    ``plain_every_s`` with done/total, ok, failed, rate and ETA, and the final state at the end."""
+    out = io.StringIO()
+    console = Console(file=out, width=80)  # a StringIO is not a terminal, as a pipe is not
+    clock = _Clock()
+    with ProgressBar("job 1234abcd", console=console, get_time=clock, plain_every_s=10) as bar:
+        bar.update(_status(ok=0, total=2_000))
+        clock.now += 4
+        bar.update(_status(ok=400, total=2_000))  # within 10 s of the last line: nothing new
+        clock.now += 6
+        bar.update(_status(ok=900, failed=100, total=2_000))
+        clock.now += 5
+        bar.update(_status(ok=1_900, failed=100, total=2_000, state=JobState.COMPLETED))
+    lines = out.getvalue().splitlines()
+    assert lines == [
+        "job 1234abcd: 0/2,000 done, 0 ok, 0 failed, -/s, elapsed 0:00:00, ETA -",
+        "job 1234abcd: 1,000/2,000 done, 900 ok, 100 failed, 100.0/s, elapsed 0:00:10, ETA 0:00:10",
+        "job 1234abcd: 2,000/2,000 done, 1,900 ok, 100 failed, 133.3/s, elapsed 0:00:15, ETA 0:00:00",
+    ]
+    assert "\x1b" not in out.getvalue()
+
+
+def test_no_failures_are_not_shown_in_red() -> None:
+    """``0 failed`` is dim; failures are red only when there are some."""
+    console = Console(record=True, file=io.StringIO(), width=120, force_terminal=True, color_system="truecolor")
+    with ProgressBar("job ok", console=console, get_time=_Clock(), plain=False) as bar:
+        bar.update(_status(ok=10, state=JobState.COMPLETED))
+    assert "0 failed" in console.export_text(styles=False, clear=False)
+    styled = console.export_text(styles=True)
+    red = "\x1b[31m"
+    assert red + "0 failed" not in styled
+
+    console = Console(record=True, file=io.StringIO(), width=120, force_terminal=True, color_system="truecolor")
+    with ProgressBar("job bad", console=console, get_time=_Clock(), plain=False) as bar:
+        bar.update(_status(ok=8, failed=2, state=JobState.COMPLETED))
+    assert red + "2 failed" in console.export_text(styles=True)
