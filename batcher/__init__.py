@@ -3,7 +3,15 @@
 The public surface is everything in ``__all__``; modules starting with ``_`` are internal.
 """
 
-from batcher._batch import batch_completion, batch_completion_models, batch_completion_models_all_responses
+from batcher._async_client import AsyncClient, AsyncJob
+from batcher._batch import (
+    abatch_completion,
+    abatch_completion_models,
+    abatch_completion_models_all_responses,
+    batch_completion,
+    batch_completion_models,
+    batch_completion_models_all_responses,
+)
 from batcher._client import Client, Job
 from batcher._config import Settings, get_settings
 from batcher._exceptions import (
@@ -45,6 +53,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AllModelsFailedError",
+    "AsyncClient",
+    "AsyncJob",
     "AuthenticationError",
     "BadRequestError",
     "BatcherError",
@@ -83,6 +93,9 @@ __all__ = [
     "WaitTimeoutError",
     "WorkerLostError",
     "__version__",
+    "abatch_completion",
+    "abatch_completion_models",
+    "abatch_completion_models_all_responses",
     "batch_completion",
     "batch_completion_models",
     "batch_completion_models_all_responses",

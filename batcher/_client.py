@@ -8,27 +8,19 @@ loops: waiting with a progress bar, the first response of a race, riding out an 
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Generic, TypeVar
 
 import redis
 from celery import Celery
 from sqlalchemy import Engine
 
 from batcher._config import Settings, get_settings
-from batcher._exceptions import (
-    AllModelsFailedError,
-    ConfigurationError,
-    InvalidRequestError,
-    JobNotFoundError,
-    ServiceUnavailableError,
-    WaitTimeoutError,
-)
+from batcher._exceptions import ConfigurationError, InvalidRequestError, JobNotFoundError
 from batcher._jobs import JobStatus, Result
-from batcher._progress import ProgressBar
 from batcher._response import ModelResponse
 from batcher._states import JobKind
 from batcher._submit import RequestSpec
@@ -41,11 +33,7 @@ from batcher._validation import (
     validate_messages,
     with_provider,
 )
-
-PROGRESS_REFRESH_S = 0.25
-DB_OUTAGE_TOLERANCE_S = 300.0
-"""How long ``Job.wait`` keeps waiting through an outage of the store (or the service) before it says so."""
-OUTAGE_RETRY_S = 1.0
+from batcher._waiting import Outage, Race, Waiting, all_models_failed
 
 
 def default_transport(settings: Settings, *, base_url: str | None = None, api_key: str | None = None) -> Transport:
@@ -123,11 +111,8 @@ class Client:
 
         Messages may be dicts or message objects (a previous answer's ``choices[0].message``, any
         pydantic model); ``custom_llm_provider="openai"`` routes ``model`` as ``"openai/<model>"``."""
-        check_conversations_shape(messages)
-        model = with_provider(model, kwargs)
-        messages = [plain_conversation(conversation) for conversation in messages]
-        split_call_kwargs(kwargs)  # options checked once, whatever the transport
-        return Job(self, self.transport.submit_conversations(model, messages, kwargs), JobKind.BATCH)
+        model, conversations = batch_call(model, messages, kwargs)
+        return Job(self, self.transport.submit_conversations(model, conversations, kwargs), JobKind.BATCH)
 
     def submit_fastest(self, models: Sequence[str], messages: list[dict[str, Any]], **kwargs: Any) -> Job:
         """One prompt to every model; the first successful answer wins (see ``Job.first_response``)."""
@@ -148,36 +133,69 @@ class Client:
         return Job(self, self.transport.submit_file(file, default_model, kwargs), JobKind.BATCH)
 
     def _submit_fanout(self, kind: JobKind, models: Sequence[str], messages: Any, kwargs: dict[str, Any]) -> Job:
-        if isinstance(models, str) or not isinstance(models, Sequence) or not models:
-            raise InvalidRequestError("must be a non-empty list of model names", field="models")
-        check_single_conversation(messages, sender="this call", example_prefix="messages=")
-        messages = validate_messages(messages, "messages")
-        models = [with_provider(model, kwargs, pop=False) for model in models]
-        kwargs.pop("custom_llm_provider", None)
-        split_call_kwargs(kwargs)
-        return Job(self, self.transport.submit_fanout(kind, models, messages, kwargs), kind)
+        routed, conversation = fanout_call(models, messages, kwargs)
+        return Job(self, self.transport.submit_fanout(kind, routed, conversation, kwargs), kind)
 
     # --- reattaching -----------------------------------------------------------------------------
 
     def job(self, job_id: str | uuid.UUID) -> Job:
         """The job with this id (from any process). Raises ``JobNotFoundError``."""
-        try:
-            jid = job_id if isinstance(job_id, uuid.UUID) else uuid.UUID(str(job_id))
-        except ValueError:
-            raise JobNotFoundError(f"{job_id!r} is not a job id (a UUID)") from None
+        jid = job_uuid(job_id)
         return Job(self, jid, self.transport.status(jid).kind)
 
 
-class Job:
-    """A handle on a submitted job. Cheap: every method asks the transport afresh."""
+# --- the checks of a call, shared with ``AsyncClient`` (batcher/_async_client.py) -------------------
 
-    def __init__(self, client: Client, job_id: uuid.UUID, kind: JobKind) -> None:
+
+def batch_call(model: str, messages: Sequence[Any], kwargs: dict[str, Any]) -> tuple[str, list[Any]]:
+    """``submit``'s arguments checked and normalised: the routed model and plain conversations.
+
+    Messages may be dicts or message objects (a previous answer's ``choices[0].message``, any
+    pydantic model); ``custom_llm_provider="openai"`` routes ``model`` as ``"openai/<model>"``."""
+    check_conversations_shape(messages)
+    model = with_provider(model, kwargs)
+    conversations = [plain_conversation(conversation) for conversation in messages]
+    split_call_kwargs(kwargs)  # options checked once, whatever the transport
+    return model, conversations
+
+
+def fanout_call(models: Sequence[str], messages: Any, kwargs: dict[str, Any]) -> tuple[list[str], Any]:
+    """``submit_fastest`` / ``submit_all``'s arguments checked: the routed models and the conversation."""
+    if isinstance(models, str) or not isinstance(models, Sequence) or not models:
+        raise InvalidRequestError("must be a non-empty list of model names", field="models")
+    check_single_conversation(messages, sender="this call", example_prefix="messages=")
+    messages = validate_messages(messages, "messages")
+    routed = [with_provider(model, kwargs, pop=False) for model in models]
+    kwargs.pop("custom_llm_provider", None)
+    split_call_kwargs(kwargs)
+    return routed, messages
+
+
+def job_uuid(job_id: str | uuid.UUID) -> uuid.UUID:
+    """A job id as given (a UUID or its text); ``JobNotFoundError`` for anything else."""
+    try:
+        return job_id if isinstance(job_id, uuid.UUID) else uuid.UUID(str(job_id))
+    except ValueError:
+        raise JobNotFoundError(f"{job_id!r} is not a job id (a UUID)") from None
+
+
+C = TypeVar("C")
+
+
+class JobHandle(Generic[C]):
+    """What every job handle holds (``Job``, ``AsyncJob``): its client, its id and its kind."""
+
+    def __init__(self, client: C, job_id: uuid.UUID, kind: JobKind) -> None:
         self.client = client
         self.id = job_id
         self.kind = kind
 
     def __repr__(self) -> str:
-        return f"<Job {self.id} {self.kind.value}>"
+        return f"<{type(self).__name__} {self.id} {self.kind.value}>"
+
+
+class Job(JobHandle[Client]):
+    """A handle on a submitted job. Cheap: every method asks the transport afresh."""
 
     @property
     def _transport(self) -> Transport:
@@ -190,32 +208,13 @@ class Job:
         """Block until the job is final: woken by the finalizer, reading the job at least every few
         seconds (a wake-up may be lost). An outage of the store or the service is ridden out for up to
         ``DB_OUTAGE_TOLERANCE_S`` (the job goes on without us); then ``ServiceUnavailableError``."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        bar = ProgressBar(f"job {str(self.id)[:8]}") if progress else None
-        slice_s = PROGRESS_REFRESH_S if progress else self._transport.wait_slice_s
-        outage = _Outage(self.id)
-        try:
-            if bar is not None:
-                bar.__enter__()
-            status: JobStatus = outage.ride(self.status, deadline)
-            while True:
-                if bar is not None:
-                    bar.update(status)
-                if status.is_final:
-                    return status
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise WaitTimeoutError(
-                        f"job {self.id} is still {status.state.value} after {timeout} s "
-                        f"({status.done}/{status.total} done); it goes on running"
-                    )
-                wait_s = slice_s if remaining is None else min(slice_s, remaining)
-                status = outage.ride(
-                    lambda wait_s=wait_s: self._transport.poll(self.id, wait_s, "final"), deadline
-                ).status
-        finally:
-            if bar is not None:
-                bar.__exit__(None, None, None)
+        waiting = Waiting(self.id, timeout, progress=progress, slice_s=self._transport.wait_slice_s)
+        outage = Outage(self.id)
+        with waiting:
+            status: JobStatus = outage.ride(self.status, waiting.deadline)
+            while (wait_s := waiting.next_slice(status)) is not None:
+                status = outage.ride(partial(self._transport.poll, self.id, wait_s, "final"), waiting.deadline).status
+            return status
 
     def results(self) -> Iterator[Result]:
         """Every request in input order, streamed (never the whole job in memory)."""
@@ -234,48 +233,10 @@ class Job:
 
         Raises ``AllModelsFailedError`` (listing each model's failure) if no model answered.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        race = Race(self.id, timeout, slice_s=self._transport.wait_slice_s)
         while True:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise WaitTimeoutError(f"no model of job {self.id} answered within {timeout} s")
-            slice_s = (
-                self._transport.wait_slice_s if remaining is None else min(self._transport.wait_slice_s, remaining)
-            )
-            polled = self._transport.poll(self.id, slice_s, "first_response")
+            polled = self._transport.poll(self.id, race.next_slice(), "first_response")
             if polled.response is not None:
                 return polled.response
             if polled.status.is_final:
-                errors: dict[str, BaseException] = {}
-                for result in self.results():
-                    if result.error is not None:
-                        key = f"{result.model} (#{result.index})" if result.model in errors else result.model
-                        errors[key] = result.error
-                raise AllModelsFailedError(errors)
-
-
-class _Outage:
-    """Rides out a store (or service) that is briefly away while a job is waited for."""
-
-    def __init__(self, job_id: uuid.UUID) -> None:
-        self.job_id = job_id
-        self.since: float | None = None
-
-    def ride(self, call: Any, deadline: float | None) -> Any:
-        """``call()``; while it raises ``ServiceUnavailableError``, retry for up to the tolerance."""
-        while True:
-            try:
-                value = call()
-                self.since = None
-                return value
-            except ServiceUnavailableError as exc:
-                now = time.monotonic()
-                self.since = self.since or now
-                if now - self.since > DB_OUTAGE_TOLERANCE_S:
-                    raise ServiceUnavailableError(
-                        f"{exc} for {now - self.since:.0f} s while waiting for job {self.job_id}; the job goes "
-                        "on: wait again once it is back"
-                    ) from None
-                if deadline is not None and now >= deadline:
-                    raise WaitTimeoutError(f"job {self.job_id}: unreachable until the timeout ({exc})") from None
-                time.sleep(OUTAGE_RETRY_S)
+                raise all_models_failed(self.results())

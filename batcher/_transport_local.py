@@ -139,6 +139,11 @@ class LocalTransport(Transport):
         except redis.RedisError:  # Redis is away: fall back to polling Postgres
             event = None
             time.sleep(timeout_s)
+        return self.polled(job_id, until, event)
+
+    def polled(self, job_id: uuid.UUID, until: Until, event: _wakeup.Event | None) -> Poll:
+        """What a wait that woke with ``event`` (or timed out: ``None``) returns: the job read afresh,
+        and the race's answer once there is one (from the wake-up, else from the store)."""
         if event is not None and event.get("event") == "win":
             return Poll(self.status(job_id), ModelResponse.model_validate(event["response"]))
         status = self.status(job_id)

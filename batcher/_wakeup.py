@@ -43,39 +43,39 @@ def done_keys(job_id: str, *, first_response: bool = False) -> list[str]:
 
 def wait(client: Any, keys: list[str], timeout_s: float) -> Event | None:
     """Block up to ``timeout_s`` for an event on ``keys``; returns it (left for others), or ``None``."""
-    item = client.blpop(keys, timeout=max(timeout_s, 0.01))
+    item = client.blpop(keys, timeout=_blpop_timeout(timeout_s))
     if item is None:
         return None
     key, raw = item
-    _give_back(client, key, raw)
+    _rearmed_push(client, key, raw).execute()
     return _decode(raw)
 
 
 async def await_event(client: Any, keys: list[str], timeout_s: float) -> Event | None:
-    """``wait`` for an asyncio Redis client: a long-polled HTTP wait holds no thread."""
-    item = await client.blpop(keys, timeout=max(timeout_s, 0.01))
+    """``wait`` for an asyncio Redis client (``redis.asyncio``, or fakeredis' in embedded mode): the
+    HTTP service's long-polled wait and ``AsyncJob.wait`` hold no thread while they block."""
+    item = await client.blpop(keys, timeout=_blpop_timeout(timeout_s))
     if item is None:
         return None
     key, raw = item
-    pipe = client.pipeline()
-    pipe.rpush(key, raw)
-    pipe.expire(key, _keys.WAKE_TTL_S)
-    await pipe.execute()
+    await _rearmed_push(client, key, raw).execute()
     return _decode(raw)
 
 
+def _blpop_timeout(timeout_s: float) -> float:
+    return max(timeout_s, 0.01)  # 0 would block forever
+
+
 def _push(client: Any, key: str, event: Event) -> None:
-    pipe = client.pipeline()
-    pipe.rpush(key, json.dumps(event))
-    pipe.expire(key, _keys.WAKE_TTL_S)
-    pipe.execute()
+    _rearmed_push(client, key, json.dumps(event)).execute()
 
 
-def _give_back(client: Any, key: Any, raw: Any) -> None:
+def _rearmed_push(client: Any, key: Any, raw: Any) -> Any:
+    """A pipeline (not yet executed: sync or asyncio) pushing ``raw`` on ``key`` and re-arming its expiry."""
     pipe = client.pipeline()
     pipe.rpush(key, raw)
     pipe.expire(key, _keys.WAKE_TTL_S)
-    pipe.execute()
+    return pipe
 
 
 def _decode(raw: Any) -> Event | None:

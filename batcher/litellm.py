@@ -2,6 +2,8 @@
 
     from batcher.litellm import batch_completion, batch_completion_models, batch_completion_models_all_responses
 
+(``abatch_completion`` and friends: the same, awaited, with a ``batcher.AsyncClient``.)
+
 The calls run on batcher's workers like ``batcher.batch_completion`` and friends; what comes back is
 LiteLLM's: every answer a ``litellm.ModelResponse`` (so ``litellm.completion_cost(r)`` works), every
 failure an instance of LiteLLM's exception class of the same meaning (``litellm.RateLimitError``,
@@ -12,7 +14,8 @@ only module that imports it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 try:
@@ -25,6 +28,7 @@ except ImportError as exc:  # pragma: no cover - exercised without litellm insta
     ) from exc
 
 from batcher import _batch
+from batcher._async_client import AsyncClient
 from batcher._client import Client
 from batcher._exceptions import (
     AllModelsFailedError,
@@ -48,6 +52,9 @@ ModelResponse = litellm.ModelResponse
 
 __all__ = [
     "ModelResponse",
+    "abatch_completion",
+    "abatch_completion_models",
+    "abatch_completion_models_all_responses",
     "batch_completion",
     "batch_completion_models",
     "batch_completion_models_all_responses",
@@ -130,6 +137,16 @@ def _value(slot: BatcherResponse | BatcherError) -> Any:
     return to_litellm_response(slot) if isinstance(slot, BatcherResponse) else to_litellm_error(slot)
 
 
+@contextlib.contextmanager
+def _litellm_failures() -> Iterator[None]:
+    """A race nobody won: ``AllModelsFailedError`` with each model's failure as LiteLLM's class."""
+    try:
+        yield
+    except AllModelsFailedError as exc:
+        to_litellm_error(exc)
+        raise
+
+
 def batch_completion(
     model: str,
     messages: Sequence[Any],
@@ -155,11 +172,8 @@ def batch_completion_models(
     **kwargs: Any,
 ) -> litellm.ModelResponse | None:
     """``batcher.batch_completion_models`` returning a ``litellm.ModelResponse``."""
-    try:
+    with _litellm_failures():
         response = _batch.batch_completion_models(models, messages, client=client, wait_timeout=wait_timeout, **kwargs)
-    except AllModelsFailedError as exc:
-        to_litellm_error(exc)  # each model's failure as LiteLLM's class
-        raise
     return None if response is None else to_litellm_response(response)
 
 
@@ -180,5 +194,56 @@ def batch_completion_models_all_responses(
         client=client,
         wait_timeout=wait_timeout,
         **kwargs,
+    )
+    return [_value(slot) for slot in slots]
+
+
+# --- the same, awaited (``batcher.AsyncClient``) -----------------------------------------------------
+
+
+async def abatch_completion(
+    model: str,
+    messages: Sequence[Any],
+    *,
+    client: AsyncClient | None = None,
+    progress: bool = False,
+    wait_timeout: float | None = None,
+    **kwargs: Any,
+) -> list[Any]:
+    """``batcher.abatch_completion`` with LiteLLM's objects in the slots."""
+    slots = await _batch.abatch_completion(
+        model, messages, client=client, progress=progress, wait_timeout=wait_timeout, **kwargs
+    )
+    return [_value(slot) for slot in slots]
+
+
+async def abatch_completion_models(
+    models: str | Sequence[str] | None = None,
+    messages: Any = None,
+    *,
+    client: AsyncClient | None = None,
+    wait_timeout: float | None = None,
+    **kwargs: Any,
+) -> litellm.ModelResponse | None:
+    """``batcher.abatch_completion_models`` returning a ``litellm.ModelResponse``."""
+    with _litellm_failures():
+        response = await _batch.abatch_completion_models(
+            models, messages, client=client, wait_timeout=wait_timeout, **kwargs
+        )
+    return None if response is None else to_litellm_response(response)
+
+
+async def abatch_completion_models_all_responses(
+    models: str | Sequence[str] | None = None,
+    messages: Any = None,
+    *,
+    return_exceptions: bool = False,
+    client: AsyncClient | None = None,
+    wait_timeout: float | None = None,
+    **kwargs: Any,
+) -> list[Any]:
+    """``batcher.abatch_completion_models_all_responses`` with LiteLLM's objects."""
+    slots = await _batch.abatch_completion_models_all_responses(
+        models, messages, return_exceptions=return_exceptions, client=client, wait_timeout=wait_timeout, **kwargs
     )
     return [_value(slot) for slot in slots]
