@@ -7,7 +7,9 @@ server; no real provider is ever reached. LiteLLM's cost map is read from its lo
 
 from __future__ import annotations
 
+import inspect
 import os
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -45,3 +47,15 @@ def litellm_env(cluster_env: dict[str, str], cluster_client: Any) -> Iterator[An
         yield litellm
     finally:
         litellm.drop_params, litellm.num_retries = saved
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_litellm_clients() -> Iterator[None]:
+    """LiteLLM caches its SDK clients for the process; close their connections at the end of the run."""
+    yield
+    litellm = sys.modules.get("litellm")
+    cache = getattr(litellm, "in_memory_llm_clients_cache", None)
+    for client in list(getattr(cache, "cache_dict", {}).values()):
+        close = getattr(client, "close", None)
+        if callable(close) and not inspect.iscoroutinefunction(close):
+            close()
