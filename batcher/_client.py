@@ -24,6 +24,7 @@ from batcher._exceptions import (
     ConfigurationError,
     InvalidRequestError,
     JobNotFoundError,
+    NoWorkerError,
     ServiceUnavailableError,
     WaitTimeoutError,
 )
@@ -46,6 +47,12 @@ PROGRESS_REFRESH_S = 0.25
 DB_OUTAGE_TOLERANCE_S = 300.0
 """How long ``Job.wait`` keeps waiting through an outage of the store (or the service) before it says so."""
 OUTAGE_RETRY_S = 1.0
+NO_WORKER_GRACE_S = 3.0
+"""How long a wait sees no live worker consuming its job's queue, and no progress, before it raises
+``NoWorkerError`` (the job stays stored and runs once a worker starts): the first look is at once, so
+a job submitted with no worker running fails this long (plus one check) after its wait began."""
+NO_WORKER_CHECK_S = 1.0
+"""How often a wait reads the workers' heartbeats (one small query)."""
 
 
 def default_transport(settings: Settings, *, base_url: str | None = None, api_key: str | None = None) -> Transport:
@@ -194,6 +201,7 @@ class Job:
         bar = ProgressBar(f"job {str(self.id)[:8]}") if progress else None
         slice_s = PROGRESS_REFRESH_S if progress else self._transport.wait_slice_s
         outage = _Outage(self.id)
+        watch = _WorkerWatch(self, outage)
         try:
             if bar is not None:
                 bar.__enter__()
@@ -203,6 +211,7 @@ class Job:
                     bar.update(status)
                 if status.is_final:
                     return status
+                watch.check(status.done)
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise WaitTimeoutError(
@@ -235,6 +244,7 @@ class Job:
         Raises ``AllModelsFailedError`` (listing each model's failure) if no model answered.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        watch = _WorkerWatch(self)
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
@@ -252,6 +262,53 @@ class Job:
                         key = f"{result.model} (#{result.index})" if result.model in errors else result.model
                         errors[key] = result.error
                 raise AllModelsFailedError(errors)
+            watch.check(polled.status.done)
+
+
+class _WorkerWatch:
+    """Says when nobody will run a job: no live worker consumes its queue, and it makes no progress,
+    for ``NO_WORKER_GRACE_S``. Keeps quiet while a worker is there or appears, on transports that cannot
+    tell (HTTP, embedded mode's own worker), and for a while after an outage (heartbeats written during
+    it failed: the workers' next beats are on their way)."""
+
+    def __init__(self, job: Job, outage: _Outage | None = None) -> None:
+        self.job = job
+        self.outage = outage
+        self.since: float | None = None
+        self.done = -1
+        self.next_check = 0.0
+        self.off = False
+
+    def check(self, done: int) -> None:
+        if self.off:
+            return
+        now = time.monotonic()
+        if done != self.done:  # progress: someone is working on it
+            self.done, self.since = done, None
+        if now < self.next_check:
+            return
+        self.next_check = now + NO_WORKER_CHECK_S
+        try:
+            consumers = self.job.client.transport.consumers(self.job.id)
+        except ServiceUnavailableError:
+            self.since = None  # an outage: riding it out is the wait's business
+            return
+        if consumers is None:
+            self.off = True
+            return
+        if consumers.live:
+            self.since = None
+            return
+        if self.since is None:
+            self.since = now
+        last_outage = self.outage.last_seen if self.outage is not None else None
+        if (
+            last_outage is not None
+            and now - last_outage < NO_WORKER_GRACE_S + self.job.client.settings.heartbeat_interval_s
+        ):
+            return
+        if now - self.since >= NO_WORKER_GRACE_S:
+            raise NoWorkerError(consumers.queue, job_id=str(self.job.id))
 
 
 class _Outage:
@@ -260,6 +317,8 @@ class _Outage:
     def __init__(self, job_id: uuid.UUID) -> None:
         self.job_id = job_id
         self.since: float | None = None
+        self.last_seen: float | None = None
+        """When the last failed call was (monotonic): the workers' heartbeats may lag for a while after."""
 
     def ride(self, call: Any, deadline: float | None) -> Any:
         """``call()``; while it raises ``ServiceUnavailableError``, retry for up to the tolerance."""
@@ -271,6 +330,7 @@ class _Outage:
             except ServiceUnavailableError as exc:
                 now = time.monotonic()
                 self.since = self.since or now
+                self.last_seen = now
                 if now - self.since > DB_OUTAGE_TOLERANCE_S:
                     raise ServiceUnavailableError(
                         f"{exc} for {now - self.since:.0f} s while waiting for job {self.job_id}; the job goes "
