@@ -140,7 +140,7 @@ def create_database_if_missing(url: URL) -> bool:
                             f"{url.database}), then run 'batcher db upgrade'"
                         ) from None
                     raise
-                log.info("created database %s", where(url))
+                log.debug("created database %s", where(url))
                 return True
         except DBAPIError as exc:
             if re.search(r'database "[^"]*" does not exist', first_line(exc)):
@@ -226,8 +226,7 @@ def ensure_schema(settings: Settings) -> None:
         revisions, head = known_revisions()
         current = _read_revision(url, settings.auto_migrate)
         if current == "missing":
-            log.info("database %s does not exist: creating and migrating it (BATCHER_AUTO_MIGRATE)", where(url))
-            upgrade(settings)
+            _quietly_upgrade(settings, f"created database {where(url)} and migrated it to {head}")
             return
         if current is not None and current not in revisions:
             raise ConfigurationError(
@@ -242,8 +241,19 @@ def ensure_schema(settings: Settings) -> None:
                 f"BATCHER_DATABASE_URL ({where(url)}): the database is at revision {current or 'none'}, batcher "
                 f"needs {head}: run 'batcher db upgrade'"
             )
-        log.info("database %s is at revision %s: migrating it to %s (BATCHER_AUTO_MIGRATE)", where(url), current, head)
+        _quietly_upgrade(settings, f"migrated database {where(url)} from {current or 'nothing'} to {head}")
+
+
+def _quietly_upgrade(settings: Settings, done: str) -> None:
+    """A first use's migration: one INFO line when it is done, not Alembic's line per revision."""
+    chatty = logging.getLogger("alembic.runtime.migration")
+    level = chatty.level
+    chatty.setLevel(logging.WARNING)
+    try:
         upgrade(settings)
+    finally:
+        chatty.setLevel(level)
+    log.info("%s (first use; BATCHER_AUTO_MIGRATE=false leaves it to 'batcher db upgrade')", done)
 
 
 def _read_revision(url: URL, may_create: bool) -> str | None:
