@@ -20,13 +20,14 @@ from typing import IO, Any
 
 from batcher._client import JobHandle, batch_call, fanout_call, job_uuid
 from batcher._config import Settings, get_settings
+from batcher._exceptions import ServiceUnavailableError
 from batcher._jobs import JobStatus, Result
 from batcher._response import ModelResponse
 from batcher._states import JobKind
 from batcher._submit import RequestSpec
 from batcher._transport_async import AsyncTransport, default_async_transport
 from batcher._validation import split_call_kwargs
-from batcher._waiting import Outage, Race, Waiting, all_models_failed
+from batcher._waiting import Outage, Race, Waiting, WorkerWatch, all_models_failed
 
 
 class AsyncClient:
@@ -124,11 +125,11 @@ class AsyncJob(JobHandle[AsyncClient]):
         after ``timeout`` seconds (the job goes on). Cancelling the awaiting task stops the wait, not the job."""
         waiting = Waiting(self.id, timeout, progress=progress, slice_s=self._transport.wait_slice_s)
         outage = Outage(self.id)
+        watch = self._worker_watch(outage)
         with waiting:
             status: JobStatus = await outage.aride(self.status, waiting.deadline)
             while (wait_s := waiting.next_slice(status)) is not None:
-                # Each pass sees a fresh status: the place for the checks ``Job.wait`` makes on it
-                # (e.g. that some worker is alive), run in a worker thread when they read the store.
+                await self._check_workers(watch, status.done)
                 poll = partial(self._transport.poll, self.id, wait_s, "final")
                 status = (await outage.aride(poll, waiting.deadline)).status
             return status
@@ -152,9 +153,25 @@ class AsyncJob(JobHandle[AsyncClient]):
         Raises ``AllModelsFailedError`` (listing each model's failure) if no model answered.
         """
         race = Race(self.id, timeout, slice_s=self._transport.wait_slice_s)
+        watch = self._worker_watch(None)
         while True:
             polled = await self._transport.poll(self.id, race.next_slice(), "first_response")
             if polled.response is not None:
                 return polled.response
             if polled.status.is_final:
                 raise all_models_failed([result async for result in self.results()])
+            await self._check_workers(watch, polled.status.done)
+
+    def _worker_watch(self, outage: Outage | None) -> WorkerWatch:
+        return WorkerWatch(self.id, outage, heartbeat_s=self.client.settings.heartbeat_interval_s)
+
+    async def _check_workers(self, watch: WorkerWatch, done: int) -> None:
+        """``Job._check_workers``, awaited (the heartbeats are read in a worker thread)."""
+        if not watch.due(done):
+            return
+        try:
+            consumers = await self._transport.consumers(self.id)
+        except ServiceUnavailableError:
+            watch.outage_seen()
+            return
+        watch.observe(consumers)

@@ -19,7 +19,7 @@ from celery import Celery
 from sqlalchemy import Engine
 
 from batcher._config import Settings, get_settings
-from batcher._exceptions import ConfigurationError, InvalidRequestError, JobNotFoundError
+from batcher._exceptions import ConfigurationError, InvalidRequestError, JobNotFoundError, ServiceUnavailableError
 from batcher._jobs import JobStatus, Result
 from batcher._response import ModelResponse
 from batcher._states import JobKind
@@ -33,7 +33,7 @@ from batcher._validation import (
     validate_messages,
     with_provider,
 )
-from batcher._waiting import Outage, Race, Waiting, all_models_failed
+from batcher._waiting import Outage, Race, Waiting, WorkerWatch, all_models_failed
 
 
 def default_transport(settings: Settings, *, base_url: str | None = None, api_key: str | None = None) -> Transport:
@@ -210,9 +210,11 @@ class Job(JobHandle[Client]):
         ``DB_OUTAGE_TOLERANCE_S`` (the job goes on without us); then ``ServiceUnavailableError``."""
         waiting = Waiting(self.id, timeout, progress=progress, slice_s=self._transport.wait_slice_s)
         outage = Outage(self.id)
+        watch = self._worker_watch(outage)
         with waiting:
             status: JobStatus = outage.ride(self.status, waiting.deadline)
             while (wait_s := waiting.next_slice(status)) is not None:
+                self._check_workers(watch, status.done)
                 status = outage.ride(partial(self._transport.poll, self.id, wait_s, "final"), waiting.deadline).status
             return status
 
@@ -234,9 +236,25 @@ class Job(JobHandle[Client]):
         Raises ``AllModelsFailedError`` (listing each model's failure) if no model answered.
         """
         race = Race(self.id, timeout, slice_s=self._transport.wait_slice_s)
+        watch = self._worker_watch(None)
         while True:
             polled = self._transport.poll(self.id, race.next_slice(), "first_response")
             if polled.response is not None:
                 return polled.response
             if polled.status.is_final:
                 raise all_models_failed(self.results())
+            self._check_workers(watch, polled.status.done)
+
+    def _worker_watch(self, outage: Outage | None) -> WorkerWatch:
+        return WorkerWatch(self.id, outage, heartbeat_s=self.client.settings.heartbeat_interval_s)
+
+    def _check_workers(self, watch: WorkerWatch, done: int) -> None:
+        """``NoWorkerError`` once nobody has consumed the job's queue for a while (``batcher._waiting``)."""
+        if not watch.due(done):
+            return
+        try:
+            consumers = self._transport.consumers(self.id)
+        except ServiceUnavailableError:
+            watch.outage_seen()
+            return
+        watch.observe(consumers)

@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     """SQLAlchemy URL of the Postgres database that is the source of truth."""
     redis_url: str = DEFAULT_REDIS_URL
     """Redis: Celery's broker and the coordination store (race keys, wake-ups, rate limits)."""
+    auto_migrate: bool = True
+    """On first use (a client, ``batcher worker``) create the Postgres database if it is missing and run the
+    migrations it lacks, under an advisory lock (concurrent first uses wait for one another). Off: a missing or
+    unmigrated database is one line naming ``batcher db upgrade`` instead."""
 
     worker_concurrency: int = Field(DEFAULT_WORKER_CONCURRENCY, ge=1, le=2_000)
     """Threads per worker process; each holds one in-flight provider call."""
@@ -158,11 +162,9 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _database_url_is_sqlalchemy(cls, value: str) -> str:
+        """``postgres://`` (Heroku's, libpq's) is taken as ``postgresql+psycopg://``, the name SQLAlchemy knows."""
         if value.startswith("postgres://"):
-            raise ValueError(
-                "BATCHER_DATABASE_URL must be a SQLAlchemy URL such as "
-                "postgresql+psycopg://user@host:5432/batcher (not postgres://)"
-            )
+            return "postgresql+psycopg://" + value.removeprefix("postgres://")
         return value
 
 

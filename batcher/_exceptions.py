@@ -3,7 +3,8 @@
     BatcherError
     ├── ConfigurationError          settings are unusable (bad URL, missing secret key, ...)
     ├── ServiceUnavailableError     Postgres or Redis cannot take the call now (down, full): retry later
-    │   └── EnqueueError            the job is stored but its messages were refused: recovery publishes them
+    │   ├── EnqueueError            the job is stored but its messages were refused: recovery publishes them
+    │   └── NoWorkerError           no live worker consumes the job's queue: start one (``batcher worker``)
     ├── InvalidRequestError         bad input, refused before anything is stored or enqueued
     │   ├── IdempotencyKeyReusedError  an Idempotency-Key sent again with another request body
     │   ├── UnknownModelError       no provider serves this model name
@@ -77,6 +78,7 @@ __all__ = [
     "JobNotFoundError",
     "MalformedResponseError",
     "MissingAPIKeyError",
+    "NoWorkerError",
     "NotFoundError",
     "PermissionDeniedError",
     "ProviderConnectionError",
@@ -131,6 +133,24 @@ class EnqueueError(ServiceUnavailableError):
 
 def _rebuild_enqueue_error(message: str, job_id: str) -> EnqueueError:
     return EnqueueError(message, job_id=job_id)
+
+
+class NoWorkerError(ServiceUnavailableError):
+    """A wait found no live worker (heartbeat in the ``workers`` table) consuming the job's queue.
+
+    The job is stored and runs as soon as a worker consuming ``queue`` starts; ``job_id`` names it."""
+
+    def __init__(self, queue: str, *, job_id: str | None = None) -> None:
+        self.queue = queue
+        self.job_id = job_id
+        super().__init__(f"no worker is consuming queue {queue!r}: start one with 'batcher worker'")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_no_worker_error, (self.queue, self.job_id))
+
+
+def _rebuild_no_worker_error(queue: str, job_id: str | None) -> NoWorkerError:
+    return NoWorkerError(queue, job_id=job_id)
 
 
 class InvalidRequestError(BatcherError, ValueError):

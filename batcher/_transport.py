@@ -37,6 +37,14 @@ class Poll:
     response: ModelResponse | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Consumers:
+    """Who consumes a job's queue now: the queue's name and how many live workers take from it."""
+
+    queue: str
+    live: int
+
+
 class Transport(abc.ABC):
     """The I/O of a client: submit jobs, read them, wait for them, cancel them."""
 
@@ -71,6 +79,11 @@ class Transport(abc.ABC):
     def poll(self, job_id: uuid.UUID, timeout_s: float, until: Until) -> Poll:
         """Block up to ``timeout_s`` for the job to be final (or, ``first_response``, to have a winner);
         return what it is then, whether or not that happened."""
+
+    def consumers(self, job_id: uuid.UUID) -> Consumers | None:
+        """The live workers consuming the job's queue (from their heartbeats), so a wait can say that
+        nobody will run the job; None when this transport cannot tell or always has a worker."""
+        return None
 
     @abc.abstractmethod
     def results(self, job_id: uuid.UUID) -> Iterator[Result]:

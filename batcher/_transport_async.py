@@ -25,7 +25,7 @@ from batcher._config import Settings
 from batcher._jobs import JobStatus, Result
 from batcher._states import JobKind
 from batcher._submit import RequestSpec
-from batcher._transport import Poll, Until
+from batcher._transport import Consumers, Poll, Until
 
 
 class AsyncTransport(abc.ABC):
@@ -58,6 +58,10 @@ class AsyncTransport(abc.ABC):
 
     @abc.abstractmethod
     async def poll(self, job_id: uuid.UUID, timeout_s: float, until: Until) -> Poll: ...
+
+    async def consumers(self, job_id: uuid.UUID) -> Consumers | None:
+        """``Transport.consumers``, awaited: None when this transport cannot tell."""
+        return None
 
     @abc.abstractmethod
     def results(self, job_id: uuid.UUID) -> AsyncIterator[Result]: ...

@@ -24,7 +24,7 @@ from batcher._config import Settings
 from batcher._jobs import JobStatus, Result
 from batcher._states import JobKind
 from batcher._submit import RequestSpec
-from batcher._transport import Poll, Until
+from batcher._transport import Consumers, Poll, Until
 from batcher._transport_async import AsyncTransport
 from batcher._transport_local import LocalTransport
 
@@ -103,6 +103,9 @@ class AsyncLocalTransport(AsyncTransport):
 
     async def status(self, job_id: uuid.UUID) -> JobStatus:
         return await self._call(LocalTransport.status, job_id)
+
+    async def consumers(self, job_id: uuid.UUID) -> Consumers | None:
+        return await self._call(LocalTransport.consumers, job_id)
 
     async def poll(self, job_id: uuid.UUID, timeout_s: float, until: Until) -> Poll:
         local = await self.local()

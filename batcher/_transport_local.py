@@ -19,21 +19,23 @@ from typing import IO, Any
 import redis
 from celery import Celery
 from sqlalchemy import Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from batcher import _wakeup
 from batcher._celery import make_celery_app
 from batcher._config import Settings
+from batcher._db import recovery
 from batcher._db.contract import JobStore, store_for
-from batcher._db.engine import get_engine
-from batcher._exceptions import JobNotFoundError, ServiceUnavailableError
+from batcher._db.engine import database_problem, get_engine
+from batcher._exceptions import ConfigurationError, JobNotFoundError
 from batcher._files import read_jsonl
 from batcher._jobs import JobStatus, Result
+from batcher._migrate import ensure_schema
 from batcher._mode import EMBEDDED, check_cluster, resolve_mode
 from batcher._response import ModelResponse
 from batcher._states import JobKind
-from batcher._submit import RequestSpec, submit
-from batcher._transport import Poll, Transport, Until
+from batcher._submit import RequestSpec, queue_for, submit
+from batcher._transport import Consumers, Poll, Transport, Until
 from batcher._validation import split_call_kwargs
 
 WAIT_SLICE_S = _wakeup.WAIT_SLICE_S
@@ -49,6 +51,7 @@ class LocalTransport(Transport):
         self._app = app
         self._redis = redis_client
         self._shared = app is not None  # embedded mode's runtime outlives any one client
+        self._queues: dict[uuid.UUID, str] = {}  # each job's queue, read once
 
     @classmethod
     def for_settings(cls, settings: Settings) -> LocalTransport:
@@ -63,6 +66,7 @@ class LocalTransport(Transport):
             )
             return cls(local, app=runtime.app, redis_client=runtime.redis)
         check_cluster(settings)
+        ensure_schema(settings)  # the first use creates and migrates the database, or says what to run
         return cls(settings)
 
     # --- resources ---------------------------------------------------------------------------------
@@ -126,11 +130,35 @@ class LocalTransport(Transport):
         try:
             with self.engine.connect() as conn:
                 row = self.store.job_row(conn, job_id)
-        except OperationalError as exc:
-            raise ServiceUnavailableError(f"the database is unreachable ({_first_line(exc)})") from None
+        except DBAPIError as exc:
+            raise self._problem(exc) from None
         if row is None:
             raise JobNotFoundError(f"no job {job_id}")
         return JobStatus.from_row(row)
+
+    def consumers(self, job_id: uuid.UUID) -> Consumers | None:
+        if self._shared:
+            return None  # embedded mode: the process's own worker consumes every queue
+        try:
+            with self.engine.connect() as conn:
+                queue = self._queues.get(job_id)
+                if queue is None:
+                    row = self.store.job_row(conn, job_id)
+                    if row is None:
+                        raise JobNotFoundError(f"no job {job_id}")
+                    queue = self._queues[job_id] = queue_for(row["kind"], self.settings, row.get("queue"))
+                workers = recovery.live_workers(conn, lapse_s=self.settings.worker_lapse_s)
+        except DBAPIError as exc:
+            raise self._problem(exc) from None
+        live = sum(1 for w in workers if w["stopping_at"] is None and _consumes(w["queues"], queue))
+        return Consumers(queue=queue, live=live)
+
+    def _problem(self, exc: DBAPIError) -> Exception:
+        """A failed read as batcher's error: a mistake (``ConfigurationError``) or an outage, one line each."""
+        problem = database_problem(exc, self.settings.database_url)
+        if isinstance(exc, OperationalError) or isinstance(problem, ConfigurationError):
+            return problem
+        return exc
 
     def poll(self, job_id: uuid.UUID, timeout_s: float, until: Until) -> Poll:
         keys = _wakeup.done_keys(str(job_id), first_response=until == "first_response")
@@ -177,6 +205,7 @@ class LocalTransport(Transport):
         return self.status(job_id)
 
 
-def _first_line(exc: BaseException) -> str:
-    orig = getattr(exc, "orig", None) or exc
-    return (str(orig).splitlines() or [type(exc).__name__])[0]
+def _consumes(queues: str | None, queue: str) -> bool:
+    """A worker row's queues (comma-separated) include ``queue``; a row that lists none counts as consuming."""
+    names = [q for q in (queues or "").split(",") if q]
+    return not names or queue in names

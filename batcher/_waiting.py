@@ -13,9 +13,10 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
-from batcher._exceptions import AllModelsFailedError, ServiceUnavailableError, WaitTimeoutError
+from batcher._exceptions import AllModelsFailedError, NoWorkerError, ServiceUnavailableError, WaitTimeoutError
 from batcher._jobs import JobStatus, Result
 from batcher._progress import ProgressBar
+from batcher._transport import Consumers
 
 T = TypeVar("T")
 
@@ -23,6 +24,12 @@ PROGRESS_REFRESH_S = 0.25
 DB_OUTAGE_TOLERANCE_S = 300.0
 """How long a wait keeps going through an outage of the store (or the service) before it says so."""
 OUTAGE_RETRY_S = 1.0
+NO_WORKER_GRACE_S = 3.0
+"""How long a wait sees no live worker consuming its job's queue, and no progress, before it raises
+``NoWorkerError`` (the job stays stored and runs once a worker starts): the first look is at once, so
+a job submitted with no worker running fails this long (plus one check) after its wait began."""
+NO_WORKER_CHECK_S = 1.0
+"""How often a wait reads the workers' heartbeats (one small query)."""
 
 
 class Waiting:
@@ -94,6 +101,8 @@ class Outage:
     def __init__(self, job_id: uuid.UUID) -> None:
         self.job_id = job_id
         self.since: float | None = None
+        self.last_seen: float | None = None
+        """When the last failed call was (monotonic): the workers' heartbeats may lag for a while after."""
 
     def ride(self, call: Callable[[], T], deadline: float | None) -> T:
         """``call()``; while it raises ``ServiceUnavailableError``, retry for up to the tolerance."""
@@ -119,6 +128,7 @@ class Outage:
         """How long to pause before trying again; raises once the outage lasted too long (or the deadline passed)."""
         now = time.monotonic()
         self.since = self.since or now
+        self.last_seen = now
         if now - self.since > DB_OUTAGE_TOLERANCE_S:
             raise ServiceUnavailableError(
                 f"{exc} for {now - self.since:.0f} s while waiting for job {self.job_id}; the job goes "
@@ -127,3 +137,53 @@ class Outage:
         if deadline is not None and now >= deadline:
             raise WaitTimeoutError(f"job {self.job_id}: unreachable until the timeout ({exc})") from None
         return OUTAGE_RETRY_S
+
+
+class WorkerWatch:
+    """Says when nobody will run a job: no live worker consumes its queue, and it makes no progress,
+    for ``NO_WORKER_GRACE_S``. Keeps quiet while a worker is there or appears, on transports that cannot
+    tell (HTTP, embedded mode's own worker), and for a while after an outage (heartbeats written during
+    it failed: the workers' next beats are on their way).
+
+    Sans I/O: ``due(done)`` says whether to read the heartbeats now; ``observe(consumers)`` judges what
+    was read (``Transport.consumers``) and raises ``NoWorkerError``; ``outage_seen()`` after a failed read.
+    """
+
+    def __init__(self, job_id: uuid.UUID, outage: Outage | None, *, heartbeat_s: float) -> None:
+        self.job_id = job_id
+        self.outage = outage
+        self.heartbeat_s = heartbeat_s
+        self.since: float | None = None
+        self.done = -1
+        self.next_check = 0.0
+        self.off = False
+
+    def due(self, done: int) -> bool:
+        if self.off:
+            return False
+        now = time.monotonic()
+        if done != self.done:  # progress: someone is working on it
+            self.done, self.since = done, None
+        if now < self.next_check:
+            return False
+        self.next_check = now + NO_WORKER_CHECK_S
+        return True
+
+    def outage_seen(self) -> None:
+        self.since = None  # riding the outage out is the wait's business
+
+    def observe(self, consumers: Consumers | None) -> None:
+        if consumers is None:
+            self.off = True
+            return
+        if consumers.live:
+            self.since = None
+            return
+        now = time.monotonic()
+        if self.since is None:
+            self.since = now
+        last_outage = self.outage.last_seen if self.outage is not None else None
+        if last_outage is not None and now - last_outage < NO_WORKER_GRACE_S + self.heartbeat_s:
+            return
+        if now - self.since >= NO_WORKER_GRACE_S:
+            raise NoWorkerError(consumers.queue, job_id=str(self.job_id))

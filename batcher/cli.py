@@ -2,15 +2,36 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 import click
 
 from batcher._config import get_settings
-from batcher._exceptions import BatcherError
+from batcher._exceptions import BatcherError, ServiceUnavailableError, WaitTimeoutError
+
+EXIT_OK = 0
+EXIT_REQUESTS_FAILED = 1
+"""``wait`` / ``submit --wait``: the job ran and some of its requests failed (or a race had no winner)."""
+EXIT_ERROR = 2
+"""Bad input, a configuration mistake, an unknown job (and click's usage errors)."""
+EXIT_JOB_DID_NOT_RUN = 3
+"""``wait`` / ``submit --wait``: the job could not run: cancelled, expired, no worker, database or broker away."""
+EXIT_WAIT_TIMEOUT = 4
+"""``wait --timeout``: the time ran out; the job goes on."""
+
+EXIT_CODES_HELP = f"""\b
+Exit status of wait and submit --wait:
+  {EXIT_OK}  every request succeeded
+  {EXIT_REQUESTS_FAILED}  the job ran and some requests failed
+  {EXIT_ERROR}  bad input or configuration (as for every command)
+  {EXIT_JOB_DID_NOT_RUN}  the job could not run: cancelled, expired, no worker, database or broker away
+  {EXIT_WAIT_TIMEOUT}  --timeout ran out (the job goes on)
+"""
 
 
 def _client() -> Any:
@@ -101,10 +122,10 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except BatcherError as exc:
             click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
+            sys.exit(EXIT_ERROR)
 
 
-@click.group(cls=_Group)
+@click.group(cls=_Group, epilog=EXIT_CODES_HELP)
 @click.version_option(package_name="batcher-llm")
 def main() -> None:
     """batcher: durable, distributed batch completion for LLMs."""
@@ -122,16 +143,53 @@ def main() -> None:
 def submit(
     file: IO[str], model: str | None, params: tuple[str, ...], completion_window: str | None, wait: bool
 ) -> None:
-    """Submit a JSONL file of prompts (one per line). Prints the job id."""
-    client = _client()
-    kwargs = _parse_params(params)
-    if completion_window:
-        kwargs["completion_window"] = completion_window
-    # Streamed either way: read line by line here, or uploaded as it is to a service (BATCHER_API_URL).
-    job = client.submit_file(file.buffer if hasattr(file, "buffer") else file, default_model=model, **kwargs)
-    click.echo(str(job.id))
-    if wait:
-        _print_status(job.wait(progress=True))
+    """Submit a JSONL file of prompts (one per line). Prints the job id.
+
+    With --wait, the exit status tells the outcome (see batcher --help)."""
+    with _job_outcome():
+        client = _client()
+        kwargs = _parse_params(params)
+        if completion_window:
+            kwargs["completion_window"] = completion_window
+        # Streamed either way: read line by line here, or uploaded as it is to a service (BATCHER_API_URL).
+        job = client.submit_file(file.buffer if hasattr(file, "buffer") else file, default_model=model, **kwargs)
+        click.echo(str(job.id))
+        if wait:
+            _exit_with_outcome(job.wait(progress=True))
+
+
+@contextlib.contextmanager
+def _job_outcome() -> Iterator[None]:
+    """``wait`` / ``submit --wait``: a job that could not run, or a wait that ran out, as one line and its
+    exit status (``EXIT_JOB_DID_NOT_RUN``, ``EXIT_WAIT_TIMEOUT``); other batcher errors go on to the group."""
+    try:
+        yield
+    except WaitTimeoutError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_WAIT_TIMEOUT)
+    except ServiceUnavailableError as exc:  # NoWorkerError, an outage, a broker that refused the job
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_JOB_DID_NOT_RUN)
+
+
+def outcome_exit_code(status: Any) -> int:
+    """The exit status of a final job (see ``EXIT_CODES_HELP``)."""
+    from batcher._states import JobKind, JobState
+
+    if status.state in (JobState.CANCELLED, JobState.EXPIRED):
+        return EXIT_JOB_DID_NOT_RUN
+    if status.state is JobState.FAILED:
+        return EXIT_REQUESTS_FAILED
+    if status.kind is not JobKind.FASTEST and status.failed:  # a race with a winner succeeded
+        return EXIT_REQUESTS_FAILED
+    return EXIT_OK
+
+
+def _exit_with_outcome(status: Any) -> None:
+    _print_status(status)
+    code = outcome_exit_code(status)
+    if code != EXIT_OK:
+        sys.exit(code)
 
 
 def _print_status(status: Any, as_json: bool = False) -> None:
@@ -162,8 +220,9 @@ def status(job_id: str, as_json: bool) -> None:
 @click.argument("job_id")
 @click.option("--timeout", type=float, help="Give up after this many seconds (the job goes on).")
 def wait(job_id: str, timeout: float | None) -> None:
-    """Wait for a job with a live progress bar."""
-    _print_status(_job(job_id).wait(timeout=timeout, progress=True))
+    """Wait for a job with a live progress bar. The exit status tells the outcome (see batcher --help)."""
+    with _job_outcome():
+        _exit_with_outcome(_job(job_id).wait(timeout=timeout, progress=True))
 
 
 @main.command()
@@ -239,9 +298,15 @@ def recover() -> None:
 def worker(ctx: click.Context, concurrency: int | None, loglevel: str) -> None:
     """Start a Celery worker tuned for LLM calls (threads pool, both queues). Extra args go to Celery."""
     from batcher._celery import worker_argv
-    from workers.celery_app import app
+    from batcher._migrate import ensure_schema
+    from batcher._mode import check_cluster
 
     settings = get_settings()
+    check_cluster(settings)  # Redis and Postgres answer: one line naming the variable otherwise
+    ensure_schema(settings)  # creates and migrates the database if it may (BATCHER_AUTO_MIGRATE), else one line
+
+    from workers.celery_app import app
+
     argv = worker_argv(
         concurrency=concurrency or settings.worker_concurrency,
         queues=[settings.queue, settings.race_queue],

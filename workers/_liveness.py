@@ -29,11 +29,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy import Connection
@@ -314,8 +315,59 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
         app.conf.broker_transport_options = options
 
 
+_LITERAL_START = re.compile(r"[\w:./-]+")
+
+
+def _model_names(adapter: Any) -> str:
+    """How a person spots a provider's models: its prefixes and the literal starts of its families'
+    alternatives (``^(gpt-|chatgpt-)`` reads ``gpt-*, chatgpt-*``); ``...`` for what reads no such way."""
+    shown = [f"{prefix}*" for prefix in adapter.prefixes]
+    hidden = False
+    for family in adapter.families:
+        pattern = family.removeprefix("^")
+        if pattern.startswith("(") and pattern.endswith(")"):
+            pattern = pattern[1:-1]
+        depth, start, alternatives = 0, 0, []
+        for i, char in enumerate(pattern):
+            depth += (char == "(") - (char == ")")
+            if char == "|" and depth == 0:
+                alternatives.append(pattern[start:i])
+                start = i + 1
+        alternatives.append(pattern[start:])
+        for alternative in alternatives:
+            literal = _LITERAL_START.match(alternative)
+            if literal is not None and len(literal[0]) >= 2:
+                shown.append(f"{literal[0]}*")
+            else:
+                hidden = True
+    return ", ".join(shown) + (", ..." if hidden else "")
+
+
+def warn_missing_provider_keys(environ: Mapping[str, str] | None = None) -> list[str]:
+    """At a worker's start: one WARNING per registered provider with no API key in its environment, naming
+    the models that will fail unless their job carries its own ``api_key``. Returns those providers."""
+    from batcher import _providers
+
+    env = os.environ if environ is None else environ
+    missing = []
+    for name, adapter in _providers.PROVIDERS.items():
+        if not adapter.api_key_env_vars or _providers.resolve_api_key(name, None, env) is not None:
+            continue
+        missing.append(name)
+        log.warning(
+            "no API key for %s in this worker's environment (set %s): its models (%s) will fail with "
+            "AuthenticationError unless their job carries api_key=",
+            name,
+            " or ".join(adapter.api_key_env_vars),
+            _model_names(adapter),
+        )
+    return missing
+
+
 def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     app = sender.app
+    if not str(app.conf.broker_url or "").startswith("memory://"):  # embedded mode's submitter checks keys itself
+        warn_missing_provider_keys()
     controller = getattr(sender, "controller", None)
     concurrency = int(getattr(controller, "concurrency", 0) or 0)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from typing import Any
 
@@ -10,7 +11,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError
 
 from batcher._config import Settings
-from batcher._exceptions import ConfigurationError
+from batcher._exceptions import BatcherError, ConfigurationError, ServiceUnavailableError
 
 _engines: dict[tuple[str, int], Engine] = {}
 _lock = threading.Lock()
@@ -79,3 +80,78 @@ def dispose_engines() -> None:
         for engine in _engines.values():
             engine.dispose()
         _engines.clear()
+
+
+# --- a database mistake as one line with its fix --------------------------------------------------
+
+
+def where(database_url: str | URL) -> str:
+    """``user@host:port/database`` of a URL, never its password: how error lines name a database."""
+    url = make_url(database_url) if isinstance(database_url, str) else database_url
+    if url.get_backend_name() == "sqlite":
+        return url.database or ":memory:"
+    user = f"{url.username}@" if url.username else ""
+    return f"{user}{url.host or '127.0.0.1'}:{url.port or 5432}/{url.database or ''}"
+
+
+def first_line(exc: BaseException) -> str:
+    """The driver's own first line of an error (SQLAlchemy's wrapper and its links left out)."""
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).strip()
+    return (text.splitlines() or [type(exc).__name__])[0]
+
+
+_QUOTED = r'"([^"]*)"'
+_UNREACHABLE = (
+    "connection refused",
+    "could not translate host name",
+    "name or service not known",
+    "timeout expired",
+    "no route to host",
+    "network is unreachable",
+    "server closed the connection",
+    "could not connect",
+    "the database system is starting up",
+    "the database system is shutting down",
+)
+
+
+def database_problem(exc: BaseException, database_url: str | URL) -> BatcherError:
+    """What a failed connection to (or statement on) the configured database means, as one line naming
+    the fix: a ``ConfigurationError`` for a mistake that waiting will not mend (no such database or role,
+    a wrong password, no privilege), a ``ServiceUnavailableError`` for a server that does not answer now.
+    Raise it ``from None``: the driver's traceback adds nothing to the line."""
+    url = make_url(database_url) if isinstance(database_url, str) else database_url
+    at = f"BATCHER_DATABASE_URL ({where(url)})"
+    line = first_line(exc)
+    detail = line.split("FATAL:", 1)[-1].strip()
+    lowered = line.lower()
+    sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    if match := re.search(r"database " + _QUOTED + " does not exist", line):
+        return ConfigurationError(
+            f"{at}: database {match[1]!r} does not exist: run 'batcher db upgrade' to create and migrate it"
+        )
+    if match := re.search(r"role " + _QUOTED + " does not exist", line):
+        return ConfigurationError(
+            f"{at}: role {match[1]!r} does not exist: create it (createuser {match[1]}) or put an existing "
+            "user in the URL"
+        )
+    if match := re.search(r"password authentication failed for user " + _QUOTED, line):
+        return ConfigurationError(
+            f"{at}: password authentication failed for user {match[1]!r}: put the right password in the URL "
+            "(postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE)"
+        )
+    if "no password supplied" in lowered:
+        return ConfigurationError(
+            f"{at}: the server asks for a password and the URL has none: put it in the URL "
+            "(postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE)"
+        )
+    if "permission denied for database" in lowered or "not permitted to log in" in lowered:
+        return ConfigurationError(f"{at}: {detail}: grant the role CONNECT (and LOGIN), or use another role")
+    if sqlstate == "42P01" or re.search(r"relation " + _QUOTED + " does not exist", line):
+        return ConfigurationError(f"{at}: the database has no batcher tables: run 'batcher db upgrade'")
+    if any(sign in lowered for sign in _UNREACHABLE):
+        return ServiceUnavailableError(
+            f"{at} does not answer ({detail}): start PostgreSQL there or point the variable at a running one"
+        )
+    return ServiceUnavailableError(f"{at}: {detail}")

@@ -31,11 +31,12 @@ class ManagedProcess:
         ready: Callable[[], bool],
         *,
         timeout_s: float = READY_TIMEOUT_S,
+        cwd: Path | None = None,
     ) -> None:
         """Start ``argv`` and poll ``ready`` until it holds; raise (with the log's tail) if the child
         exits first, or stop it and raise if it is not ready within ``timeout_s``."""
         self._log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(argv, env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+        self.proc = subprocess.Popen(argv, env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd or REPO_ROOT)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
