@@ -15,6 +15,9 @@ from typing import Any
 
 __all__ = ["response_cost"]
 
+PRICE_CACHE_ENTRIES = 65_536
+"""Prices remembered per process (model, token counts, day): a few MB at most."""
+
 
 @functools.lru_cache(maxsize=1024)
 def _priced_model(provider: str, model: str) -> tuple[Any, Any] | None:
@@ -38,7 +41,25 @@ def response_cost(
     cache_write_tokens: int = 0,
 ) -> float | None:
     """The list price of one answer (the first of ``models`` that ``genai-prices`` knows for
-    ``provider``), or None. ``prompt_tokens`` includes the cached and cache-write tokens."""
+    ``provider``), or None. ``prompt_tokens`` includes the cached and cache-write tokens.
+
+    Remembered per model, token counts and UTC day (prices change by the day): ``calc_price`` costs
+    ~0.2 ms of CPU, and a batch repeats the same few counts many times over.
+    """
+    day = datetime.now(UTC).date().toordinal()
+    return _price(provider, models, prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens, day)
+
+
+@functools.lru_cache(maxsize=PRICE_CACHE_ENTRIES)
+def _price(
+    provider: str,
+    models: tuple[str, ...],
+    prompt_tokens: int,
+    completion_tokens: int,
+    cached_tokens: int,
+    cache_write_tokens: int,
+    day: int,
+) -> float | None:
     from genai_prices import Usage
 
     for model in models:
