@@ -5,16 +5,28 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import click
 
-from batcher._config import get_settings
-from batcher._exceptions import BatcherError
+if TYPE_CHECKING:
+    from batcher._config import Settings
+
+# Imports stay inside the commands: ``batcher --help`` loads click and this file only (see
+# ``bench/startup.py``; tests/unit/test_cli_startup.py keeps the heavy modules out).
+
+
+def get_settings() -> Settings:
+    from batcher._config import get_settings as settings
+
+    return settings()
 
 
 def _client() -> Any:
+    from batcher import _mode
     from batcher._client import Client
+
+    _mode.embedded_worker_on_start = False  # embedded mode: only a command that waits runs the work
 
     client = Client(get_settings())  # local, or over HTTP when BATCHER_API_URL is set
     ctx = click.get_current_context(silent=True)
@@ -52,7 +64,11 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except BatcherError as exc:
+        except Exception as exc:
+            from batcher._exceptions import BatcherError  # here: it imports the openai SDK (a second)
+
+            if not isinstance(exc, BatcherError):
+                raise
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
 
@@ -156,10 +172,14 @@ def recover() -> None:
 @click.pass_context
 def worker(ctx: click.Context, concurrency: int | None, loglevel: str) -> None:
     """Start a Celery worker tuned for LLM calls (threads pool, both queues). Extra args go to Celery."""
+    from batcher._mode import refuse_embedded_worker
+
+    settings = get_settings()
+    refuse_embedded_worker(settings)  # one line, before Celery joins a queue nobody sends to
+
     from batcher._celery import worker_argv
     from workers.celery_app import app
 
-    settings = get_settings()
     argv = worker_argv(
         concurrency=concurrency or settings.worker_concurrency,
         queues=[settings.queue, settings.race_queue],
@@ -358,13 +378,33 @@ main.add_command(
 )
 
 
-def _register_fake_provider() -> None:
-    from batcher.testing.cli import fake_provider_command
+class _LazyCommand(click.Command):
+    """A command whose module is imported only when it runs (or shows its own ``--help``)."""
 
-    main.add_command(fake_provider_command, "fake-provider")
+    def __init__(self, name: str, target: str, short_help: str) -> None:
+        super().__init__(name, short_help=short_help)
+        self._target = target
+
+    def _real(self) -> click.Command:
+        import importlib
+
+        module, _, attr = self._target.partition(":")
+        command: click.Command = getattr(importlib.import_module(module), attr)
+        return command
+
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
+    ) -> click.Context:
+        return self._real().make_context(info_name, args, parent=parent, **extra)
 
 
-_register_fake_provider()
+main.add_command(
+    _LazyCommand(
+        "fake-provider",
+        "batcher.testing.cli:fake_provider_command",
+        "Serve a fake OpenAI / Anthropic / Cohere API (demos, benchmarks).",
+    )
+)
 
 if __name__ == "__main__":  # pragma: no cover
     main()
