@@ -130,10 +130,6 @@ class EmbeddedRuntime:
             self._recover()
             self._stored.clear()
 
-    @property
-    def worker_running(self) -> bool:
-        return self.worker is not None
-
     def stored(self, job_id: uuid.UUID) -> None:
         """A job was submitted; without a worker running here it waits for a process that waits for it."""
         if self.worker is None:

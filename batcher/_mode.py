@@ -8,7 +8,9 @@ embedded otherwise (a notebook on a laptop with nothing else running).
 
 from __future__ import annotations
 
+import contextlib
 import socket
+from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 from sqlalchemy import make_url
@@ -22,7 +24,18 @@ CLUSTER = "cluster"
 
 embedded_worker_on_start = True
 """Embedded mode: start the in-process worker as soon as a client opens the runtime (a program: its work
-runs while it goes on). The command line sets it False: there only a command that waits runs work."""
+runs while it goes on). Off within ``work_only_while_waiting`` (the command line): the worker then
+starts when the process first waits on a job."""
+
+
+@contextlib.contextmanager
+def work_only_while_waiting() -> Iterator[None]:
+    global embedded_worker_on_start
+    saved, embedded_worker_on_start = embedded_worker_on_start, False
+    try:
+        yield
+    finally:
+        embedded_worker_on_start = saved
 
 
 def _redis_address(url: str) -> tuple[str, int]:

@@ -23,12 +23,11 @@ def get_settings() -> Settings:
 
 
 def _client() -> Any:
-    from batcher import _mode
     from batcher._client import Client
+    from batcher._mode import work_only_while_waiting
 
-    _mode.embedded_worker_on_start = False  # embedded mode: only a command that waits runs the work
-
-    client = Client(get_settings())  # local, or over HTTP when BATCHER_API_URL is set
+    with work_only_while_waiting():  # embedded mode: only a command that waits runs the work
+        client = Client(get_settings())  # local, or over HTTP when BATCHER_API_URL is set
     ctx = click.get_current_context(silent=True)
     if ctx is not None:
         ctx.call_on_close(client.close)
