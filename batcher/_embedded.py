@@ -10,8 +10,15 @@ What stands in for what:
 - worker processes → one Celery ``WorkController`` on the threads pool, in a daemon thread.
 
 Because the broker lives in memory, a process that dies loses its queue; Postgres (SQLite)
-does not, and the recovery sweep run at start-up re-enqueues whatever the last process left
-unfinished.
+does not, and the recovery sweep run when the worker starts re-enqueues whatever the last process
+left unfinished.
+
+The database is opened on first use; the worker starts only when this process has work to run:
+at once in a program (``batcher._mode.embedded_worker_on_start``), and in the command line only
+for commands that wait (``batcher wait``, ``submit --wait``): ``status``, ``results`` and ``cancel``
+only read or write the file, and ``submit`` stores the job for a later ``wait`` to run. At exit
+the worker stops before the interpreter's thread pools do (``threading._register_atexit``), so no
+message is handed to a pool that is shutting down.
 """
 
 from __future__ import annotations
@@ -19,22 +26,62 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import re
 import socket
 import sys
 import threading
+import uuid
 from pathlib import Path
+from typing import Any
 
 import fakeredis
 from celery import Celery
+from celery.concurrency.thread import TaskPool
+from kombu.transport import memory
 
+from batcher import _mode
 from batcher._config import Settings
-from batcher._migrate import upgrade
+from batcher._migrate import REPO_ROOT, upgrade
 
 log = logging.getLogger("batcher.embedded")
 
 WORKER_READY_TIMEOUT_S = 30.0
 WORKER_STOP_TIMEOUT_S = 10.0
-QUIET_LOGGERS = ("celery", "kombu", "batcher.worker", "batcher.recovery", "alembic")
+SLOW_STOP_NOTICE_S = 2.0
+QUIET_LOGGERS = ("celery", "kombu", "batcher.worker", "batcher.recovery", "batcher.liveness", "alembic")
+
+
+CONSUMER_CYCLE_S = 0.1
+"""How long the consumer loop waits on the in-memory queue before it looks whether it should stop."""
+
+
+class _EmbeddedPool(TaskPool):  # type: ignore[misc]
+    """The threads pool, quiet at exit: a message handed over while the pool shuts down is left to the
+    next process (the in-memory queue dies with this one; its request is still queued in the file)."""
+
+    _stopped = False
+
+    def on_stop(self) -> None:
+        self._stopped = True
+        super().on_stop()
+
+    def on_apply(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().on_apply(*args, **kwargs)
+        except RuntimeError as exc:  # "cannot schedule new futures after (interpreter) shutdown"
+            if self._stopped or "shutdown" in str(exc):
+                return None
+            raise
+
+
+class _MemoryTransport(memory.Transport):  # type: ignore[misc]
+    """kombu's in-memory transport, whose consumer notices a stop within ``CONSUMER_CYCLE_S``: Celery's
+    loop drains with a 2 s timeout, and the stock transport sleeps through all of it when idle, so
+    every command that ran the worker took up to 2 s more to exit."""
+
+    def drain_events(self, connection: Any, timeout: Any = None) -> Any:  # type: ignore[override]
+        short = CONSUMER_CYCLE_S if timeout is None else min(timeout, CONSUMER_CYCLE_S)
+        return super().drain_events(connection, timeout=short)  # type: ignore[no-untyped-call]
 
 
 class EmbeddedRuntime:
@@ -54,25 +101,44 @@ class EmbeddedRuntime:
                 "worker_concurrency": base.embedded_concurrency,
             }
         )
-        upgrade(self.settings)
+        if not _at_head(path):
+            upgrade(self.settings)
         self.redis = fakeredis.FakeRedis(server=fakeredis.FakeServer())
         from batcher._celery import make_celery_app
 
         self.app: Celery = make_celery_app(self.settings, coordination=self.redis)
+        self.app.conf.broker_transport = f"{__name__}:_MemoryTransport"
         # The threads pool resolves task names through the process's default app (``current_app``
         # in threads that never set one): make that ours.
         self.app.set_default()
-        self._start_worker()
-        self._recover()
+        self.worker: Any = None
+        self._thread: threading.Thread | None = None
+        self._worker_lock = threading.Lock()
+        self._stored: list[uuid.UUID] = []  # submitted while no worker ran here: a later `wait` runs them
         print(
             f"running embedded: results in {_shown(path)}; set BATCHER_REDIS_URL to use workers",
             file=sys.stderr,
         )
 
+    def start_worker(self) -> None:
+        """Start the in-process worker (once): first the recovery sweep, so requests a previous process
+        left unfinished are queued again, then the consumer and the liveness loops."""
+        with self._worker_lock:
+            if self.worker is not None:
+                return
+            self._start_worker()
+            self._recover()
+            self._stored.clear()
+
+    def stored(self, job_id: uuid.UUID) -> None:
+        """A job was submitted; without a worker running here it waits for a process that waits for it."""
+        if self.worker is None:
+            self._stored.append(job_id)
+
     def _start_worker(self) -> None:
         ready = threading.Event()
         self.worker = self.app.WorkController(
-            pool_cls="threads",
+            pool_cls=_EmbeddedPool,
             concurrency=self.settings.worker_concurrency,
             queues=[self.settings.queue, self.settings.race_queue],
             hostname=f"embedded-{os.getpid()}@{socket.gethostname()}",
@@ -100,14 +166,75 @@ class EmbeddedRuntime:
         start_for(self.app, concurrency=self.settings.worker_concurrency)
 
     def stop(self) -> None:
+        if self._stored:
+            ids = " ".join(str(j) for j in self._stored)
+            print(
+                f"embedded: stored in {_shown(self.path)}; it runs while a process waits for it: batcher wait {ids}",
+                file=sys.stderr,
+            )
+            self._stored.clear()
+        if self.worker is None or self._thread is None:
+            return
+        from celery.worker.state import active_requests
+
         from workers._context import close_context
         from workers._liveness import stop_for
 
-        stop_for(self.app)
-        if self._thread.is_alive():
-            self.worker.stop(in_sighandler=False)
-            self._thread.join(WORKER_STOP_TIMEOUT_S)
+        # Requests in flight are recorded before the process exits (their answers are paid for): say so
+        # when that takes a while, rather than hang without a word.
+        notice = threading.Timer(
+            SLOW_STOP_NOTICE_S,
+            lambda: print(
+                f"embedded: recording {len(active_requests)} requests still in flight before exiting",
+                file=sys.stderr,
+            ),
+        )
+        notice.daemon = True
+        notice.start()
+        try:
+            stop_for(self.app)
+            if self._thread.is_alive():
+                self.worker.stop(in_sighandler=False)
+                self._thread.join(WORKER_STOP_TIMEOUT_S)
+        finally:
+            notice.cancel()
         close_context(self.app)  # the worker threads' HTTP clients: no socket left to the GC
+
+
+_REVISION = re.compile(r"^(down_revision|revision)\b[^=]*=\s*['\"]?([\w]+)", re.MULTILINE)
+
+
+def _head_revision() -> str | None:
+    """The newest migration, read from ``alembic/versions`` without importing Alembic (0.4 s a command)."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for script in (REPO_ROOT / "alembic" / "versions").glob("*.py"):
+        for kind, value in _REVISION.findall(script.read_text()):
+            if kind == "revision":
+                revisions.add(value)
+            elif value != "None":
+                parents.add(value)
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
+
+
+def _at_head(path: Path) -> bool:
+    """The file exists and is migrated to the newest revision: nothing for Alembic to do."""
+    if not path.exists():
+        return False
+    from sqlalchemy import column, create_engine, select, table
+    from sqlalchemy.exc import SQLAlchemyError
+
+    engine = create_engine(f"sqlite:///file:{path}?mode=ro&uri=true")
+    try:
+        with engine.connect() as conn:
+            found: list[str] = list(conn.scalars(select(column("version_num")).select_from(table("alembic_version"))))
+    except SQLAlchemyError:
+        return False
+    finally:
+        engine.dispose()
+    head = _head_revision()
+    return head is not None and found == [head]
 
 
 def _shown(path: Path) -> str:
@@ -122,13 +249,33 @@ _lock = threading.Lock()
 
 
 def get_runtime(settings: Settings) -> EmbeddedRuntime:
-    """The process's runtime, started on first use and stopped at exit."""
+    """The process's runtime, opened on first use (its worker started too, unless the process said it
+    runs work only while it waits: ``batcher._mode.embedded_worker_on_start``) and stopped at exit."""
     global _runtime
     with _lock:
         if _runtime is None:
             _runtime = EmbeddedRuntime(settings)
-            atexit.register(stop_runtime)
-        return _runtime
+            _stop_at_exit()
+        runtime = _runtime
+    if _mode.embedded_worker_on_start:
+        runtime.start_worker()
+    return runtime
+
+
+def _stop_at_exit() -> None:
+    """Stop the worker before ``concurrent.futures`` shuts the interpreter's thread pools down (its
+    hook runs among threading's exit hooks, before ``atexit``'s): a pool that is shut down refuses
+    every task the consumer still hands it, and Celery logs each refusal with a traceback."""
+    import concurrent.futures.thread  # noqa: F401 - its exit hook first, so ours (run in reverse) goes before
+
+    register = getattr(threading, "_register_atexit", None)
+    if register is not None:
+        try:
+            register(stop_runtime)
+            return
+        except RuntimeError:  # the interpreter is already shutting down
+            pass
+    atexit.register(stop_runtime)
 
 
 def stop_runtime() -> None:

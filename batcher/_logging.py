@@ -34,8 +34,10 @@ LogFormat = Literal["json", "text"]
 
 FIELDS = ("job_id", "idx", "provider", "model", "attempt")
 """Request context that log lines carry when known, in this order."""
-NOISY_LOGGERS = ("httpx", "httpcore")
-"""One INFO line per HTTP call: kept at WARNING unless the level is DEBUG."""
+NOISY_LOGGERS = ("httpx", "httpcore", "celery.worker.strategy", "celery.app.trace")
+"""One INFO line per HTTP call, and Celery's two per task ("Task ... received", "Task ... succeeded in"):
+kept at WARNING unless the level is DEBUG, so a worker's log grows with jobs, not with requests (a task's
+failure is still an ERROR line of ``celery.app.trace``)."""
 MIN_SECRET_LEN = 8
 _MASK = "***"
 _HANDLER_MARK = "_batcher_handler"
@@ -248,7 +250,7 @@ def _on_celeryd_init(
     _worker_log_format = settings.log_format
     if settings.log_format == "json":
         # Before Celery's own setup, so its start-up warnings (e.g. running as root) are JSON lines too.
-        configure_logging("json", (options or {}).get("loglevel") or "INFO")
+        configure_logging("json", _worker_level((options or {}).get("loglevel"), settings.log_level))
         logging.captureWarnings(True)
         if instance is not None:
             # The startup banner is printed, not logged: in JSON mode it would break one-object-per-line.
@@ -257,12 +259,15 @@ def _on_celeryd_init(
 
 def _on_setup_logging(loglevel: int | str | None = None, **_: Any) -> None:
     """Connected, this replaces Celery's own logging setup (Celery then configures nothing)."""
-    fmt = _worker_log_format
-    if fmt is None:
-        from batcher._config import get_settings
+    from batcher._config import get_settings
 
-        fmt = get_settings().log_format
-    configure_logging(fmt, loglevel or "INFO")
+    settings = get_settings()
+    configure_logging(_worker_log_format or settings.log_format, _worker_level(loglevel, settings.log_level))
+
+
+def _worker_level(loglevel: int | str | None, configured: str) -> int | str:
+    """The worker's ``--loglevel`` (INFO by default), or DEBUG when ``BATCHER_LOG_LEVEL=DEBUG`` asks for it."""
+    return "DEBUG" if configured.upper() == "DEBUG" else (loglevel or "INFO")
 
 
 def _on_task_prerun(task_id: str | None = None, task: Any = None, args: Any = None, **_: Any) -> None:

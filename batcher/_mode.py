@@ -8,7 +8,9 @@ embedded otherwise (a notebook on a laptop with nothing else running).
 
 from __future__ import annotations
 
+import contextlib
 import socket
+from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 from sqlalchemy import make_url
@@ -19,6 +21,21 @@ from batcher._exceptions import ConfigurationError
 PROBE_TIMEOUT_S = 0.3
 EMBEDDED = "embedded"
 CLUSTER = "cluster"
+
+embedded_worker_on_start = True
+"""Embedded mode: start the in-process worker as soon as a client opens the runtime (a program: its work
+runs while it goes on). Off within ``work_only_while_waiting`` (the command line): the worker then
+starts when the process first waits on a job."""
+
+
+@contextlib.contextmanager
+def work_only_while_waiting() -> Iterator[None]:
+    global embedded_worker_on_start
+    saved, embedded_worker_on_start = embedded_worker_on_start, False
+    try:
+        yield
+    finally:
+        embedded_worker_on_start = saved
 
 
 def _redis_address(url: str) -> tuple[str, int]:
@@ -78,3 +95,23 @@ def check_cluster(settings: Settings) -> None:
             f"BATCHER_DATABASE_URL ({pg[0]}:{pg[1]}) does not answer: start PostgreSQL there, point the "
             "variable at a running one, or unset BATCHER_REDIS_URL and BATCHER_DATABASE_URL to run embedded"
         )
+
+
+def refuse_embedded_worker(settings: Settings) -> None:
+    """``batcher worker`` serves a cluster: in embedded mode there is none to join (the worker runs inside
+    the process that waits), so say so in one line rather than join a queue on the default Redis."""
+    if resolve_mode(settings) == EMBEDDED:
+        if settings.mode == EMBEDDED:
+            raise ConfigurationError(
+                "BATCHER_MODE=embedded runs its worker inside the process that waits for a job (batcher wait, "
+                "or your program): there is no worker to start; set BATCHER_MODE=cluster with "
+                "BATCHER_DATABASE_URL and BATCHER_REDIS_URL to run workers"
+            )
+        pg = _postgres_address(settings.database_url) or ("127.0.0.1", 5432)
+        rd = _redis_address(settings.redis_url)
+        raise ConfigurationError(
+            f"no cluster to work for: PostgreSQL ({pg[0]}:{pg[1]}) and Redis ({rd[0]}:{rd[1]}) do not both answer "
+            "and BATCHER_DATABASE_URL / BATCHER_REDIS_URL are not set; start them or set the variables (without "
+            "a cluster batcher runs embedded, its worker inside the process that waits for a job)"
+        )
+    check_cluster(settings)

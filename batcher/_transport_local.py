@@ -46,12 +46,15 @@ class LocalTransport(Transport):
 
     wait_slice_s = WAIT_SLICE_S
 
-    def __init__(self, settings: Settings, *, app: Celery | None = None, redis_client: Any = None) -> None:
+    def __init__(
+        self, settings: Settings, *, app: Celery | None = None, redis_client: Any = None, runtime: Any = None
+    ) -> None:
         self.settings = settings
         self._app = app
         self._redis = redis_client
         self._shared = app is not None  # embedded mode's runtime outlives any one client
         self._queues: dict[uuid.UUID, str] = {}  # each job's queue, read once
+        self._runtime = runtime  # embedded mode: its worker runs work while this process waits
 
     @classmethod
     def for_settings(cls, settings: Settings) -> LocalTransport:
@@ -64,7 +67,7 @@ class LocalTransport(Transport):
             local = settings.model_copy(
                 update={"database_url": runtime.settings.database_url, "redis_url": runtime.settings.redis_url}
             )
-            return cls(local, app=runtime.app, redis_client=runtime.redis)
+            return cls(local, app=runtime.app, redis_client=runtime.redis, runtime=runtime)
         check_cluster(settings)
         ensure_schema(settings)  # the first use creates and migrates the database, or says what to run
         return cls(settings)
@@ -122,7 +125,10 @@ class LocalTransport(Transport):
 
     def _submit(self, kind: JobKind, specs: Iterable[RequestSpec], kwargs: dict[str, Any]) -> uuid.UUID:
         options = split_call_kwargs(kwargs)
-        return submit(self.engine, self.celery, self.settings, kind=kind, specs=specs, options=options)
+        job_id = submit(self.engine, self.celery, self.settings, kind=kind, specs=specs, options=options)
+        if self._runtime is not None:
+            self._runtime.stored(job_id)
+        return job_id
 
     # --- reading -----------------------------------------------------------------------------------
 
@@ -161,6 +167,8 @@ class LocalTransport(Transport):
         return exc
 
     def poll(self, job_id: uuid.UUID, timeout_s: float, until: Until) -> Poll:
+        if self._runtime is not None:
+            self._runtime.start_worker()  # once: waiting on a job is what runs it in embedded mode
         keys = _wakeup.done_keys(str(job_id), first_response=until == "first_response")
         try:
             event = _wakeup.wait(self.redis, keys, timeout_s)

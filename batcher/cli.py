@@ -7,12 +7,22 @@ import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import click
 
-from batcher._config import get_settings
-from batcher._exceptions import BatcherError, ServiceUnavailableError, WaitTimeoutError
+if TYPE_CHECKING:
+    from batcher._config import Settings
+
+# Imports stay inside the commands: ``batcher --help`` loads click and this file only (see
+# ``bench/startup.py``; tests/unit/test_cli_startup.py keeps the heavy modules out).
+
+
+def get_settings() -> Settings:
+    from batcher._config import get_settings as settings
+
+    return settings()
+
 
 EXIT_OK = 0
 EXIT_REQUESTS_FAILED = 1
@@ -36,8 +46,10 @@ Exit status of wait and submit --wait:
 
 def _client() -> Any:
     from batcher._client import Client
+    from batcher._mode import work_only_while_waiting
 
-    client = Client(get_settings())  # local, or over HTTP when BATCHER_API_URL is set
+    with work_only_while_waiting():  # embedded mode: only a command that waits runs the work
+        client = Client(get_settings())  # local, or over HTTP when BATCHER_API_URL is set
     ctx = click.get_current_context(silent=True)
     if ctx is not None:
         ctx.call_on_close(client.close)
@@ -120,7 +132,11 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except BatcherError as exc:
+        except Exception as exc:
+            from batcher._exceptions import BatcherError  # here: it imports the openai SDK (a second)
+
+            if not isinstance(exc, BatcherError):
+                raise
             click.echo(f"error: {exc}", err=True)
             sys.exit(EXIT_ERROR)
 
@@ -162,6 +178,8 @@ def submit(
 def _job_outcome() -> Iterator[None]:
     """``wait`` / ``submit --wait``: a job that could not run, or a wait that ran out, as one line and its
     exit status (``EXIT_JOB_DID_NOT_RUN``, ``EXIT_WAIT_TIMEOUT``); other batcher errors go on to the group."""
+    from batcher._exceptions import ServiceUnavailableError, WaitTimeoutError  # here: it imports the openai SDK
+
     try:
         yield
     except WaitTimeoutError as exc:
@@ -297,14 +315,15 @@ def recover() -> None:
 @click.pass_context
 def worker(ctx: click.Context, concurrency: int | None, loglevel: str) -> None:
     """Start a Celery worker tuned for LLM calls (threads pool, both queues). Extra args go to Celery."""
-    from batcher._celery import worker_argv
-    from batcher._migrate import ensure_schema
-    from batcher._mode import check_cluster
+    from batcher._mode import refuse_embedded_worker
 
     settings = get_settings()
-    check_cluster(settings)  # Redis and Postgres answer: one line naming the variable otherwise
-    ensure_schema(settings)  # creates and migrates the database if it may (BATCHER_AUTO_MIGRATE), else one line
+    refuse_embedded_worker(settings)  # one line, before Celery joins a queue nobody sends to
 
+    from batcher._celery import worker_argv
+    from batcher._migrate import ensure_schema
+
+    ensure_schema(settings)  # creates and migrates the database if it may (BATCHER_AUTO_MIGRATE), else one line
     from workers.celery_app import app
 
     argv = worker_argv(
@@ -505,13 +524,33 @@ main.add_command(
 )
 
 
-def _register_fake_provider() -> None:
-    from batcher.testing.cli import fake_provider_command
+class _LazyCommand(click.Command):
+    """A command whose module is imported only when it runs (or shows its own ``--help``)."""
 
-    main.add_command(fake_provider_command, "fake-provider")
+    def __init__(self, name: str, target: str, short_help: str) -> None:
+        super().__init__(name, short_help=short_help)
+        self._target = target
+
+    def _real(self) -> click.Command:
+        import importlib
+
+        module, _, attr = self._target.partition(":")
+        command: click.Command = getattr(importlib.import_module(module), attr)
+        return command
+
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
+    ) -> click.Context:
+        return self._real().make_context(info_name, args, parent=parent, **extra)
 
 
-_register_fake_provider()
+main.add_command(
+    _LazyCommand(
+        "fake-provider",
+        "batcher.testing.cli:fake_provider_command",
+        "Serve a fake OpenAI / Anthropic / Cohere API (demos, benchmarks).",
+    )
+)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,9 +1,11 @@
 """Fixtures shared by every test tier.
 
-Integration and acceptance tests talk to the real Postgres and Redis of this machine and to
-real Celery worker processes. Each test session gets its own database, Redis database and
-queue names, so it never sees another run's messages. The only stand-in is the fake
-provider, a real HTTP server on loopback.
+Integration and acceptance tests talk to the real Postgres of this machine, a real Redis and
+real Celery worker processes. A test session uses only what it creates: Postgres databases of its
+own (created, then dropped) and a private ``redis-server`` on a free port (started, then stopped),
+so two test runs and a deployment can share one machine. ``BATCHER_TEST_REDIS_URL`` names a Redis
+database to use instead: it must be empty when the run starts (the run refuses otherwise) and is
+emptied when it ends. The only stand-in is the fake provider, a real HTTP server on loopback.
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ from sqlalchemy import create_engine, text
 from batcher._config import Settings
 from batcher._db.engine import dispose_engines
 from batcher.testing import FakeProvider
+from batcher.testing.servers import RedisServer
 from tests.support.api_server import ApiServer, shared_api_server
 
 PG_ADMIN_URL = os.environ.get("BATCHER_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-REDIS_TEST_URL = os.environ.get("BATCHER_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+REDIS_TEST_URL = os.environ.get("BATCHER_TEST_REDIS_URL", "")
+"""Empty: the session starts a ``redis-server`` of its own (``redis_url``)."""
 
 FAKE_KEYS = {
     "OPENAI_API_KEY": "sk-test-openai-0123456789abcdef",
@@ -55,11 +59,26 @@ def database_url(run_id: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> str:
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The session's Redis: a private ``redis-server`` (stopped at the end), or ``BATCHER_TEST_REDIS_URL``."""
+    if not REDIS_TEST_URL:
+        with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+            yield server.url
+        return
     client = redis.Redis.from_url(REDIS_TEST_URL)
-    client.flushdb()
-    client.close()
-    return REDIS_TEST_URL
+    try:
+        held = int(client.dbsize())
+        if held:
+            pytest.exit(
+                f"BATCHER_TEST_REDIS_URL ({REDIS_TEST_URL}) holds {held} key{'s' * (held != 1)}: the test suite "
+                "uses only an empty Redis database and empties it at the end; point the variable at an empty one, "
+                "or unset it and the suite starts a redis-server of its own",
+                returncode=4,
+            )
+        yield REDIS_TEST_URL
+        client.flushdb()  # empty when this run took it: everything in it is the run's
+    finally:
+        client.close()
 
 
 @pytest.fixture(scope="session")

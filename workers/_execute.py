@@ -314,7 +314,7 @@ def _failed(
         if parked:
             _requeue(ctx, claimed, decision.delay_s)
         _metrics.observe_retry(claimed.provider, claimed.model, type(err).__name__)
-        log.info("attempt failed (%s), retrying in %.1f s", text, decision.delay_s, extra=extra)
+        log.debug("attempt failed (%s), retrying in %.1f s", text, decision.delay_s, extra=extra)  # per request
         return "retrying"
     _end(ctx, claimed, RequestState.FAILED, type(err).__name__, text, failure=_failure_of(err, text, api_key))
     log.warning("request failed: %s", text, extra=extra)

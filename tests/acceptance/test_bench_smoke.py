@@ -24,11 +24,12 @@ pytestmark = pytest.mark.acceptance
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_quick_benchmark_runs_checks_and_cleans_up(tmp_path: Path) -> None:
+def test_quick_benchmark_runs_checks_and_cleans_up(tmp_path: Path, redis_url: str) -> None:
     output = tmp_path / "benchmarks.md"
     # A clean environment: the bench sets every BATCHER_* it needs; the test session's must not leak in.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BATCHER_", "OPENAI_", "ANTHROPIC_", "CO"))}
     env["BATCHER_BENCH_PG_ADMIN_URL"] = PG_ADMIN_URL
+    env["BATCHER_BENCH_REDIS_URL"] = redis_url  # the session's own Redis, not the bench's default database
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--workloads", "w1,w4,w5", "--no-profile", "--output", str(output)],
         cwd=REPO_ROOT,

@@ -9,7 +9,7 @@ from batcher._config import Settings
 
 
 def test_a_message_is_acknowledged_only_after_its_task_and_a_lost_worker_gives_it_back() -> None:
-    conf = make_celery_app(Settings(redis_url="redis://127.0.0.1:6379/9")).conf
+    conf = make_celery_app(Settings(redis_url="redis://127.0.0.1:1/0")).conf  # configuration only: never connects
     assert conf.task_acks_late is True
     assert conf.task_reject_on_worker_lost is True
     assert conf.worker_prefetch_multiplier == 1

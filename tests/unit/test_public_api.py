@@ -17,7 +17,10 @@ PUBLIC_MODULES = [batcher, batcher.providers, batcher.testing]
 
 
 def shown_names(module: types.ModuleType) -> set[str]:
-    """The names a reader of ``module`` sees: not underscored, not submodules, not ``annotations``."""
+    """The names a reader of ``module`` sees: not underscored, not submodules, not ``annotations``
+    (``batcher`` imports its names on first use: ``dir()`` lists them, and each is loaded here)."""
+    for name in dir(module):
+        getattr(module, name)
     return {
         name
         for name, value in vars(module).items()
