@@ -26,7 +26,6 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import re
 import socket
 import sys
 import threading
@@ -41,7 +40,7 @@ from kombu.transport import memory
 
 from batcher import _mode
 from batcher._config import Settings
-from batcher._migrate import REPO_ROOT, upgrade
+from batcher._migrate import known_revisions, upgrade
 
 log = logging.getLogger("batcher.embedded")
 
@@ -201,23 +200,6 @@ class EmbeddedRuntime:
         close_context(self.app)  # the worker threads' HTTP clients: no socket left to the GC
 
 
-_REVISION = re.compile(r"^(down_revision|revision)\b[^=]*=\s*['\"]?([\w]+)", re.MULTILINE)
-
-
-def _head_revision() -> str | None:
-    """The newest migration, read from ``alembic/versions`` without importing Alembic (0.4 s a command)."""
-    revisions: set[str] = set()
-    parents: set[str] = set()
-    for script in (REPO_ROOT / "alembic" / "versions").glob("*.py"):
-        for kind, value in _REVISION.findall(script.read_text()):
-            if kind == "revision":
-                revisions.add(value)
-            elif value != "None":
-                parents.add(value)
-    heads = revisions - parents
-    return heads.pop() if len(heads) == 1 else None
-
-
 def _at_head(path: Path) -> bool:
     """The file exists and is migrated to the newest revision: nothing for Alembic to do."""
     if not path.exists():
@@ -233,7 +215,7 @@ def _at_head(path: Path) -> bool:
         return False
     finally:
         engine.dispose()
-    head = _head_revision()
+    head = known_revisions()[1]  # read from the migration files: no Alembic import
     return head is not None and found == [head]
 
 

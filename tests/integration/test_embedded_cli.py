@@ -103,7 +103,7 @@ def test_a_wait_that_gives_up_with_requests_in_flight_exits_cleanly(
     submitted = _batcher(embedded_env, tmp_path, "submit", str(prompts), "--model", model)
     job_id = submitted.stdout.strip()
     gave_up = _batcher(embedded_env, tmp_path, "wait", job_id, "--timeout", "1")
-    assert gave_up.returncode == 2, gave_up.stderr
+    assert gave_up.returncode == 4, gave_up.stderr  # EXIT_WAIT_TIMEOUT
     assert "error: job" in gave_up.stderr
     _clean(gave_up)
 
