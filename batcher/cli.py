@@ -434,7 +434,9 @@ def api(host: str, port: int, workers: int, log_level: str) -> None:
     import uvicorn
 
     from batcher._logging import uvicorn_options
+    from batcher._migrate import ensure_schema
 
+    ensure_schema(get_settings())  # as a worker does: creates and migrates the database if it may, else one line
     logs = uvicorn_options(get_settings().log_format, log_level)  # JSON mode: uvicorn's lines as JSON too
     if workers > 1:
         uvicorn.run(
@@ -449,6 +451,9 @@ def api(host: str, port: int, workers: int, log_level: str) -> None:
 @main.group()
 def keys() -> None:
     """API keys of the HTTP service (only their SHA-256 is stored)."""
+    from batcher._migrate import ensure_schema
+
+    ensure_schema(get_settings())  # the keys table may be the first thing a new deployment touches
 
 
 @keys.command("create")

@@ -94,6 +94,15 @@ def test_first_use_creates_and_migrates_a_missing_database(cluster_env: dict[str
     assert revision_of(url) == HEAD
 
 
+def test_keys_create_on_a_new_deployment_migrates_first(cluster_env: dict[str, str], db_name: str) -> None:
+    """The HTTP service's first step (a key) works on a database nobody migrated yet."""
+    url = f"{PG_BASE}/{db_name}"
+    result = batcher(status_env(cluster_env, BATCHER_DATABASE_URL=url), "keys", "create", "--name", "first")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("bk-")  # the key, shown once
+    assert revision_of(url) == HEAD
+
+
 def test_first_use_migrates_an_empty_database_from_the_python_api(cluster_env: dict[str, str], db_name: str) -> None:
     admin(f'CREATE DATABASE "{db_name}"')
     url = f"{PG_BASE}/{db_name}"
