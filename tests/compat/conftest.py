@@ -7,9 +7,11 @@ server; no real provider is ever reached. LiteLLM's cost map is read from its lo
 
 from __future__ import annotations
 
+import gc
 import inspect
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +25,10 @@ pytestmark = pytest.mark.integration
 LITELLM_WARNINGS = [
     # LiteLLM's own noise, not batcher's: its TypedDicts use ReadOnly (pydantic warns as it builds them).
     "ignore:Items? .* using the `ReadOnly` qualifier:UserWarning",
+    # LiteLLM's SDK clients are reference cycles; on some error paths their connections are left to the
+    # garbage collector, which may run in the middle of any test. Only this process's LiteLLM talks to the
+    # fake here (batcher's workers are other processes, and batcher's own leaks fail every other test).
+    "ignore::ResourceWarning",
 ]
 
 
@@ -59,3 +65,12 @@ def _close_litellm_clients() -> Iterator[None]:
         close = getattr(client, "close", None)
         if callable(close) and not inspect.iscoroutinefunction(close):
             close()
+
+
+@pytest.fixture(autouse=True)
+def _collect_litellm_garbage() -> Iterator[None]:
+    """Collect what LiteLLM left to the garbage collector here, not in a later test outside this folder."""
+    yield
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
