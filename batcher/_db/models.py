@@ -20,6 +20,7 @@ from sqlalchemy import (
     Index,
     Integer,
     LargeBinary,
+    SmallInteger,
     MetaData,
     String,
     Text,
@@ -33,6 +34,9 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from batcher._states import JobKind, JobState, RequestState
+
+_BACKLOG = "state = 'queued' AND dispatched_at IS NULL"
+_WINDOW = "dispatched_at IS NOT NULL AND state IN ('queued', 'running', 'retrying')"
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 
@@ -60,6 +64,7 @@ class Job(Base):
     __table_args__ = (
         CheckConstraint(f"kind IN ({_in(JobKind)})", name="kind"),
         CheckConstraint(f"state IN ({_in(JobState)})", name="state"),
+        CheckConstraint("priority BETWEEN 0 AND 9", name="priority"),
         Index("ix_jobs_created_at", "created_at"),
         Index(
             "ix_jobs_active",
@@ -106,6 +111,9 @@ class Job(Base):
     """SHA-256 of the create's body: the same key with another body is refused, not answered with this job."""
     queue: Mapped[str | None] = mapped_column(Text, nullable=True)
     """The broker queue its requests go to (chosen at submission); recovery re-sends them there."""
+    # migration 0007
+    priority: Mapped[int] = mapped_column(SmallInteger, default=5, server_default="5")
+    """0-9, higher first: the dispatcher serves a higher priority's backlog before any lower one's."""
 
 
 class Request(Base):
@@ -121,6 +129,15 @@ class Request(Base):
             "job_id",
             postgresql_where=text("state IN ('queued', 'running', 'retrying')"),
         ),
+        # migration 0007: the backlog (what the dispatcher releases next) and the window (what is released)
+        Index(
+            "ix_requests_backlog",
+            "job_id",
+            "idx",
+            postgresql_where=text(_BACKLOG),
+            sqlite_where=text(_BACKLOG),
+        ),
+        Index("ix_requests_window", "job_id", postgresql_where=text(_WINDOW), sqlite_where=text(_WINDOW)),
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
@@ -148,6 +165,11 @@ class Request(Base):
     """The worker (``workers.id``) whose claim is running it; a lapsed heartbeat hands it to another."""
     lost: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     """How many times the worker running it died; past the attempt budget the request fails."""
+    # migration 0007
+    dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    """When its message was released to the broker; ``NULL``: still in the backlog (``batcher._dispatch``)."""
+    est_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    """Estimated tokens (prompt + completion budget), set at submission: what fair sharing charges."""
 
 
 class Worker(Base):
@@ -211,6 +233,13 @@ class ApiKey(Base):
     """May send jobs with their own ``api_base`` (with their own ``api_key``); admins always may."""
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # migration 0007
+    weight: Mapped[float] = mapped_column(Float, default=1.0, server_default="1")
+    """This key's share of the cluster against other keys with work waiting (1 = an equal share)."""
+    max_concurrent_requests: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    """At most this many of the key's requests released at once (``NULL``: no quota)."""
+    max_queued_prompts: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    """At most this many unfinished prompts; a submission beyond it is refused with 429 (``NULL``: no quota)."""
 
 
 class File(Base):
