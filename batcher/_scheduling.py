@@ -78,3 +78,28 @@ class Standing:
     """Requests of other jobs that go before its next one (higher priority or deadline at risk)."""
     share: float
     """The fraction of the cluster's slots it gets while the current jobs run (0-1)."""
+
+
+class FairScheduler:
+    """The policy above, with the virtual times it keeps between ticks.
+
+    ``plan`` decides (and changes nothing); ``charge`` records what was really released.
+    """
+
+    def __init__(self, *, quantum: int = DEFAULT_QUANTUM, urgency_s: float = DEFAULT_URGENCY_S) -> None:
+        self.quantum = quantum
+        self.urgency_s = urgency_s
+
+    def plan(self, jobs: Sequence[JobView], free: int, now: datetime, *, rate: float | None = None) -> list[Grant]:
+        """How many of ``free`` slots each job gets now (``rate``: the cluster's completions per second)."""
+        raise NotImplementedError
+
+    def charge(self, job: JobView, released: int, tokens: int) -> None:
+        """``released`` requests of ``job`` went to the broker, ``tokens`` estimated tokens in all."""
+        raise NotImplementedError
+
+    def standing(
+        self, jobs: Sequence[JobView], capacity: int, now: datetime, *, rate: float | None = None
+    ) -> dict[uuid.UUID, Standing]:
+        """Every job's place in line (``capacity``: the window the dispatcher keeps)."""
+        raise NotImplementedError
