@@ -34,6 +34,9 @@ DEFAULT_WORKER_LAPSE_S = 20.0
 DEFAULT_STRANDED_MESSAGE_S = 30.0
 DEFAULT_SHUTDOWN_GRACE_S = 30.0
 DEFAULT_STORE_RETRY_WINDOW_S = 900.0
+DEFAULT_DISPATCH_INTERVAL_S = 0.1
+DEFAULT_WINDOW_PER_SLOT = 2
+DEFAULT_WINDOW_MIN_REQUESTS = 64
 DEFAULT_QUEUE = "batcher"
 DEFAULT_RACE_QUEUE = "batcher.race"
 
@@ -110,6 +113,16 @@ class Settings(BaseSettings):
     """On SIGTERM a worker lets in-flight calls finish for this long, then hands the rest back."""
     store_retry_window_s: float = Field(DEFAULT_STORE_RETRY_WINDOW_S, gt=0)
     """How long a worker keeps retrying the write of an answer it already paid for (a Postgres outage)."""
+
+    dispatch_interval_s: float = Field(DEFAULT_DISPATCH_INTERVAL_S, gt=0, le=60)
+    """How often the leader's dispatcher tops up the broker window from the backlog in the database (a
+    submission wakes it sooner). The window refills at least this often as requests finish."""
+    window_per_slot: int = Field(DEFAULT_WINDOW_PER_SLOT, ge=1, le=100)
+    """Requests released to the broker per worker slot (the sum of live workers' concurrency): 2 keeps every
+    slot fed while the next messages wait in the queue; the rest of every job stays in the database."""
+    window_min: int = Field(DEFAULT_WINDOW_MIN_REQUESTS, ge=1)
+    """The broker window never shrinks below this many requests (no live worker registered yet, a small
+    cluster)."""
 
     rate_limits: dict[str, RateLimitSpec] = Field(default_factory=dict)
     """Shared limits by ``provider/model`` pattern, e.g. ``{"openai/*": {"rpm": 600, "tpm": 200000}}``."""

@@ -18,17 +18,6 @@ RACE_WIN_PREFIX = PREFIX + "race:win:"
 JOB_DONE_PREFIX = PREFIX + "job:done:"
 """A list waiters ``BLPOP``; the finalizer pushes one event, and each reader pushes it back for the next."""
 
-PUBLISHED_PREFIX = PREFIX + "published:"
-"""How far a job's requests have been published to the broker: the next index to publish.
-
-Written in the same atomic step as the messages it counts (one Lua script per chunk), so the
-two are lost together when Redis loses its data: a missing key means "publish from the start",
-and a present one means exactly that many were pushed. This is what makes publishing resumable
-and idempotent (never two live messages for one request from two publishers)."""
-
-PUBLISHED_TTL_S = 86_400
-"""The recovery sweep re-arms it for every active job at every pass; the finalizer deletes it."""
-
 RATE_LIMIT_PREFIX = PREFIX + "ratelimit:"
 """Namespace handed to the shared rate limiter (per provider/model/deployment windows)."""
 
@@ -66,10 +55,6 @@ def race_win_key(job_id: str) -> str:
 
 def job_done_key(job_id: str) -> str:
     return f"{JOB_DONE_PREFIX}{job_id}"
-
-
-def published_key(job_id: str) -> str:
-    return f"{PUBLISHED_PREFIX}{job_id}"
 
 
 def adaptive_key(provider: str, model: str) -> str:

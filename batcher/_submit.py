@@ -1,16 +1,16 @@
-"""Submission: validate every request, store the job in one transaction, then enqueue.
+"""Submission: validate every request, store the job in one transaction, then hand it to the dispatcher.
 
 Order matters for "nothing lost, nothing half-accepted":
 1. requests are validated while they are streamed into Postgres with ``COPY`` inside one
-   transaction; the first bad one raises and the transaction rolls back, so a rejected
-   submission leaves nothing stored and nothing enqueued (and a 100 MB file is never held
-   in memory);
-2. after the commit, one task per request is published, a chunk at a time, each chunk moving
-   the job's published watermark with it (``batcher._publish``);
-3. the job is marked ``enqueued_at``. A submitter that dies (or that a full Redis refuses)
-   between 1 and 3 leaves a job whose watermark says how far it got: the recovery sweep goes
-   on from there, so no request is left without a message and none gets two. A refusal is
-   raised as ``EnqueueError`` naming the job, which is kept: it starts when the broker has room.
+   transaction (each with its estimated tokens, ``dispatched_at`` NULL: in the backlog); the first
+   bad one raises and the transaction rolls back, so a rejected submission leaves nothing stored;
+2. after the commit the job is marked ``enqueued_at`` (accepted into the backlog) and the dispatcher
+   is woken (``batcher._dispatch``, best effort: it ticks every ``BATCHER_DISPATCH_INTERVAL_S``
+   anyway), which releases the requests to the broker a window at a time. Nothing is published
+   here for a batch, so a stored submission never fails because Redis is away or full;
+3. a race (``JobKind.FASTEST``) is released here at once, all its requests on the race queue, so it
+   never waits for a tick or behind batches. A broker that refuses raises ``EnqueueError`` naming the
+   job, which is kept: the dispatcher releases it when the broker has room.
 """
 
 from __future__ import annotations
@@ -33,9 +33,12 @@ from batcher import _providers
 from batcher._config import Settings
 from batcher._db.contract import store_for
 from batcher._db.rows import NewJob, NewRequest
+from batcher._dispatch import queue_for, release_job, wake
 from batcher._egress import ApiBaseNotAllowedError, EgressPolicy, parse_base
 from batcher._exceptions import EnqueueError, IdempotencyKeyReusedError, InvalidRequestError, MissingAPIKeyError
 from batcher._publish import Publisher
+from batcher._ratelimit import estimate_tokens
+from batcher._scheduling import DEFAULT_PRIORITY
 from batcher._secrets import seal, strip_url_credentials
 from batcher._states import JobKind
 from batcher._validation import CallOptions, check_request, check_size, to_json, validate_messages
@@ -147,6 +150,7 @@ class _Validator:
         if route.provider not in self._params_checked:
             _providers.check_params(route.provider, self.options.params, drop_params=self.options.drop_params)
             self._params_checked.add(route.provider)
+        merged = self.options.params
         if spec.params:
             merged = {**self.options.params, **spec.params}
             _providers.check_params(route.provider, merged, drop_params=self.options.drop_params)
@@ -162,6 +166,7 @@ class _Validator:
             custom_id=spec.custom_id,
             messages_json=messages_json,
             params_json=params_json,
+            est_tokens=estimate_tokens(messages, merged),
         )
 
 
@@ -177,6 +182,7 @@ def submit(
     idempotency_key: str | None = None,
     idempotency_fingerprint: str | None = None,
     allow_api_base: bool = True,
+    priority: int = DEFAULT_PRIORITY,
 ) -> uuid.UUID:
     """Validate, store and enqueue a job; returns its id. Raises before storing anything on bad input.
 
@@ -213,6 +219,7 @@ def submit(
             idempotency_key=idempotency_key,
             idempotency_fingerprint=idempotency_fingerprint,
             queue=queue_for(kind, settings),
+            priority=priority,
         )
         inserted = store.insert_job(conn, job)
         if not inserted and owner_id is not None and idempotency_key is not None:
@@ -235,14 +242,6 @@ def submit(
     return job_id
 
 
-def queue_for(kind: JobKind | str, settings: Settings, recorded: str | None = None) -> str:
-    """The queue of a job's requests: the one recorded on the job at submission, else by kind (races
-    have their own queue, so a race never waits behind a large batch)."""
-    if recorded:
-        return recorded
-    return settings.race_queue if JobKind(kind) is JobKind.FASTEST else settings.queue
-
-
 def publisher_for(app: Celery) -> Publisher:
     """The app's publisher (it caches message templates), built on first use."""
     publisher: Publisher | None = getattr(app, "_batcher_publisher", None)
@@ -253,30 +252,48 @@ def publisher_for(app: Celery) -> Publisher:
 
 
 def enqueue(engine: Engine, app: Celery, settings: Settings, job_id: uuid.UUID, kind: JobKind, total: int) -> None:
-    """Publish every request of a freshly stored job and mark it enqueued.
+    """Accept a freshly stored job into the backlog: a race is released (published) at once, a batch is
+    left to the dispatcher, which is woken.
 
-    Raises ``EnqueueError`` if the broker refuses (down, or out of memory): the job stays stored,
-    its watermark says how far publishing got, and the recovery sweep finishes it.
+    Raises ``EnqueueError`` only for a race the broker refuses (down, or out of memory): the job stays
+    stored, its requests in the backlog, and the dispatcher releases them when the broker takes messages.
     """
-    try:
-        publisher_for(app).publish_job(
-            job_id,
-            total,
-            lambda start, limit: range(start, min(total, start + limit)),
-            queue=queue_for(kind, settings),
-        )
-    except (redis.RedisError, *kombu_errors()) as exc:  # type: ignore[misc]
-        raise EnqueueError(
-            f"job {job_id} is stored, but the broker refused its messages ({type(exc).__name__}: "
-            f"{str(exc)[:200]}); it starts as soon as the broker accepts messages again (the recovery "
-            f"sweep publishes what is missing): follow it with Client().job('{job_id}')",
-            job_id=str(job_id),
-        ) from None
+    publisher = publisher_for(app)
+    if JobKind(kind) is JobKind.FASTEST:
+        try:
+            release_job(
+                engine,
+                store_for(engine),
+                lambda job, indices, queue: publisher.publish_requests(job, indices, queue=queue),
+                job_id,
+                total,
+                queue=queue_for(kind, settings),
+            )
+        except (redis.RedisError, *kombu_errors()) as exc:  # type: ignore[misc]
+            raise EnqueueError(
+                f"job {job_id} is stored, but the broker refused its messages ({type(exc).__name__}: "
+                f"{str(exc)[:200]}); it starts as soon as the broker accepts messages again (the dispatcher "
+                f"releases it): follow it with Client().job('{job_id}')",
+                job_id=str(job_id),
+            ) from None
     try:
         with engine.begin() as conn:
             store_for(conn).mark_enqueued(conn, job_id)
-    except OperationalError:  # published already; the recovery sweep stamps it
-        log.warning("job %s is published but could not be marked enqueued; recovery will", job_id)
+    except OperationalError:  # stored (and a race released): the stamp is only informative
+        log.warning("job %s is stored but could not be marked enqueued", job_id)
+    if JobKind(kind) is not JobKind.FASTEST:
+        wake(publisher.redis)
+
+
+def withdraw(app: Celery, settings: Settings, job_id: uuid.UUID, queue: str | None = None) -> int:
+    """After a cancel: remove the job's messages still waiting in the broker (its recorded queue, else both
+    of batcher's), so no worker spends a slot on them. Best effort: a message left behind is a no-op claim."""
+    queues = [queue] if queue else [settings.queue, settings.race_queue]
+    try:
+        return publisher_for(app).withdraw_job(job_id, queues)
+    except (redis.RedisError, OSError) as exc:
+        log.warning("could not remove the messages of cancelled job %s from the broker: %s", job_id, exc)
+        return 0
 
 
 def kombu_errors() -> tuple[type[BaseException], ...]:

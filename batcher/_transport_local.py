@@ -27,6 +27,7 @@ from batcher._config import Settings
 from batcher._db import recovery
 from batcher._db.contract import JobStore, store_for
 from batcher._db.engine import database_problem, get_engine
+from batcher._dispatch import queue_for
 from batcher._exceptions import ConfigurationError, JobNotFoundError
 from batcher._files import read_jsonl
 from batcher._jobs import JobStatus, Result
@@ -34,7 +35,7 @@ from batcher._migrate import ensure_schema
 from batcher._mode import EMBEDDED, check_cluster, resolve_mode
 from batcher._response import ModelResponse
 from batcher._states import JobKind
-from batcher._submit import RequestSpec, queue_for, submit
+from batcher._submit import RequestSpec, submit, withdraw
 from batcher._transport import Consumers, Poll, Transport, Until
 from batcher._validation import split_call_kwargs
 
@@ -207,6 +208,8 @@ class LocalTransport(Transport):
         with self.engine.begin() as conn:
             self.store.cancel_job(conn, job_id)
             state = self.store.finalize_job(conn, job_id)
+            row = self.store.job_row(conn, job_id)
+        withdraw(self.celery, self.settings, job_id, row.get("queue") if row else None)
         if state is not None:
             with contextlib.suppress(redis.RedisError):  # waiters also read Postgres
                 _wakeup.announce_done(self.redis, str(job_id), state)

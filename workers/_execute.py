@@ -23,6 +23,7 @@ from sqlalchemy.exc import OperationalError
 
 from batcher import _keys, _logging, _metrics, _providers, _wakeup
 from batcher._db.rows import Answer, ClaimedRequest, Failure, Progress
+from batcher._dispatch import queue_for
 from batcher._exceptions import (
     AuthenticationError,
     ConfigurationError,
@@ -37,7 +38,6 @@ from batcher._response import ModelResponse, mock_model_response
 from batcher._retry import RetryPolicy
 from batcher._secrets import redact, redact_json, unseal
 from batcher._states import JobKind, RequestState
-from batcher._submit import queue_for
 from workers._context import WorkerContext
 
 log = logging.getLogger("batcher.worker")
@@ -400,14 +400,5 @@ def finalize(ctx: WorkerContext, job_id: str) -> str | None:
             _wakeup.announce_done(ctx.redis, job_id, state)
         except Exception:  # Redis is coordination only: waiters also poll Postgres
             log.warning("could not wake the waiters of job %s", job_id, exc_info=True)
-        _forget_watermark(ctx, job_id)
         log.info("job finished: %s", state, extra={"job_id": job_id})
     return state
-
-
-def _forget_watermark(ctx: WorkerContext, job_id: str) -> None:
-    """A final job publishes nothing more (best effort: the key expires anyway)."""
-    try:
-        ctx.redis.delete(_keys.published_key(job_id))
-    except Exception:  # Redis is coordination only
-        log.debug("could not delete the publish watermark of %s", job_id, exc_info=True)

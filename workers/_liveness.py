@@ -12,6 +12,10 @@
   The sweep's statements run on that same connection, so a leader that lost its session cannot
   finish a sweep on a stale belief (the fence). A new leader waits one lapse before reaping, so
   workers that could not beat while Postgres was away are not taken for dead.
+* **Dispatching.** The leader also runs the dispatcher (``batcher._dispatch``) in a thread of its
+  own, every ``BATCHER_DISPATCH_INTERVAL_S`` (0.1 s) or when a submission wakes it: it keeps the
+  broker's window topped up from the backlog in Postgres. It ticks only while this process holds
+  the lock; a new leader's dispatcher continues from Postgres (it keeps nothing that matters).
 * **Timings.** A killed worker's requests are queued again 20 to 25 s after the kill (lapse + one
   sweep interval) and re-run at once; a killed leader is replaced within one interval.
 * **Graceful shutdown** (SIGTERM, a rolling deploy): the worker stops taking messages (Celery's
@@ -87,6 +91,7 @@ class Liveness:
             self._beat()  # registered before the first claim
             self._spawn("batcher-heartbeat", self._heartbeat_loop)
         self._spawn("batcher-leader", self._leader_loop)
+        self._spawn("batcher-dispatch", self._dispatch_loop)
         return self
 
     def stop(self) -> None:
@@ -138,6 +143,21 @@ class Liveness:
             except Exception:  # never let the loop die: log and try again next interval
                 log.exception("leader loop failed; retrying")
             self._stop.wait(max(0.0, interval - (time.monotonic() - started)))
+
+    def _dispatch_loop(self) -> None:
+        from batcher._dispatch import Dispatcher
+        from batcher._submit import publisher_for
+
+        ctx = self.ctx
+        publisher = publisher_for(ctx.app)
+        dispatcher = Dispatcher(
+            ctx.engine,
+            ctx.store,
+            ctx.redis,
+            lambda job, indices, queue: publisher.publish_requests(job, indices, queue=queue),
+            self.settings,
+        )
+        dispatcher.run(self._stop, lambda: self.is_leader and not self.stopping)
 
     def _lead(self) -> bool:
         """Hold (or try to take) the leadership lock; True while this process leads."""

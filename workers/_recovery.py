@@ -14,14 +14,16 @@ order:
    off from Postgres for a while (an outage) are not declared dead on their first missed beat.
 2. **Messages stranded with a dead worker**: messages delivered ``BATCHER_STRANDED_MESSAGE_S``
    ago whose request never started go back to their queue.
-3. **Publishing that did not finish**: a submitter died or a full Redis refused it mid-way, or
-   Redis lost its data (the watermark is gone with the messages): publishing goes on from the
-   job's watermark (``batcher._publish``).
-4. **A delayed retry's message was lost**: retries overdue by ``BATCHER_QUEUED_GRACE_S``.
-5. **Orphans**: with both queues empty, a queued request of a fully published job that no worker
-   holds has lost its message (seen twice in a row, to let a delivery in progress land).
-6. Deadlines (unsent requests end ``expired``) and finalizers (jobs whose requests are all final).
-7. Pruning: rows of long-gone workers, and uploaded or output files past their ``expires_at``.
+3. **A delayed retry's message was lost**: retries overdue by ``BATCHER_QUEUED_GRACE_S``.
+4. **Orphans**: with the active jobs' queues empty, a queued request *released* to the broker
+   (``dispatched_at`` set) that no worker holds has lost its message (seen twice in a row, to let a
+   delivery in progress land): it is published again (it stays released, in the window).
+5. Deadlines (unsent requests end ``expired``) and finalizers (jobs whose requests are all final).
+6. Pruning: rows of long-gone workers, and uploaded or output files past their ``expires_at``.
+
+Requests still in the backlog need nothing from the sweep: the dispatcher (``batcher._dispatch``)
+releases them, and takes back what Redis lost when it finds its epoch key gone. Reaped and handed-back
+requests stay released: they get a new message here, and keep their place in the window.
 """
 
 from __future__ import annotations
@@ -37,11 +39,12 @@ from dataclasses import asdict, dataclass, field
 import redis
 from sqlalchemy import Connection
 
-from batcher import _files_store, _keys
+from batcher import _files_store
 from batcher._db import recovery
 from batcher._db.recovery import ActiveJob, RequestRef
+from batcher._dispatch import queue_for
 from batcher._publish import RUN_REQUEST_TASK, task_id
-from batcher._submit import kombu_errors, publisher_for, queue_for
+from batcher._submit import kombu_errors, publisher_for
 from workers import _execute
 from workers._broker import BrokerMessages, HeldMessage
 from workers._context import WorkerContext
@@ -62,7 +65,6 @@ class SweepReport:
     requests_failed_worker_lost: int = 0
     messages_moved_back: int = 0
     requests_republished: int = 0
-    jobs_published: int = 0
     jobs_expired: int = 0
     jobs_finalized: int = 0
     files_expired: int = 0
@@ -134,23 +136,21 @@ def sweep(
         moved = {(m.job_id, m.idx) for m in abandoned}
         held = [m for m in held if (m.job_id, m.idx) not in moved]
 
-    # 3. Publishing that did not finish (or whose messages Redis lost).
     with conn.begin():
         active = recovery.active_jobs(conn)
-    published = _finish_publishing(ctx, conn, active, report)
 
-    # 4. Retries whose delayed message was lost.
+    # 3. Retries whose delayed message was lost.
     with conn.begin():
         overdue = recovery.overdue_retries(conn, grace_s=settings.queued_grace_s)
     to_publish += [r for r in overdue if (r.job_id, r.idx) not in held_by_request]
 
-    # 5. Orphans: queues empty, yet queued requests that no worker holds.
+    # 4. Orphans: queues empty, yet released queued requests that no worker holds.
     if broker is not None:
-        to_publish += _orphans(ctx, conn, broker, published, held_by_request, state)
+        to_publish += _orphans(ctx, conn, broker, active, held_by_request, state)
 
     report.requests_republished += publish_each(ctx, to_publish)
 
-    # 6. Deadlines and finalizers.
+    # 5. Deadlines and finalizers.
     with conn.begin():
         report.jobs_expired = len(ctx.store.expire_overdue(conn))
         due: list[uuid.UUID] = ctx.store.jobs_due_for_finalize(conn)
@@ -191,57 +191,20 @@ def broker_messages(ctx: WorkerContext) -> BrokerMessages | None:
     return BrokerMessages(ctx.redis, prefix=prefix)
 
 
-def _finish_publishing(
-    ctx: WorkerContext, conn: Connection, active: list[ActiveJob], report: SweepReport
-) -> list[ActiveJob]:
-    """Go on publishing every active job from its watermark; returns the jobs completely published."""
-    if not active:
-        return []
-    publisher = publisher_for(ctx.app)
-    store_redis = ctx.redis  # the broker's Redis in a cluster; embedded mode's in-process store
-    keys = [_keys.published_key(str(job.id)) for job in active]
-    marks = store_redis.mget(keys)
-    complete: set[uuid.UUID] = set()
-    for job, raw in zip(active, marks, strict=True):
-        mark = int(raw) if raw is not None and raw.isdigit() else None
-        if mark is not None and mark >= job.total:
-            complete.add(job.id)
-            continue
-
-        def pending(start: int, limit: int, job_id: uuid.UUID = job.id) -> list[int]:
-            with conn.begin():
-                return recovery.pending_indices(conn, job_id, start, limit)
-
-        try:
-            if publisher.publish_job(job.id, job.total, pending, queue=queue_for(job.kind, ctx.settings, job.queue)):
-                complete.add(job.id)
-                report.jobs_published += 1
-        except redis.RedisError as exc:  # still full or away: the next sweep goes on from the watermark
-            log.warning("could not publish job %s yet: %s", job.id, exc)
-    if complete:
-        pipe = store_redis.pipeline(transaction=False)
-        for job_id in complete:
-            pipe.expire(_keys.published_key(str(job_id)), _keys.PUBLISHED_TTL_S)
-        pipe.execute()
-        with conn.begin():
-            recovery.mark_enqueued(conn, [j.id for j in active if j.id in complete and not j.enqueued])
-    return [job for job in active if job.id in complete]
-
-
 def _orphans(
     ctx: WorkerContext,
     conn: Connection,
     broker: BrokerMessages,
-    published: list[ActiveJob],
+    active: list[ActiveJob],
     held: dict[tuple[uuid.UUID, int], HeldMessage],
     state: SweepState,
 ) -> list[RequestRef]:
-    queues = {queue_for(job.kind, ctx.settings, job.queue) for job in published}
-    if not published or any(broker.queue_length(queue) for queue in queues):
+    queues = {queue_for(job.kind, ctx.settings, job.queue) for job in active}
+    if not active or any(broker.queue_length(queue) for queue in queues):
         state.orphan_candidates.clear()
         return []
     with conn.begin():
-        queued = recovery.queued_requests(conn, sorted(job.id for job in published))
+        queued = recovery.released_queued_requests(conn, sorted(job.id for job in active))
     seen: dict[tuple[uuid.UUID, int], int] = {}
     out = []
     for ref in queued:

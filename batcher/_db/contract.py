@@ -35,10 +35,20 @@ from collections.abc import Iterable, Iterator
 from typing import IO, Any, ClassVar, cast
 from uuid import UUID
 
-from sqlalchemy import Connection, Engine, Table, select, text, update
+from sqlalchemy import Connection, Engine, Table, func, select, text, update
 
-from batcher._db.models import Job, Response
-from batcher._db.rows import Answer, ClaimedRequest, Failure, NewJob, NewRequest, Progress
+from batcher._db.models import Job, Request, Response
+from batcher._db.rows import (
+    ActiveJob,
+    Answer,
+    ClaimedRequest,
+    Failure,
+    InWindow,
+    NewJob,
+    NewRequest,
+    Progress,
+    Released,
+)
 from batcher._exceptions import ConfigurationError
 from batcher._states import ACTIVE_JOB_STATES, RequestState
 
@@ -102,7 +112,53 @@ class JobStore(abc.ABC):
 
     @abc.abstractmethod
     def mark_enqueued(self, conn: Connection, job_id: UUID) -> None:
-        """Stamp ``enqueued_at``: every request of the job has been published."""
+        """Stamp ``enqueued_at``: the job is accepted into the backlog (its requests are released by the
+        dispatcher, a race's by its submitter)."""
+
+    # --- dispatch (the backlog and the broker window, ``batcher._dispatch``) ----------------------------
+
+    @abc.abstractmethod
+    def release(
+        self, conn: Connection, job_id: UUID, limit: int, *, provider: str | None = None, model: str | None = None
+    ) -> list[Released]:
+        """Take up to ``limit`` requests out of the job's backlog (``queued``, ``dispatched_at`` NULL), lowest
+        index first, optionally only those to ``provider``/``model``; stamp ``dispatched_at``. Returned in
+        index order.
+
+        Only a ``queued`` or ``running`` job releases (a ``cancelling`` or final one never does). On Postgres
+        the rows are taken ``FOR UPDATE SKIP LOCKED``: two dispatchers (an old leader that has not noticed it
+        lost its lock, a submitter releasing a race) never take the same request. The caller publishes their
+        messages *before* committing: a refused publish rolls the release back, so a request is never marked
+        released without a message (a commit lost after the publish leaves duplicates, which claims make
+        harmless)."""
+
+    def window(self, conn: Connection) -> list[InWindow]:
+        """Released requests that are not final (``queued``, ``running``, ``retrying`` with ``dispatched_at``
+        set), per job and provider/model: what occupies the broker window and the workers."""
+        return [InWindow(row.job_id, row.provider, row.model, int(row.n)) for row in conn.execute(_WINDOW)]
+
+    def take_back(self, conn: Connection, job_ids: Iterable[UUID] | None = None) -> int:
+        """Put every released request that is still ``queued`` back into the backlog (``dispatched_at`` NULL),
+        of every job or of ``job_ids``; returns how many. After Redis lost its data their messages are gone:
+        the dispatcher releases them again. Requests running or retrying are left alone."""
+        statement = (
+            update(_REQUESTS)
+            .where(_REQUESTS.c.dispatched_at.is_not(None), text("requests.state = 'queued'"))
+            .values(dispatched_at=None)
+        )
+        if job_ids is not None:
+            ids = list(job_ids)
+            if not ids:
+                return 0
+            statement = statement.where(_REQUESTS.c.job_id.in_(ids))
+        return int(conn.execute(statement).rowcount)
+
+    @abc.abstractmethod
+    def backlog(self, conn: Connection, *, cap: int) -> list[ActiveJob]:
+        """Every ``queued`` or ``running`` job with what the dispatcher needs of it: its owner's weight and
+        quota (``api_keys``), its priority, deadline and counters, and the head of its backlog (at most
+        ``cap`` requests, lowest index first) per provider/model with their estimated tokens. A job with
+        nothing left in its backlog is listed with an empty ``backlog``. Nothing active: one cheap read."""
 
     # --- execution (workers) ----------------------------------------------------------------------
 
@@ -231,6 +287,15 @@ class JobStore(abc.ABC):
 
 _JOBS = cast(Table, Job.__table__)
 _RESPONSES = cast(Table, Response.__table__)
+_REQUESTS = cast(Table, Request.__table__)
+
+_WINDOW = (
+    select(_REQUESTS.c.job_id, _REQUESTS.c.provider, _REQUESTS.c.model, func.count().label("n"))
+    # Literally the predicate of the partial index ix_requests_window (a bound parameter would hide from
+    # the planner that the index applies): O(window) rows, never O(backlog).
+    .where(_REQUESTS.c.dispatched_at.is_not(None), text("requests.state IN ('queued', 'running', 'retrying')"))
+    .group_by(_REQUESTS.c.job_id, _REQUESTS.c.provider, _REQUESTS.c.model)
+)
 
 _JOBS_BY_STATE = text("SELECT state, count(*) FROM jobs GROUP BY state")
 _OPEN_REQUESTS_BY_STATE = text(

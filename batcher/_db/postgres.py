@@ -28,7 +28,17 @@ from batcher._db.contract import (
     SKIPPED_ERROR,
     JobStore,
 )
-from batcher._db.rows import Answer, ClaimedRequest, Failure, NewJob, NewRequest, Progress
+from batcher._db.rows import (
+    ActiveJob,
+    Answer,
+    BacklogPart,
+    ClaimedRequest,
+    Failure,
+    NewJob,
+    NewRequest,
+    Progress,
+    Released,
+)
 from batcher._states import RequestState
 
 _ACTIVE = ", ".join(f"'{s}'" for s in ACTIVE_STATES)
@@ -50,6 +60,25 @@ def _hot(conn: Connection, sql: str, params: dict[str, Any]) -> dict[str, Any] |
     try:
         with dbapi.cursor(row_factory=dict_row) as cursor:
             return cursor.execute(sql, params).fetchone()
+    except psycopg.Error as exc:
+        invalidated = conn.dialect.is_disconnect(exc, conn.connection.dbapi_connection, None)  # type: ignore[arg-type]
+        if invalidated:
+            conn.invalidate(exc)
+        raise DBAPIError.instance(
+            sql, params, exc, psycopg.Error, connection_invalidated=invalidated, dialect=conn.dialect
+        ) from exc
+
+
+def _rows(conn: Connection, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every row of one statement through ``conn``'s psycopg cursor (``_hot``'s rules: joins the caller's
+    transaction, errors as SQLAlchemy's). The dispatcher's statements run ten times a second."""
+    if not conn.in_transaction():
+        conn.begin()
+    dbapi = cast(psycopg.Connection[Any], conn.connection.driver_connection)
+    try:
+        with dbapi.cursor(row_factory=dict_row) as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchall() if cursor.description is not None else []
     except psycopg.Error as exc:
         invalidated = conn.dialect.is_disconnect(exc, conn.connection.dbapi_connection, None)  # type: ignore[arg-type]
         if invalidated:
@@ -139,13 +168,57 @@ _RECORD_END = {
 
 _INSERT_JOB = text(
     "INSERT INTO jobs (id, kind, state, total, params, deadline_at, credentials, user_metadata, "
-    "owner_id, idempotency_key, idempotency_fingerprint, queue) "
+    "owner_id, idempotency_key, idempotency_fingerprint, queue, priority) "
     "VALUES (:id, :kind, 'queued', :total, CAST(:params AS jsonb), :deadline_at, :credentials, "
-    "CAST(:user_metadata AS jsonb), :owner_id, :idempotency_key, :idempotency_fingerprint, :queue) "
+    "CAST(:user_metadata AS jsonb), :owner_id, :idempotency_key, :idempotency_fingerprint, :queue, :priority) "
     "ON CONFLICT (owner_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
 )
 
-_COPY_REQUESTS = "COPY requests (job_id, idx, custom_id, model, provider, messages, params, state) FROM STDIN"
+_COPY_REQUESTS = (
+    "COPY requests (job_id, idx, custom_id, model, provider, messages, params, state, est_tokens) FROM STDIN"
+)
+"""``dispatched_at`` is left NULL: every request starts in the backlog."""
+
+_RELEASE = """
+    WITH picked AS (
+        SELECT r.id FROM requests AS r
+         WHERE r.job_id = %(job_id)s AND r.state = 'queued' AND r.dispatched_at IS NULL
+           {only}
+           AND EXISTS (SELECT 1 FROM jobs AS j WHERE j.id = %(job_id)s AND j.state IN ('queued', 'running'))
+         ORDER BY r.idx
+         LIMIT %(limit)s
+           FOR UPDATE OF r SKIP LOCKED
+    )
+    UPDATE requests AS r SET dispatched_at = now()
+      FROM picked
+     WHERE r.id = picked.id
+    RETURNING r.idx, r.est_tokens, r.provider, r.model
+"""
+"""Through psycopg (``_rows``). The backlog's partial index (``ix_requests_backlog``: job, idx) gives the
+lowest indices first without a sort; ``SKIP LOCKED`` lets two releasers (a deposed leader, a race's
+submitter) pass each other instead of taking a request twice or waiting."""
+
+_BACKLOG = """
+    SELECT j.id, j.kind, j.queue, j.owner_id, j.priority, j.deadline_at, j.created_at,
+           j.succeeded + j.failed + j.cancelled + j.expired AS done,
+           COALESCE(k.weight, 1.0) AS weight, k.max_concurrent_requests,
+           b.provider, b.model, b.n, b.tokens
+      FROM jobs AS j
+      LEFT JOIN api_keys AS k ON k.id = j.owner_id
+      LEFT JOIN LATERAL (
+            SELECT s.provider, s.model, count(*) AS n, sum(COALESCE(s.est_tokens, 1)) AS tokens
+              FROM (SELECT r.provider, r.model, r.est_tokens FROM requests AS r
+                     WHERE r.job_id = j.id AND r.state = 'queued' AND r.dispatched_at IS NULL
+                     ORDER BY r.idx
+                     LIMIT %(cap)s) AS s
+             GROUP BY s.provider, s.model
+      ) AS b ON true
+     WHERE j.state IN ('queued', 'running')
+     ORDER BY j.created_at, j.id
+"""
+"""One round trip per tick whatever the number of jobs; per job, at most ``cap`` rows of its backlog are read
+(through ``ix_requests_backlog``): the cost is O(jobs x window), flat in job size. Idle: the ``ix_jobs_active``
+index answers with no row."""
 
 _MARK_ENQUEUED = text("UPDATE jobs SET enqueued_at = now() WHERE id = :id")
 
@@ -303,6 +376,7 @@ class PostgresStore(JobStore):
                         req.params_json
                         or (None if req.params is None else json.dumps(req.params, separators=(",", ":"))),
                         "queued",
+                        req.est_tokens,
                     )
                 )
                 count += 1
@@ -310,6 +384,46 @@ class PostgresStore(JobStore):
 
     def mark_enqueued(self, conn: Connection, job_id: UUID) -> None:
         conn.execute(_MARK_ENQUEUED, {"id": job_id})
+
+    # --- dispatch ---------------------------------------------------------------------------------
+
+    def release(
+        self, conn: Connection, job_id: UUID, limit: int, *, provider: str | None = None, model: str | None = None
+    ) -> list[Released]:
+        if limit <= 0:
+            return []
+        params: dict[str, Any] = {"job_id": job_id, "limit": limit}
+        only = ""
+        if provider is not None and model is not None:
+            only = "AND r.provider = %(provider)s AND r.model = %(model)s"
+            params |= {"provider": provider, "model": model}
+        rows = _rows(conn, _RELEASE.format(only=only), params)
+        released = [Released(r["idx"], r["est_tokens"], r["provider"], r["model"]) for r in rows]
+        released.sort(key=lambda r: r.idx)
+        return released
+
+    def backlog(self, conn: Connection, *, cap: int) -> list[ActiveJob]:
+        jobs: dict[UUID, ActiveJob] = {}
+        parts: dict[UUID, list[BacklogPart]] = {}
+        for row in _rows(conn, _BACKLOG, {"cap": max(1, cap)}):
+            job_id = row["id"]
+            if job_id not in jobs:
+                jobs[job_id] = ActiveJob(
+                    id=job_id,
+                    kind=row["kind"],
+                    queue=row["queue"],
+                    owner_id=row["owner_id"],
+                    priority=int(row["priority"]),
+                    deadline_at=row["deadline_at"],
+                    created_at=row["created_at"],
+                    done=int(row["done"]),
+                    weight=float(row["weight"]),
+                    max_concurrent=row["max_concurrent_requests"],
+                )
+                parts[job_id] = []
+            if row["provider"] is not None:
+                parts[job_id].append(BacklogPart(row["provider"], row["model"], int(row["n"]), int(row["tokens"])))
+        return [dataclasses.replace(job, backlog=tuple(parts[job.id])) for job in jobs.values()]
 
     # --- execution (workers) ----------------------------------------------------------------------
 

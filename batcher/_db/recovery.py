@@ -11,7 +11,7 @@ SQLAlchemy stores datetimes there.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -268,24 +268,6 @@ def active_jobs(conn: Connection) -> list[ActiveJob]:
     return [ActiveJob(row.id, row.kind, row.total, row.enqueued_at is not None, row.queue) for row in rows]
 
 
-def pending_indices(conn: Connection, job_id: uuid.UUID, start: int, limit: int) -> list[int]:
-    """Queued requests of a job from index ``start`` on (what a resumed publish still has to send)."""
-    return list(
-        conn.execute(
-            select(R.c.idx)
-            .where(R.c.job_id == job_id, R.c.idx >= start, R.c.state == RequestState.QUEUED.value)
-            .order_by(R.c.idx)
-            .limit(limit)
-        ).scalars()
-    )
-
-
-def mark_enqueued(conn: Connection, job_ids: Iterable[uuid.UUID]) -> None:
-    ids = list(job_ids)
-    if ids:
-        conn.execute(update(J).where(J.c.id.in_(ids), J.c.enqueued_at.is_(None)).values(enqueued_at=_now(conn)))
-
-
 def overdue_retries(conn: Connection, *, grace_s: float, limit: int = 10_000) -> list[RequestRef]:
     """Retrying requests whose delayed message should have fired ``grace_s`` ago: it was lost."""
     rows = conn.execute(
@@ -302,14 +284,17 @@ def overdue_retries(conn: Connection, *, grace_s: float, limit: int = 10_000) ->
     return [RequestRef(row.job_id, row.idx, row.kind, row.queue) for row in rows]
 
 
-def queued_requests(conn: Connection, job_ids: Sequence[uuid.UUID], *, limit: int = 10_000) -> list[RequestRef]:
-    """Queued requests of these jobs (candidates for "its message was lost")."""
+def released_queued_requests(
+    conn: Connection, job_ids: Sequence[uuid.UUID], *, limit: int = 10_000
+) -> list[RequestRef]:
+    """Queued requests of these jobs released to the broker (candidates for "its message was lost"); those
+    still in the backlog have no message yet, by design."""
     if not job_ids:
         return []
     rows = conn.execute(
         select(R.c.job_id, R.c.idx, J.c.kind, J.c.queue)
         .select_from(R.join(J, J.c.id == R.c.job_id))
-        .where(R.c.job_id.in_(list(job_ids)), R.c.state == RequestState.QUEUED.value)
+        .where(R.c.job_id.in_(list(job_ids)), R.c.state == RequestState.QUEUED.value, R.c.dispatched_at.is_not(None))
         .order_by(R.c.job_id, R.c.idx)
         .limit(limit)
     ).all()

@@ -26,6 +26,8 @@ class NewJob:
     idempotency_key: str | None = None
     idempotency_fingerprint: str | None = None
     queue: str | None = None
+    priority: int = 5
+    """0-9, higher first (``batcher._scheduling``); ``DEFAULT_PRIORITY`` unless the caller chose one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +43,9 @@ class NewRequest:
     messages_json: str | None = None
     """``messages`` already serialised (validation measured it), so ``COPY`` does not serialise it again."""
     params_json: str | None = None
+    est_tokens: int | None = None
+    """Estimated tokens (prompt + completion budget, ``batcher._ratelimit.estimate_tokens``): what fair
+    sharing charges when the dispatcher releases it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,3 +128,54 @@ class Failure:
     """``record_end`` only; ``None`` keeps the latency stored on the request."""
     error_body: Any = None
     """The provider's error object (``ProviderError.body``: decoded JSON, keys redacted), if it sent one."""
+
+
+@dataclass(frozen=True, slots=True)
+class Released:
+    """A request the dispatcher took out of the backlog (``JobStore.release``): its message goes next."""
+
+    idx: int
+    est_tokens: int | None
+    provider: str
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class InWindow:
+    """How many of a job's requests to one provider/model are released and not final (``JobStore.window``)."""
+
+    job_id: uuid.UUID
+    provider: str
+    model: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class BacklogPart:
+    """The head of a job's backlog for one provider/model: how many, and their estimated tokens."""
+
+    provider: str
+    model: str
+    count: int
+    tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveJob:
+    """A job that may still release requests (``queued`` or ``running``), as the dispatcher reads it.
+
+    ``backlog`` describes at most the first ``cap`` requests of its backlog (``JobStore.backlog``): the
+    dispatcher never releases more than its window in one tick, so counting further is wasted work."""
+
+    id: uuid.UUID
+    kind: str
+    queue: str | None
+    owner_id: uuid.UUID | None
+    priority: int
+    deadline_at: datetime | None
+    created_at: datetime
+    done: int
+    """Requests final so far (the job's counters): the dispatcher derives each job's rate from it."""
+    weight: float = 1.0
+    max_concurrent: int | None = None
+    backlog: tuple[BacklogPart, ...] = ()

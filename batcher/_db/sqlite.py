@@ -28,15 +28,28 @@ from batcher._db.contract import (
     SKIPPED_ERROR,
     JobStore,
 )
-from batcher._db.models import Job, Request, Response
-from batcher._db.rows import Answer, ClaimedRequest, Failure, NewJob, NewRequest, Progress
+from batcher._db.models import ApiKey, Job, Request, Response
+from batcher._db.rows import (
+    ActiveJob,
+    Answer,
+    BacklogPart,
+    ClaimedRequest,
+    Failure,
+    NewJob,
+    NewRequest,
+    Progress,
+    Released,
+)
 from batcher._states import JobState, RequestState
 
 J = cast(Table, Job.__table__)
 R = cast(Table, Request.__table__)
 RESP = cast(Table, Response.__table__)
+KEYS = cast(Table, ApiKey.__table__)
 
 _ACTIVE = list(ACTIVE_STATES)
+_RELEASING = [JobState.QUEUED.value, JobState.RUNNING.value]
+"""Jobs whose backlog may be released (a ``cancelling`` job releases nothing)."""
 _UNSENT = [RequestState.QUEUED.value, RequestState.RETRYING.value]
 _OPEN = [RequestState.QUEUED.value, RequestState.RUNNING.value, RequestState.RETRYING.value]
 INSERT_CHUNK_ROWS = 1_000
@@ -157,6 +170,8 @@ class SqliteStore(JobStore):
                     "params": req.params,
                     "state": RequestState.QUEUED.value,
                     "attempts": 0,
+                    "est_tokens": req.est_tokens,
+                    "dispatched_at": None,
                 }
             )
             count += 1
@@ -169,6 +184,84 @@ class SqliteStore(JobStore):
 
     def mark_enqueued(self, conn: Connection, job_id: UUID) -> None:
         conn.execute(update(J).where(J.c.id == job_id).values(enqueued_at=_now()))
+
+    # --- dispatch ---------------------------------------------------------------------------------
+
+    def release(
+        self, conn: Connection, job_id: UUID, limit: int, *, provider: str | None = None, model: str | None = None
+    ) -> list[Released]:
+        """A select then an update, atomic under ``BEGIN IMMEDIATE`` (no other writer in between)."""
+        if limit <= 0:
+            return []
+        state = conn.execute(select(J.c.state).where(J.c.id == job_id)).scalar()
+        if state not in _RELEASING:
+            return []
+        query = select(R.c.id, R.c.idx, R.c.est_tokens, R.c.provider, R.c.model).where(
+            R.c.job_id == job_id, R.c.state == RequestState.QUEUED.value, R.c.dispatched_at.is_(None)
+        )
+        if provider is not None and model is not None:
+            query = query.where(R.c.provider == provider, R.c.model == model)
+        rows = conn.execute(query.order_by(R.c.idx).limit(limit)).all()
+        if not rows:
+            return []
+        now = _now()
+        ids = [row.id for row in rows]
+        for start in range(0, len(ids), INSERT_CHUNK_ROWS):
+            conn.execute(update(R).where(R.c.id.in_(ids[start : start + INSERT_CHUNK_ROWS])).values(dispatched_at=now))
+        return [Released(row.idx, row.est_tokens, row.provider, row.model) for row in rows]
+
+    def backlog(self, conn: Connection, *, cap: int) -> list[ActiveJob]:
+        """One read of the active jobs, then the head of each one's backlog (SQLite has no ``LATERAL``)."""
+        jobs = conn.execute(
+            select(
+                J.c.id,
+                J.c.kind,
+                J.c.queue,
+                J.c.owner_id,
+                J.c.priority,
+                J.c.deadline_at,
+                J.c.created_at,
+                (J.c.succeeded + J.c.failed + J.c.cancelled + J.c.expired).label("done"),
+                func.coalesce(KEYS.c.weight, 1.0).label("weight"),
+                KEYS.c.max_concurrent_requests,
+            )
+            .select_from(J.outerjoin(KEYS, KEYS.c.id == J.c.owner_id))
+            .where(J.c.state.in_(_RELEASING))
+            .order_by(J.c.created_at, J.c.id)
+        ).all()
+        out = []
+        for job in jobs:
+            head = (
+                select(R.c.provider, R.c.model, R.c.est_tokens)
+                .where(R.c.job_id == job.id, R.c.state == RequestState.QUEUED.value, R.c.dispatched_at.is_(None))
+                .order_by(R.c.idx)
+                .limit(max(1, cap))
+                .subquery()
+            )
+            parts = conn.execute(
+                select(
+                    head.c.provider,
+                    head.c.model,
+                    func.count().label("n"),
+                    func.sum(func.coalesce(head.c.est_tokens, 1)).label("tokens"),
+                ).group_by(head.c.provider, head.c.model)
+            ).all()
+            out.append(
+                ActiveJob(
+                    id=job.id,
+                    kind=job.kind,
+                    queue=job.queue,
+                    owner_id=job.owner_id,
+                    priority=int(job.priority),
+                    deadline_at=_aware(job.deadline_at),
+                    created_at=cast(datetime, _aware(job.created_at)),
+                    done=int(job.done),
+                    weight=float(job.weight),
+                    max_concurrent=job.max_concurrent_requests,
+                    backlog=tuple(BacklogPart(p.provider, p.model, int(p.n), int(p.tokens)) for p in parts),
+                )
+            )
+        return out
 
     # --- execution --------------------------------------------------------------------------------
 

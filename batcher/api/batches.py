@@ -34,7 +34,7 @@ from batcher._db.rows import NewJob
 from batcher._exceptions import InvalidRequestError
 from batcher._files_store import FILE_PURPOSE_BATCH, get_file, insert_batch_file, new_file_id
 from batcher._states import JobKind, JobState
-from batcher._submit import enqueue, job_params
+from batcher._submit import enqueue, job_params, withdraw
 from batcher._validation import CallOptions, check_json_value, parse_window
 from batcher.api import batches_store
 from batcher.api.auth import Principal
@@ -457,6 +457,7 @@ def cancel(ctx: ApiContext, row: dict[str, Any]) -> dict[str, Any]:
             batches_store.mark_cancelling(conn, batch_id)
             ctx.store.cancel_job(conn, row["job_id"])
             state = ctx.store.finalize_job(conn, row["job_id"])
+        withdraw(ctx.celery, ctx.settings, row["job_id"])
         if state is not None:
             ctx.wake(row["job_id"], state)
         with ctx.engine.connect() as conn:

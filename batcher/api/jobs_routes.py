@@ -20,7 +20,7 @@ from batcher._files import decode_line, read_jsonl
 from batcher._files_store import FILE_PURPOSE_BATCH, get_file, iter_chunks, iter_lines
 from batcher._jobs import JobStatus, Result
 from batcher._states import JobKind, JobState
-from batcher._submit import RequestSpec, submit
+from batcher._submit import RequestSpec, submit, withdraw
 from batcher._validation import (
     check_conversations_shape,
     check_single_conversation,
@@ -284,6 +284,7 @@ def cancel_job(ctx: Ctx, principal: CurrentPrincipal, job_id: str) -> JobObject:
     with ctx.engine.begin() as conn:
         ctx.store.cancel_job(conn, row["id"])
         state = ctx.store.finalize_job(conn, row["id"])
+    withdraw(ctx.celery, ctx.settings, row["id"], row.get("queue"))
     if state is not None:
         ctx.wake(row["id"], state)
     return job_object(visible_job(ctx, principal, job_id))

@@ -632,3 +632,160 @@ def test_counts_by_state(engine: Engine, store: JobStore) -> None:
     assert open_after.get("running", 0) == open_before.get("running", 0) + 1
     assert open_after.get("queued", 0) == open_before.get("queued", 0) + 2
     assert set(open_after) <= {"queued", "running", "retrying"}
+
+
+# --- dispatch: the backlog and the broker window --------------------------------------------------
+
+
+def _backlog_job(
+    engine: Engine,
+    store: JobStore,
+    models: list[str],
+    *,
+    priority: int = 5,
+    owner: uuid.UUID | None = None,
+    kind: str = "batch",
+) -> uuid.UUID:
+    """A job whose request ``i`` goes to ``models[i]`` with ``10 + i`` estimated tokens."""
+    job_id = uuid.uuid4()
+    with engine.begin() as conn:
+        store.insert_job(
+            conn, NewJob(id=job_id, kind=kind, params={"params": {}}, queue="q", priority=priority, owner_id=owner)
+        )
+        total = store.copy_requests(
+            conn,
+            job_id,
+            (
+                NewRequest(idx=i, model=m, provider="openai", messages=MESSAGES, est_tokens=10 + i)
+                for i, m in enumerate(models)
+            ),
+        )
+        store.set_total(conn, job_id, total)
+    return job_id
+
+
+def _release(
+    engine: Engine, store: JobStore, job_id: uuid.UUID, n: int, **only: str
+) -> list[tuple[int, int | None, str]]:
+    with engine.begin() as conn:
+        return [(r.idx, r.est_tokens, r.model) for r in store.release(conn, job_id, n, **only)]
+
+
+def _window(engine: Engine, store: JobStore, job_id: uuid.UUID) -> dict[str, int]:
+    with engine.connect() as conn:
+        return {w.model: w.count for w in store.window(conn) if w.job_id == job_id}
+
+
+def _dispatched(engine: Engine, job_id: uuid.UUID) -> list[bool]:
+    with engine.connect() as conn:
+        rows = conn.execute(select(R.dispatched_at).where(R.job_id == job_id).order_by(R.idx)).scalars()
+        return [value is not None for value in rows]
+
+
+def test_requests_are_stored_in_the_backlog_with_their_estimate(engine: Engine, store: JobStore) -> None:
+    job_id = _backlog_job(engine, store, ["a", "a"])
+    assert _dispatched(engine, job_id) == [False, False]
+    assert _job_row(engine, store, job_id)["priority"] == 5
+    with engine.connect() as conn:
+        assert list(conn.execute(select(R.est_tokens).where(R.job_id == job_id).order_by(R.idx)).scalars()) == [10, 11]
+
+
+def test_release_takes_the_lowest_indices_once_and_stamps_them(engine: Engine, store: JobStore) -> None:
+    job_id = _backlog_job(engine, store, ["a", "b", "a", "b", "a"])
+    assert _release(engine, store, job_id, 2) == [(0, 10, "a"), (1, 11, "b")]
+    assert _dispatched(engine, job_id) == [True, True, False, False, False]
+    assert _release(engine, store, job_id, 5, provider="openai", model="b") == [(3, 13, "b")]
+    assert _release(engine, store, job_id, 10) == [(2, 12, "a"), (4, 14, "a")]
+    assert _release(engine, store, job_id, 10) == []  # the backlog is empty: nothing twice
+    assert _release(engine, store, job_id, 0) == []
+
+
+def test_a_release_that_rolls_back_leaves_the_backlog_as_it_was(engine: Engine, store: JobStore) -> None:
+    """The publish happens inside the release's transaction: a refused publish releases nothing."""
+    job_id = _backlog_job(engine, store, ["a", "a"])
+
+    class RefusedError(Exception):
+        pass
+
+    def refused_publish() -> None:
+        with engine.begin() as conn:
+            assert len(store.release(conn, job_id, 2)) == 2
+            raise RefusedError
+
+    with pytest.raises(RefusedError):
+        refused_publish()
+    assert _dispatched(engine, job_id) == [False, False]
+
+
+def test_a_cancelling_or_final_job_releases_nothing(engine: Engine, store: JobStore) -> None:
+    job_id = _backlog_job(engine, store, ["a", "a", "a"])
+    _release(engine, store, job_id, 1)
+    _claimed(engine, store, job_id, 0)  # in flight: the cancel leaves the job cancelling
+    with engine.begin() as conn:
+        store.cancel_job(conn, job_id)
+    assert _job_row(engine, store, job_id)["state"] == "cancelling"
+    assert _release(engine, store, job_id, 10) == []
+    assert _dispatched(engine, job_id) == [True, False, False]
+
+
+def test_the_window_counts_released_requests_until_they_are_final(engine: Engine, store: JobStore) -> None:
+    job_id = _backlog_job(engine, store, ["a", "b", "a", "a"])
+    assert _window(engine, store, job_id) == {}  # the backlog is not in the window
+    _release(engine, store, job_id, 3)
+    assert _window(engine, store, job_id) == {"a": 2, "b": 1}
+    claimed = _claimed(engine, store, job_id, 0)
+    assert _window(engine, store, job_id) == {"a": 2, "b": 1}  # running still occupies the window
+    _succeed(engine, store, claimed, {"id": "x"})
+    assert _window(engine, store, job_id) == {"a": 1, "b": 1}
+    retried = _claimed(engine, store, job_id, 1)
+    with engine.begin() as conn:
+        store.record_retry(conn, retried.request_id, attempt=retried.attempts, delay_s=30, failure=BOOM)
+    assert _window(engine, store, job_id) == {"a": 1, "b": 1}  # a retry waiting for its countdown too
+
+
+def test_take_back_returns_released_queued_requests_to_the_backlog(engine: Engine, store: JobStore) -> None:
+    job_id = _backlog_job(engine, store, ["a", "a", "a", "a"])
+    other = _backlog_job(engine, store, ["a"])
+    _release(engine, store, job_id, 3)
+    _release(engine, store, other, 1)
+    _claimed(engine, store, job_id, 0)  # running: its worker holds it, it keeps its place
+    with engine.begin() as conn:
+        assert store.take_back(conn, [job_id]) == 2
+        assert store.take_back(conn, []) == 0
+    assert _dispatched(engine, job_id) == [True, False, False, False]
+    assert _dispatched(engine, other) == [True]  # another job was not named
+    assert _release(engine, store, job_id, 10) == [(1, 11, "a"), (2, 12, "a"), (3, 13, "a")]
+    with engine.begin() as conn:
+        assert store.take_back(conn) >= 4  # every job's
+    assert _dispatched(engine, other) == [False]
+
+
+def test_the_backlog_lists_active_jobs_with_the_head_of_their_backlog(engine: Engine, store: JobStore) -> None:
+    owner = _api_key(engine)
+    with engine.begin() as conn:
+        conn.execute(update(ApiKey).where(ApiKey.id == owner).values(weight=3.0, max_concurrent_requests=7))
+    job_id = _backlog_job(engine, store, ["a", "b", "a", "a", "b"], priority=8, owner=owner)
+    drained = _backlog_job(engine, store, ["a"])
+    _release(engine, store, drained, 1)
+    done = _backlog_job(engine, store, ["a"])
+    with engine.begin() as conn:
+        store.cancel_job(conn, done)
+        store.finalize_job(conn, done)
+    with engine.connect() as conn:
+        jobs = {job.id: job for job in store.backlog(conn, cap=3)}
+    assert done not in jobs  # final: nothing to release
+    assert jobs[drained].backlog == ()  # active, nothing left in its backlog
+    job = jobs[job_id]
+    assert (job.priority, job.owner_id, job.weight, job.max_concurrent, job.kind, job.queue, job.done) == (
+        8,
+        owner,
+        3.0,
+        7,
+        "batch",
+        "q",
+        0,
+    )
+    assert job.created_at.tzinfo is not None
+    # At most `cap` requests of the head, lowest indices first: 0 (a), 1 (b), 2 (a).
+    assert sorted((p.model, p.count, p.tokens) for p in job.backlog) == [("a", 2, 22), ("b", 1, 11)]
+    assert jobs[drained].weight == 1.0 and jobs[drained].owner_id is None
