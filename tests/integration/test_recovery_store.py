@@ -1,8 +1,9 @@
 """The statements of liveness and recovery (``batcher/_db/recovery.py``), on both databases batcher
-runs on (Postgres for a cluster, SQLite for embedded mode), and resumable publishing.
+runs on (Postgres for a cluster, SQLite for embedded mode), and the publisher's withdrawal of a
+cancelled job's messages.
 
 These pin the rules the fault tests rely on: who counts as dead, what a reaped request becomes,
-and that a publish cut short is finished without any request getting two messages.
+and what a submission does when the broker is away.
 """
 
 from __future__ import annotations
@@ -209,53 +210,56 @@ def _queued_ids(client: redis.Redis[bytes], queue: str) -> Counter[str]:
     return Counter(json.loads(raw)["headers"]["id"] for raw in client.lrange(queue, 0, -1))
 
 
-def test_a_publish_cut_short_is_resumed_and_no_request_gets_two_messages(
+def test_withdrawing_a_cancelled_jobs_messages_leaves_every_other_message(
     broker: tuple[Publisher, redis.Redis[bytes], str],
 ) -> None:
     publisher, client, queue = broker
-    job, total = uuid.uuid4(), 2_500
-
-    class RefusedError(Exception):
-        pass
-
-    def dies_after_two_chunks(start: int, limit: int) -> range:
-        if start >= 2_000:
-            raise RefusedError  # the submitter dies (or Redis refuses) after two chunks
-        return range(start, min(total, start + limit))
-
-    with pytest.raises(RefusedError):
-        publisher.publish_job(job, total, dies_after_two_chunks, queue=queue)
-    assert sum(_queued_ids(client, queue).values()) == 2_000
-    # Recovery, and a racing second publisher, both go on from the watermark.
-    assert publisher.publish_job(job, total, lambda s, n: range(s, min(total, s + n)), queue=queue)
-    assert publisher.publish_job(job, total, lambda s, n: range(s, min(total, s + n)), queue=queue)
+    cancelled, other = uuid.uuid4(), uuid.uuid4()
+    publisher.publish_requests(other, range(0, 700, 2), queue=queue)
+    publisher.publish_requests(cancelled, range(1_200), queue=queue)  # more than one scan chunk, interleaved
+    publisher.publish_requests(other, range(1, 700, 2), queue=queue)
+    assert publisher.withdraw_job(cancelled, [queue, f"{queue}.none"]) == 1_200
     ids = _queued_ids(client, queue)
-    assert len(ids) == total and set(ids.values()) == {1}
-    client.delete(f"batcher:published:{job}")
+    assert len(ids) == 700 and set(ids.values()) == {1}
+    assert all(i.startswith(str(other)) for i in ids)
+    assert publisher.withdraw_job(cancelled, [queue]) == 0
 
 
-def test_a_submission_refused_by_the_broker_names_the_stored_job(database_url: str, tmp_path: Path) -> None:
-    """Redis unreachable after the commit: ``EnqueueError`` names the job, which stays stored."""
+def test_a_batch_is_stored_and_accepted_with_the_broker_away_and_a_race_names_its_stored_job(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Redis unreachable after the commit: a batch is accepted into the backlog (the dispatcher releases it
+    later; the wake-up is best effort); a race, released by its submitter, gets ``EnqueueError`` naming the
+    job, which stays stored with nothing marked released."""
     from batcher._exceptions import EnqueueError
 
     settings = Settings(database_url=database_url, redis_url="redis://127.0.0.1:1/0")  # nothing listens there
     app = make_celery_app(settings)
     engine = create_engine(database_url)
+    spec = RequestSpec(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
     try:
+        batch = submit(engine, app, settings, kind=JobKind.BATCH, specs=[spec], options=CallOptions(mock_response="ok"))
+        with engine.connect() as conn:
+            row = store_for(conn).job_row(conn, batch)
+        assert row is not None and row["total"] == 1 and row["enqueued_at"] is not None
         with pytest.raises(EnqueueError) as refused:
             submit(
                 engine,
                 app,
                 settings,
-                kind=JobKind.BATCH,
-                specs=[RequestSpec(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])],
+                kind=JobKind.FASTEST,
+                specs=[spec, RequestSpec(model="claude-3-5-haiku", messages=spec.messages)],
                 options=CallOptions(mock_response="ok"),
             )
         job_id = uuid.UUID(refused.value.job_id)
         assert str(job_id) in str(refused.value)
         with engine.connect() as conn:
             row = store_for(conn).job_row(conn, job_id)
-        assert row is not None and row["total"] == 1 and row["enqueued_at"] is None
+            released = conn.execute(
+                select(Request.__table__.c.dispatched_at).where(Request.__table__.c.job_id == job_id)
+            ).scalars()
+            assert list(released) == [None, None]
+        assert row is not None and row["total"] == 2 and row["enqueued_at"] is None
     finally:
         engine.dispose()
         app.close()
