@@ -2,8 +2,8 @@
 
 Loaded into the test process (``tests/conftest.py``) and into test workers (``--include``): it patches
 ``plan``, ``charge`` and ``standing`` only while the real ones still raise ``NotImplementedError``, so
-once the policy lands this module does nothing. The stand-in is round-robin by job, oldest first, in
-``quantum`` requests at a time (enough for the dispatcher's mechanics: bounded window, no starvation).
+once the policy lands this module does nothing. The stand-in is the highest priority's jobs in turn, one
+request each (enough for the dispatcher's mechanics: bounded window, no starvation).
 """
 
 from __future__ import annotations
@@ -27,19 +27,21 @@ def _unimplemented() -> bool:
 def _plan(
     self: FairScheduler, jobs: Sequence[JobView], free: int, now: datetime, *, rate: float | None = None
 ) -> list[Grant]:
+    """Highest priority first; within it, one request per job in turn (no job waits behind another)."""
     granted: dict[uuid.UUID, int] = {}
-    left = {j.id: j.backlog for j in jobs}
-    order = sorted(jobs, key=lambda j: (-j.priority, j.created_at))
+    if not jobs or free <= 0:
+        return []
+    top = max(j.priority for j in jobs if j.backlog > 0) if any(j.backlog > 0 for j in jobs) else 0
+    order = sorted((j for j in jobs if j.priority == top and j.backlog > 0), key=lambda j: j.created_at)
+    left = {j.id: j.backlog for j in order}
     while free > 0 and any(left.values()):
         for job in order:
-            n = min(self.quantum, left[job.id], free)
-            if n <= 0:
-                continue
-            granted[job.id] = granted.get(job.id, 0) + n
-            left[job.id] -= n
-            free -= n
             if free <= 0:
                 break
+            if left[job.id] > 0:
+                granted[job.id] = granted.get(job.id, 0) + 1
+                left[job.id] -= 1
+                free -= 1
     return [Grant(job_id, n) for job_id, n in granted.items()]
 
 
