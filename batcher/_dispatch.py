@@ -189,10 +189,11 @@ class Dispatcher:
         views = {job.id: self._view(job, per_job.get(job.id, 0), room) for job in batches}
         rate = sum(r.per_s for r in self._rates.values()) or None
         free = capacity - report.in_flight
-        wanting = [v for v in views.values() if v.backlog > 0]
-        if free > 0 and wanting:
+        if any(v.backlog > 0 for v in views.values()):
             by_id = {job.id: job for job in batches}
-            for grant in self.scheduler.plan(wanting, free, now, rate=rate):
+            # Every active job, those without a backlog too: their in-flight requests count against
+            # their owner's quota, and the scheduler's virtual times follow who is active.
+            for grant in self.scheduler.plan(list(views.values()), max(0, free), now, rate=rate):
                 if grant.count <= 0 or grant.job_id not in by_id:
                     continue
                 released = self._release(by_id[grant.job_id], grant.count, room)

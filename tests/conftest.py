@@ -24,7 +24,6 @@ from batcher._config import Settings
 from batcher._db.engine import dispose_engines
 from batcher.testing import FakeProvider
 from batcher.testing.servers import RedisServer
-from tests.support import scheduling_standin  # noqa: F401  # until the policy lands: patches only what is unimplemented
 from tests.support.api_server import ApiServer, shared_api_server
 
 PG_ADMIN_URL = os.environ.get("BATCHER_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")

@@ -45,7 +45,7 @@ class WorkerProcess:
             hostname=f"{self.name}-{os.getpid()}@%h",
         )
         self._process.start(
-            [sys.executable, "-m", "celery", "-A", "workers", *argv, *_with_standin(self.celery_args)],
+            [sys.executable, "-m", "celery", "-A", "workers", *argv, *self.celery_args],
             self.env,
             lambda: b" ready." in self.log_path.read_bytes(),
             timeout_s=READY_TIMEOUT_S,
@@ -81,20 +81,6 @@ class WorkerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-STANDIN = "tests.support.scheduling_standin"
-
-
-def _with_standin(args: tuple[str, ...]) -> list[str]:
-    """``--include`` the scheduling stand-in (a no-op once ``FairScheduler`` is implemented), merged with any
-    ``--include=`` of the test's own (Celery reads one comma-separated list)."""
-    out = list(args)
-    for i, arg in enumerate(out):
-        if arg.startswith("--include="):
-            out[i] = f"{arg},{STANDIN}"
-            return out
-    return [*out, f"--include={STANDIN}"]
 
 
 class IsolatedCluster:
