@@ -10,8 +10,9 @@ What stands in for what:
 - worker processes → one Celery ``WorkController`` on the threads pool, in a daemon thread.
 
 Because the broker lives in memory, a process that dies loses its queue; Postgres (SQLite)
-does not, and the recovery sweep run when the worker starts re-enqueues whatever the last process
-left unfinished.
+does not: the next process's coordinator has no dispatch epoch, so its dispatcher takes back
+whatever the last process had released and releases it again, and the recovery sweep run when the
+worker starts re-runs what was running.
 
 The database is opened on first use; the worker starts only when this process has work to run:
 at once in a program (``batcher._mode.embedded_worker_on_start``), and in the command line only
@@ -155,7 +156,8 @@ class EmbeddedRuntime:
     def _recover(self) -> None:
         """Requests a previous process left unfinished: its in-memory queue is gone, the file is not.
 
-        Then the same liveness loops as a cluster worker's (heartbeat, recovery sweep), against SQLite.
+        Then the same liveness loops as a cluster worker's (heartbeat, recovery sweep, the dispatcher that
+        releases the backlog), against SQLite.
         """
         from workers._context import get_context
         from workers._liveness import start_for

@@ -273,7 +273,7 @@ def validate_and_start(ctx: ApiContext, batch_id: str) -> None:
         _fail(ctx, batch_id, [{"code": "invalid_request", "message": message, "param": None, "line": None}])
         return
     if started is not None:
-        # Committed: publish. If this process dies now, recovery publishes the job (enqueued_at is unset).
+        # Committed: the requests are in the backlog; the dispatcher releases them even if this process dies now.
         job_id, total = started
         enqueue(ctx.engine, ctx.celery, ctx.settings, job_id, JobKind.BATCH, total)
 

@@ -45,8 +45,8 @@ def test_429_and_5xx_storm_every_request_succeeds_within_budget(client: Client, 
 def test_redis_flush_mid_batch_loses_nothing(
     cluster_env: dict[str, str], fake_provider: FakeProvider, log_dir: Path
 ) -> None:
-    """FLUSHALL of a Redis of the test's own: every queued message and the jobs' publish marks are
-    gone; the workers' leader publishes what is still queued again, by itself (no beat, no call)."""
+    """FLUSHALL of a Redis of the test's own: every message of the window and the dispatch epoch are
+    gone; the workers' leader releases what is still queued again, by itself (no beat, no call)."""
     model = "gpt-flush"
     fake_provider.set_behaviour(model, ModelBehaviour(latency_ms=100))
     n = 600
