@@ -162,21 +162,22 @@ class Dispatcher:
         report = TickReport()
         self._reconcile(report)
         report.capacity = capacity = self._current_capacity()
+        per_job: dict[uuid.UUID, int] = defaultdict(int)
+        per_model: dict[tuple[str, str], int] = defaultdict(int)
         with self.engine.begin() as conn:
-            jobs = self.store.backlog(conn, cap=capacity)
-            window = self.store.window(conn) if jobs else []
+            for item in self.store.window(conn):
+                per_job[item.job_id] += item.count
+                per_model[(item.provider, item.model)] += item.count
+            report.in_flight = sum(per_job.values())
+            free = capacity - report.in_flight
+            # The head of each backlog is read only as far as this tick can release.
+            jobs = self.store.backlog(conn, cap=max(1, min(capacity, free)))
         report.active_jobs = len(jobs)
         if not jobs:
             self._rates.clear()
             return report
         now = datetime.now(UTC)
         self._update_rates(jobs)
-        per_job: dict[uuid.UUID, int] = defaultdict(int)
-        per_model: dict[tuple[str, str], int] = defaultdict(int)
-        for item in window:
-            per_job[item.job_id] += item.count
-            per_model[(item.provider, item.model)] += item.count
-        report.in_flight = sum(per_job.values())
 
         batches = []
         for job in jobs:
@@ -188,7 +189,6 @@ class Dispatcher:
         room = self._adaptive_room(batches, per_model)
         views = {job.id: self._view(job, per_job.get(job.id, 0), room) for job in batches}
         rate = sum(r.per_s for r in self._rates.values()) or None
-        free = capacity - report.in_flight
         if any(v.backlog > 0 for v in views.values()):
             by_id = {job.id: job for job in batches}
             # Every active job, those without a backlog too: their in-flight requests count against
@@ -263,14 +263,13 @@ class Dispatcher:
         return room
 
     def _view(self, job: ActiveJob, in_flight: int, room: dict[tuple[str, str], int]) -> JobView:
-        releasable = 0
-        tokens = 0
-        counted = 0
-        for part in job.backlog:
-            key = (part.provider, part.model)
-            releasable += min(part.count, room[key]) if key in room else part.count
-            tokens += part.tokens
-            counted += part.count
+        """The job for the policy. Its backlog is its whole size (what deadlines at risk are judged by),
+        unless a model's adaptive limit caps it: then what the head of the backlog may release now."""
+        tokens = sum(part.tokens for part in job.backlog)
+        counted = sum(part.count for part in job.backlog)
+        releasable = max(0, job.total - job.done - in_flight) if job.backlog else 0
+        if any((part.provider, part.model) in room for part in job.backlog):
+            releasable = sum(min(part.count, room.get((part.provider, part.model), part.count)) for part in job.backlog)
         return JobView(
             id=job.id,
             owner=job.owner_id,
@@ -310,11 +309,10 @@ class Dispatcher:
         return released
 
     def _release_race(self, job: ActiveJob) -> int:
-        pending = sum(part.count for part in job.backlog)
-        if not pending:
+        if not job.backlog:
             return 0
         queue = queue_for(job.kind, self.settings, job.queue)
-        return len(release_job(self.engine, self.store, self.publish, job.id, pending, queue=queue))
+        return len(release_job(self.engine, self.store, self.publish, job.id, job.total, queue=queue))
 
     def _write_standing(self, views: list[JobView], capacity: int, now: datetime, rate: float | None) -> None:
         if not views:

@@ -199,7 +199,7 @@ lowest indices first without a sort; ``SKIP LOCKED`` lets two releasers (a depos
 submitter) pass each other instead of taking a request twice or waiting."""
 
 _BACKLOG = """
-    SELECT j.id, j.kind, j.queue, j.owner_id, j.priority, j.deadline_at, j.created_at,
+    SELECT j.id, j.kind, j.queue, j.owner_id, j.priority, j.deadline_at, j.created_at, j.total,
            j.succeeded + j.failed + j.cancelled + j.expired AS done,
            COALESCE(k.weight, 1.0) AS weight, k.max_concurrent_requests,
            b.provider, b.model, b.n, b.tokens
@@ -416,6 +416,7 @@ class PostgresStore(JobStore):
                     priority=int(row["priority"]),
                     deadline_at=row["deadline_at"],
                     created_at=row["created_at"],
+                    total=int(row["total"]),
                     done=int(row["done"]),
                     weight=float(row["weight"]),
                     max_concurrent=row["max_concurrent_requests"],

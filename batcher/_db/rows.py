@@ -165,7 +165,8 @@ class ActiveJob:
     """A job that may still release requests (``queued`` or ``running``), as the dispatcher reads it.
 
     ``backlog`` describes at most the first ``cap`` requests of its backlog (``JobStore.backlog``): the
-    dispatcher never releases more than its window in one tick, so counting further is wasted work."""
+    dispatcher never releases more than its free slots in one tick, so reading further is wasted work
+    (the backlog's size is ``total`` - ``done`` - what is in flight)."""
 
     id: uuid.UUID
     kind: str
@@ -174,6 +175,7 @@ class ActiveJob:
     priority: int
     deadline_at: datetime | None
     created_at: datetime
+    total: int
     done: int
     """Requests final so far (the job's counters): the dispatcher derives each job's rate from it."""
     weight: float = 1.0

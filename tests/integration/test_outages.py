@@ -49,8 +49,10 @@ def test_redis_restarted_empty_mid_batch_the_job_completes(
 def test_redis_at_its_memory_limit_during_a_large_submission(
     cluster_env: dict[str, str], fake_provider: FakeProvider, tmp_path: Path
 ) -> None:
-    """The submitter gets a clear error naming the stored job; the workers stay up; the job completes
-    once the workers make room; and no request ever has two live messages."""
+    """A full Redis does not refuse a submission (nothing is published at submission: the job goes to the
+    backlog in Postgres); the dispatcher's releases are refused and roll back, so nothing is marked released
+    without a message; the workers stay up; the job completes once Redis has room; and no request ever has
+    two live messages. A race, released by its submitter, gets a clear error naming its stored job."""
     model = "gpt-out-oom"
     fake_provider.set_behaviour(model, ModelBehaviour(latency_ms=0))
     n = 10_000
@@ -60,22 +62,46 @@ def test_redis_at_its_memory_limit_during_a_large_submission(
             IsolatedCluster(cluster_env, tmp_path, overrides, n_workers=2, own_database=True) as cluster,
             cluster.client() as client,
         ):
+            filler = server.client()
+            until(lambda: _fill(filler), 60, "Redis is full")
             watcher = LiveMessages(server, [cluster.env["BATCHER_QUEUE"]])
             watcher.start()
             try:
+                job = client.submit(model=model, messages=[[{"role": "user", "content": f"m{i}"}] for i in range(n)])
                 with pytest.raises(EnqueueError) as refused:
-                    client.submit(model=model, messages=[[{"role": "user", "content": f"m{i}"}] for i in range(n)])
+                    client.submit_fastest(
+                        ["gpt-4o-mini", "claude-3-5-haiku"], [{"role": "user", "content": "hi"}], mock_response="x"
+                    )
                 message = str(refused.value)
                 assert refused.value.job_id in message and "broker refused" in message
-                job = client.job(refused.value.job_id)  # stored, and it runs
+                until(lambda: "dispatcher tick failed" in cluster.logs(), 60, "a release refused by the full Redis")
+                released = rows(
+                    client,
+                    "SELECT count(*) AS n FROM requests WHERE job_id = :id AND dispatched_at IS NOT NULL",
+                    id=job.id,
+                )
+                assert released[0]["n"] == 0  # refused publishes rolled their releases back
+                filler.delete(*filler.scan_iter(match="filler:*"))  # room again
                 status = job.wait(timeout=240)
+                race = client.job(refused.value.job_id).wait(timeout=60)  # stored, and released later
             finally:
                 watcher.stop()
+                filler.close()
             assert (status.state, status.succeeded) == (JobState.COMPLETED, n), status
+            assert race.state == JobState.COMPLETED
             exactly_one_response_each(client, job.id, n)
             assert all(w.alive() for w in cluster.workers), cluster.logs()[-3000:]
             assert "Unrecoverable error" not in cluster.logs()
             assert watcher.samples > 0 and watcher.worst == 1, watcher.worst
+
+
+def _fill(client: redis.Redis[bytes]) -> bool:
+    """One more filler key; True once Redis refuses it (at its memory limit)."""
+    try:
+        client.set(f"filler:{time.monotonic_ns()}", b"x" * 200_000)
+    except redis.exceptions.OutOfMemoryError:
+        return True
+    return False
 
 
 class LiveMessages(threading.Thread):
