@@ -260,3 +260,38 @@ def test_a_running_request_taken_back_from_a_dead_worker_stays_in_the_window(
     broker.sent.clear()
     assert dispatcher.tick().released == 0
     assert _released(engine, job_id) == [0, 1, 2]
+
+
+def test_a_wake_up_ticks_the_loop_before_its_interval(
+    engine: Engine, redis_client: fakeredis.FakeRedis, broker: Broker
+) -> None:
+    """The loop waits on the wake channel: with an interval of a minute, only the wake-up can release."""
+    import threading
+
+    from batcher._dispatch import wake
+    from tests.integration.helpers import until
+
+    settings = Settings(window_min=WINDOW_MIN, queue="q", race_queue="q.race", dispatch_interval_s=60)
+    dispatcher = Dispatcher(engine, store_for(engine), redis_client, broker.publish, settings)
+    stop = threading.Event()
+    ticks: list[int] = []
+    real_tick = dispatcher.tick
+
+    def counted_tick() -> object:
+        report = real_tick()
+        ticks.append(report.released)
+        return report
+
+    dispatcher.tick = counted_tick  # type: ignore[method-assign]
+    thread = threading.Thread(target=dispatcher.run, args=(stop, lambda: True), daemon=True)
+    thread.start()
+    try:
+        until(lambda: ticks and redis_client.pubsub_numsub(_keys.DISPATCH_WAKE_CHANNEL)[0][1], 10, "subscribed")
+        job_id = _job(engine, ["m"] * 3)
+        wake(redis_client)
+        until(lambda: broker.of(job_id) == [0, 1, 2], 10, "released on the wake-up")
+    finally:
+        stop.set()
+        wake(redis_client)
+        thread.join(10)
+    assert not thread.is_alive()
