@@ -96,12 +96,15 @@ def test_redis_at_its_memory_limit_during_a_large_submission(
 
 
 def _fill(client: redis.Redis[bytes]) -> bool:
-    """One more filler key; True once Redis refuses it (at its memory limit)."""
-    try:
-        client.set(f"filler:{time.monotonic_ns()}", b"x" * 200_000)
-    except redis.exceptions.OutOfMemoryError:
-        return True
-    return False
+    """More filler keys, large then tiny; True once Redis refuses even a tiny one (at its memory limit:
+    a large value alone is refused while its own query buffer holds it, with room left below the limit)."""
+    for size in (100_000, 10_000, 1_000, 100):
+        try:
+            client.set(f"filler:{time.monotonic_ns()}", b"x" * size)
+            return False
+        except redis.exceptions.OutOfMemoryError:
+            continue
+    return True
 
 
 class LiveMessages(threading.Thread):
