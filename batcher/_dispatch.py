@@ -171,7 +171,7 @@ class Dispatcher:
             report.in_flight = sum(per_job.values())
             free = capacity - report.in_flight
             # The head of each backlog is read only as far as this tick can release.
-            jobs = self.store.backlog(conn, cap=max(1, min(capacity, free)))
+            jobs = self.store.dispatch_backlog(conn, cap=max(1, min(capacity, free)))
         report.active_jobs = len(jobs)
         if not jobs:
             self._rates.clear()

@@ -154,7 +154,7 @@ class JobStore(abc.ABC):
         return int(conn.execute(statement).rowcount)
 
     @abc.abstractmethod
-    def backlog(self, conn: Connection, *, cap: int) -> list[ActiveJob]:
+    def dispatch_backlog(self, conn: Connection, *, cap: int) -> list[ActiveJob]:
         """Every ``queued`` or ``running`` job with what the dispatcher needs of it: its owner's weight and
         quota (``api_keys``), its priority, deadline and counters, and the head of its backlog (at most
         ``cap`` requests, lowest index first) per provider/model with their estimated tokens. A job with

@@ -402,7 +402,7 @@ class PostgresStore(JobStore):
         released.sort(key=lambda r: r.idx)
         return released
 
-    def backlog(self, conn: Connection, *, cap: int) -> list[ActiveJob]:
+    def dispatch_backlog(self, conn: Connection, *, cap: int) -> list[ActiveJob]:
         jobs: dict[UUID, ActiveJob] = {}
         parts: dict[UUID, list[BacklogPart]] = {}
         for row in _rows(conn, _BACKLOG, {"cap": max(1, cap)}):

@@ -164,7 +164,7 @@ class BacklogPart:
 class ActiveJob:
     """A job that may still release requests (``queued`` or ``running``), as the dispatcher reads it.
 
-    ``backlog`` describes at most the first ``cap`` requests of its backlog (``JobStore.backlog``): the
+    ``backlog`` describes at most the first ``cap`` requests of its backlog (``JobStore.dispatch_backlog``): the
     dispatcher never releases more than its free slots in one tick, so reading further is wasted work
     (the backlog's size is ``total`` - ``done`` - what is in flight)."""
 

@@ -210,7 +210,7 @@ class SqliteStore(JobStore):
             conn.execute(update(R).where(R.c.id.in_(ids[start : start + INSERT_CHUNK_ROWS])).values(dispatched_at=now))
         return [Released(row.idx, row.est_tokens, row.provider, row.model) for row in rows]
 
-    def backlog(self, conn: Connection, *, cap: int) -> list[ActiveJob]:
+    def dispatch_backlog(self, conn: Connection, *, cap: int) -> list[ActiveJob]:
         """One read of the active jobs, then the head of each one's backlog (SQLite has no ``LATERAL``)."""
         jobs = conn.execute(
             select(

@@ -772,7 +772,7 @@ def test_the_backlog_lists_active_jobs_with_the_head_of_their_backlog(engine: En
         store.cancel_job(conn, done)
         store.finalize_job(conn, done)
     with engine.connect() as conn:
-        jobs = {job.id: job for job in store.backlog(conn, cap=3)}
+        jobs = {job.id: job for job in store.dispatch_backlog(conn, cap=3)}
     assert done not in jobs  # final: nothing to release
     assert jobs[drained].backlog == ()  # active, nothing left in its backlog
     job = jobs[job_id]
