@@ -87,7 +87,7 @@ SAMPLE_EVERY_S = 0.25
 SUBMIT_TIMEOUT_S = 1_800.0
 """The longest a submission over HTTP may take (50,000 prompts take seconds)."""
 
-QUICK = {
+QUICK: dict[str, Any] = {
     "memory_prompts": 2_000,
     "memory_window_s": 5.0,
     "large_prompts": 3_000,
@@ -340,6 +340,11 @@ def spec_stream(n: int, prefix: str) -> Iterator[RequestSpec]:
         yield RequestSpec(model=model, messages=[{"role": "user", "content": f"{prefix} {i}"}])
 
 
+def answered(job: Job) -> Callable[[], bool]:
+    """Whether ``job`` has an answer yet (a condition for ``until``)."""
+    return lambda: job.status().succeeded > 0
+
+
 def timed_small_job(client: Client, n: int, timeout_s: float, prefix: str) -> tuple[float | None, Job, str]:
     """Submit ``n`` prompts and wait: seconds from the submission to the end (None: not final in time)."""
     started = time.monotonic()
@@ -374,12 +379,21 @@ class Run:
         ) as c:
             yield c
 
+    def start_services(self, c: Cluster) -> None:
+        """The workers, then each ``--extra-command`` (``batcher ARGS``), all stopped by PID with the cluster."""
+        start_workers(c)
+        for i, command in enumerate(self.args.extra_command or []):
+            name = f"{c.name}-extra{i + 1}"
+            child = Child(name, [sys.executable, "-c", CLI, *shlex.split(command)], c.env, c.workdir / f"{name}.log")
+            c.workers.append(child.start())
+            self.say(f"{c.name}: started batcher {command} (pid {child.pid})")
+
 
 def memory(run: Run) -> Outcome:
     """Redis memory for one large job: before, right after submission, peak over its first minute."""
     n, window_s = run.args.memory_prompts, run.args.memory_window_s
     with run.cluster("memory") as c:
-        start_workers(c)
+        run.start_services(c)
         sampler = MemorySampler(c.redis)
         before = sampler.sample()
         sampler.start()
@@ -448,7 +462,7 @@ def small_behind_large(run: Run) -> Outcome:
     """A small job alone, then right behind a large one."""
     large, small, timeout_s = run.args.large_prompts, run.args.small_prompts, run.args.small_timeout_s
     with run.cluster("small-behind-large") as c:
-        start_workers(c)
+        run.start_services(c)
         with c.client() as client:
             timed_small_job(client, small, timeout_s, "warm-up")  # keep-alive connections, pools, imports
             alone_s, _, alone_state = timed_small_job(client, small, timeout_s, "alone")
@@ -510,13 +524,13 @@ def after_cancel(run: Run) -> Outcome:
     outcome = Outcome("after-cancel")
     for n in sizes:
         with run.cluster(f"after-cancel-{n}") as c:
-            start_workers(c)
+            run.start_services(c)
             with c.client() as client:
                 timed_small_job(client, small, timeout_s, "warm-up")
                 began = time.monotonic()
                 big = client.submit_requests(spec_stream(n, "to-cancel"))
                 submit_s = time.monotonic() - began
-                until(lambda job=big: job.status().succeeded > 0, READY_TIMEOUT_S, "the large job's first answer")
+                until(answered(big), READY_TIMEOUT_S, "the large job's first answer")
                 time.sleep(after_s)  # a duration of running, not an event to wait for
                 done_at_cancel = big.status().succeeded
                 began = time.monotonic()
@@ -572,7 +586,7 @@ def tenants(run: Run) -> Outcome:
     with run.cluster("tenants") as c, ExitStack() as stack:
         keys = [cli(c, "keys", "create", "--name", f"tenant-{t}").split()[0] for t in "ab"]
         base = stack.enter_context(api_server(c))
-        start_workers(c)
+        run.start_services(c)
         clients = [stack.enter_context(Client(base_url=base, api_key=key)) for key in keys]
         samples: dict[str, list[tuple[float, int]]] = {}
         t0 = time.monotonic()
@@ -694,11 +708,18 @@ def parser() -> argparse.ArgumentParser:
         default=os.environ.get("BATCHER_BENCH_PG_ADMIN_URL", DEFAULT_PG_ADMIN_URL),
         help="the Postgres the scenarios create their databases on",
     )
+    p.add_argument(
+        "--extra-command",
+        action="append",
+        metavar="ARGS",
+        help="also run `batcher ARGS` next to the workers in every scenario (repeatable), for a process the "
+        "deployment needs besides `batcher worker`",
+    )
     p.add_argument("--logs", type=Path, help="keep every process's log in this directory (default: removed)")
     return p
 
 
-DEFAULTS = {
+DEFAULTS: dict[str, Any] = {
     "memory_prompts": DEFAULT_MEMORY_PROMPTS,
     "memory_window_s": DEFAULT_MEMORY_WINDOW_S,
     "large_prompts": DEFAULT_LARGE_PROMPTS,
