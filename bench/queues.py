@@ -21,6 +21,8 @@ issue's):
   throughputs over that overlap (from the second submission to the first job's end) are compared.
 
 The table (scenario, figure, now, goal, met?) is printed at the end; ``--json`` writes every raw number.
+``--extra-command ARGS`` also runs ``batcher ARGS`` next to the workers in each scenario, should the deployment
+need a process besides ``batcher worker`` (a dispatcher of its own, ``batcher beat``).
 """
 
 from __future__ import annotations
