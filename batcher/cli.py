@@ -236,10 +236,9 @@ def _print_status(status: Any, as_json: bool = False) -> None:
         f"{status.done}/{status.total} done: {status.succeeded} succeeded, {status.failed} failed, "
         f"{status.cancelled} cancelled, {status.expired} expired"
     )
-    if not status.is_final:  # where it stands in line: its priority, its backlog, the dispatcher's standing
-        line = f"priority {status.priority}, {status.queued:,} queued"
-        standing = status.standing_text()
-        click.echo(f"  {line} · {standing}" if standing else f"  {line}")
+    standing = status.standing_text()  # None when final or when no dispatcher publishes one (then --json has it all)
+    if standing:  # where it stands in line: its priority, its backlog, the dispatcher's standing
+        click.echo(f"  priority {status.priority}, {status.queued:,} queued · {standing}")
 
 
 @main.command()
@@ -570,7 +569,7 @@ def keys_set(key_id: Any, weight: float | None, max_concurrent: str | None, max_
 
 @keys.command("list")
 def keys_list() -> None:
-    """List keys (id, prefix, name, share and quotas, flags); never the keys themselves."""
+    """List keys (id, prefix, name, flags, share and quotas); never the keys themselves."""
     from batcher._db.engine import get_engine
     from batcher.api.auth import list_keys
 
@@ -584,7 +583,9 @@ def keys_list() -> None:
             )
             if on
         )
-        click.echo(f"{info.id}  {info.prefix}...  {info.name}  {_limits_text(info)}  {flags}".rstrip())
+        click.echo(
+            "  ".join([f"{info.id}", f"{info.prefix}...", info.name, *([flags] if flags else []), _limits_text(info)])
+        )
 
 
 @keys.command("revoke")

@@ -219,10 +219,10 @@ def create(
     ``Idempotency-Key`` (a retry) returns the batch the key first created; with another body, a 422.
     """
     window = check_create(body)
-    precheck_quota(ctx, principal)  # 429 for a key at its max_queued_prompts, nothing stored
     priority = (
         DEFAULT_PRIORITY if body.batcher_priority is None else check_priority(body.batcher_priority, "batcher_priority")
     )
+    precheck_quota(ctx, principal)  # 429 for a key at its max_queued_prompts, nothing stored
     fingerprint = hashlib.sha256(body.model_dump_json().encode()).hexdigest() if idempotency_key else None
     with ctx.engine.begin() as conn:
         file = get_file(conn, body.input_file_id)

@@ -33,6 +33,7 @@ from batcher.api.errors import ApiError
 from batcher.api.pagination import page
 from batcher.api.schemas import (
     ERROR_RESPONSES,
+    QUOTA_RESPONSES,
     JobCreate,
     JobList,
     JobObject,
@@ -234,7 +235,13 @@ IdempotencyKey = Annotated[
 ]
 
 
-@router.post("/jobs", response_model=JobObject, status_code=201, summary="Create a job (returns at once)")
+@router.post(
+    "/jobs",
+    response_model=JobObject,
+    status_code=201,
+    summary="Create a job (returns at once)",
+    responses=QUOTA_RESPONSES,
+)
 def create_job(
     ctx: Ctx, principal: CurrentPrincipal, body: JobCreate, idempotency_key: IdempotencyKey = None
 ) -> JobObject:
@@ -245,6 +252,7 @@ def create_job(
     "/jobs/run",
     response_model=JobWait,
     summary="Create a fastest / all job and wait for it (synchronous)",
+    responses=QUOTA_RESPONSES,
     description="fastest: returns when the first model answers (`response`); all: when every model has "
     "(`results`). After `timeout` seconds, returns `done: false`; the job goes on and can be polled.",
 )

@@ -241,6 +241,16 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 """The error answers every ``/v1`` route can give (``batcher.api.errors``)."""
 
+QUOTA_RESPONSES: dict[int | str, dict[str, Any]] = {
+    429: {
+        "model": ErrorBody,
+        "description": "The key's quota of unfinished prompts (`max_queued_prompts`) would be exceeded: nothing was "
+        "stored. Retry once some of its work has finished (`Retry-After`, when it can be estimated).",
+        "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait (an estimate)."}},
+    }
+}
+"""What the routes that create jobs may answer besides ``ERROR_RESPONSES``."""
+
 
 # --- OpenAI Files -------------------------------------------------------------------------------
 
