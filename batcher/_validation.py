@@ -14,6 +14,7 @@ Limits (documented in ``docs/design.md``, "Input validation"):
   once per job, and once per file line that carries its own parameters: pydantic type adapters
   (``PARAM_TYPES``), which also give the HTTP API's schema.
 * ``completion_window`` is at most ``MAX_COMPLETION_WINDOW_S`` and ``timeout`` at most ``MAX_TIMEOUT_S``.
+* ``priority`` is a whole number from ``MIN_PRIORITY`` to ``MAX_PRIORITY`` (``batcher._scheduling``).
 """
 
 from __future__ import annotations

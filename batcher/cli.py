@@ -569,7 +569,7 @@ def keys_set(key_id: Any, weight: float | None, max_concurrent: str | None, max_
 
 @keys.command("list")
 def keys_list() -> None:
-    """List keys (id, prefix, name, flags, share and quotas); never the keys themselves."""
+    """List keys (id, prefix, name, share and quotas when set, flags); never the keys themselves."""
     from batcher._db.engine import get_engine
     from batcher.api.auth import list_keys
 
@@ -583,9 +583,17 @@ def keys_list() -> None:
             )
             if on
         )
-        click.echo(
-            "  ".join([f"{info.id}", f"{info.prefix}...", info.name, *([flags] if flags else []), _limits_text(info)])
-        )
+        # Share and quotas only where they differ from the defaults: a plain key's line stays as it always was.
+        limits = [_limits_text(info)] if _has_limits(info) else []
+        click.echo("  ".join([f"{info.id}", f"{info.prefix}...", info.name, *limits, *([flags] if flags else [])]))
+
+
+def _has_limits(info: Any) -> bool:
+    from batcher.api.auth import DEFAULT_WEIGHT
+
+    return bool(
+        info.weight != DEFAULT_WEIGHT or info.max_concurrent_requests is not None or info.max_queued_prompts is not None
+    )
 
 
 @keys.command("revoke")
