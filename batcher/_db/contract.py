@@ -35,9 +35,9 @@ from collections.abc import Iterable, Iterator
 from typing import IO, Any, ClassVar, cast
 from uuid import UUID
 
-from sqlalchemy import Connection, Engine, Table, select, text, update
+from sqlalchemy import Connection, Engine, Table, func, literal_column, select, text, update
 
-from batcher._db.models import Job, Response
+from batcher._db.models import Job, Request, Response
 from batcher._db.rows import Answer, ClaimedRequest, Failure, NewJob, NewRequest, Progress
 from batcher._exceptions import ConfigurationError
 from batcher._states import ACTIVE_JOB_STATES, RequestState
@@ -186,6 +186,21 @@ class JobStore(abc.ABC):
     def job_row(self, conn: Connection, job_id: UUID) -> dict[str, Any] | None:
         """The ``jobs`` row as a dict (timestamps timezone-aware), or ``None``."""
 
+    def backlog(self, conn: Connection, job_id: UUID) -> int:
+        """Requests of the job still in the backlog: ``queued`` and not released to the broker yet
+        (``dispatched_at IS NULL``; ``JobStatus.queued``). Read through the partial index of migration 0007,
+        so it costs the backlog's size, not the job's; the same Core statement on both databases."""
+        count = conn.execute(
+            select(func.count())
+            .select_from(_REQUESTS)
+            .where(
+                _REQUESTS.c.job_id == job_id,
+                _REQUESTS.c.state == literal_column("'queued'"),  # a literal: the partial index's predicate
+                _REQUESTS.c.dispatched_at.is_(None),
+            )
+        ).scalar_one()
+        return int(count)
+
     def response_body(self, conn: Connection, job_id: UUID, idx: int) -> dict[str, Any] | None:
         """The stored response of the job's request ``idx`` (a race's winner), or ``None``."""
         body = conn.execute(
@@ -231,6 +246,7 @@ class JobStore(abc.ABC):
 
 _JOBS = cast(Table, Job.__table__)
 _RESPONSES = cast(Table, Response.__table__)
+_REQUESTS = cast(Table, Request.__table__)
 
 _JOBS_BY_STATE = text("SELECT state, count(*) FROM jobs GROUP BY state")
 _OPEN_REQUESTS_BY_STATE = text(

@@ -139,9 +139,9 @@ _RECORD_END = {
 
 _INSERT_JOB = text(
     "INSERT INTO jobs (id, kind, state, total, params, deadline_at, credentials, user_metadata, "
-    "owner_id, idempotency_key, idempotency_fingerprint, queue) "
+    "owner_id, idempotency_key, idempotency_fingerprint, queue, priority) "
     "VALUES (:id, :kind, 'queued', :total, CAST(:params AS jsonb), :deadline_at, :credentials, "
-    "CAST(:user_metadata AS jsonb), :owner_id, :idempotency_key, :idempotency_fingerprint, :queue) "
+    "CAST(:user_metadata AS jsonb), :owner_id, :idempotency_key, :idempotency_fingerprint, :queue, :priority) "
     "ON CONFLICT (owner_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
 )
 
