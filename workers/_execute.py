@@ -138,7 +138,7 @@ def _run_claimed(ctx: WorkerContext, job: uuid.UUID, claimed: ClaimedRequest) ->
                     timeout_s=call.timeout_s,
                     on_headers=grant.observe if grant is not None and grant.slot is not None else None,
                 )
-            except RequestError as err:
+            except BaseException as err:  # whatever ended the call (a request it could not send too): the lease back
                 _release(ctx, grant, err)
                 raise
             _release(ctx, grant, None)
@@ -244,7 +244,7 @@ def _prepare(ctx: WorkerContext, claimed: ClaimedRequest) -> _Call:
     )
 
 
-def _release(ctx: WorkerContext, grant: Grant | None, err: RequestError | None) -> None:
+def _release(ctx: WorkerContext, grant: Grant | None, err: BaseException | None) -> None:
     """The call's lease back, and its outcome as the adaptive limit's feedback. Never fails the request:
     its answer is paid for, and a lease Redis could not take back expires by itself."""
     if grant is None:

@@ -12,6 +12,7 @@ import redis
 
 from batcher._exceptions import (
     BadRequestError,
+    InvalidRequestError,
     ProviderConnectionError,
     ProviderServerError,
     ProviderTimeoutError,
@@ -235,3 +236,4 @@ def test_outcomes() -> None:
     assert outcome_of(ProviderTimeoutError("x")) == "loss"
     assert outcome_of(BadRequestError("x")) == "none"
     assert outcome_of(ProviderConnectionError("x")) == "none"
+    assert outcome_of(InvalidRequestError("x")) == "none"  # a request that could not be sent
