@@ -214,6 +214,8 @@ def batch_completion(
     serves, is an exception in the slot(s) concerned. Extra keyword arguments (``temperature``,
     ``max_tokens``, ``api_key``, ``api_base``, ``timeout``, ``mock_response`` ...) are passed through
     as in LiteLLM; options that are wrong for the whole call (``temperature="hot"``) raise.
+    batcher's own ``priority=`` (0-9, higher first, default 5) puts this job's prompts before (or
+    after) other jobs' waiting in the cluster's backlog.
     """
     c = _client(client)
     plan = plan_batch(c.settings, _is_local(c), model, messages, kwargs)
@@ -280,7 +282,8 @@ def batch_completion_models(
 
     ``models`` may be one name; an empty list raises ``InvalidRequestError`` (a ``ValueError``, as
     LiteLLM's thread pool raises). Models that had not started when the winner answered are never sent. If every model
-    fails, raises ``AllModelsFailedError`` listing each model's failure.
+    fails, raises ``AllModelsFailedError`` listing each model's failure. ``priority=`` is accepted (and
+    checked) but changes nothing: a race is released at once, never queued behind batches.
     """
     names, kwargs = fanout_names(models, deployments if deployments is not None else model_list, kwargs)
     if not names:

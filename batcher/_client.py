@@ -110,7 +110,9 @@ class Client:
         """One request per conversation in ``messages``, all to ``model``. Returns at once.
 
         Messages may be dicts or message objects (a previous answer's ``choices[0].message``, any
-        pydantic model); ``custom_llm_provider="openai"`` routes ``model`` as ``"openai/<model>"``."""
+        pydantic model); ``custom_llm_provider="openai"`` routes ``model`` as ``"openai/<model>"``.
+        ``priority=`` (0-9, higher first, default 5) orders the job's backlog against other jobs';
+        ``job.status()`` shows where it stands in line (``queued``, ``position``, ``ahead``, ``share``, ``eta_s``)."""
         model, conversations = batch_call(model, messages, kwargs)
         return Job(self, self.transport.submit_conversations(model, conversations, kwargs), JobKind.BATCH)
 

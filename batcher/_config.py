@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from batcher._ratelimit import RateLimitSpec
+from batcher._ratelimit import DEFAULT_ADAPTIVE_INITIAL_CONCURRENCY, DEFAULT_ADAPTIVE_MAX_CONCURRENCY, RateLimitSpec
 
 DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/batcher"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -125,7 +125,15 @@ class Settings(BaseSettings):
     cluster)."""
 
     rate_limits: dict[str, RateLimitSpec] = Field(default_factory=dict)
-    """Shared limits by ``provider/model`` pattern, e.g. ``{"openai/*": {"rpm": 600, "tpm": 200000}}``."""
+    """Shared limits by ``provider/model`` pattern, e.g. ``{"openai/*": {"rpm": 600, "tpm": 200000}}``;
+    ``max_concurrency`` caps the adaptive concurrency limit of the deployments it matches."""
+    adaptive_concurrency: bool = True
+    """Adapt the calls in flight per deployment of a model (AIMD, shared by the cluster) and learn its real
+    rate limits from the providers' headers; false: only ``rate_limits`` apply (``batcher._ratelimit``)."""
+    adaptive_initial_concurrency: int = Field(DEFAULT_ADAPTIVE_INITIAL_CONCURRENCY, ge=1, le=100_000)
+    """Calls in flight a deployment starts with (then slow start: one more per success until the first loss)."""
+    adaptive_max_concurrency: int = Field(DEFAULT_ADAPTIVE_MAX_CONCURRENCY, ge=1, le=100_000)
+    """The most calls in flight the adaptive limit allows one deployment of a model, whatever it learns."""
 
     secret_key: SecretStr | None = None
     """Fernet key shared by submitters and workers; needed only to pass ``api_key=`` per call."""

@@ -10,6 +10,7 @@
     │   ├── UnknownModelError       no provider serves this model name
     │   ├── MissingAPIKeyError      the chosen provider has no API key
     │   └── UnsupportedParamsError  an OpenAI-style parameter the provider does not take
+    ├── QuotaExceededError          an API key's quota (max_queued_prompts) would be exceeded: nothing stored
     ├── JobNotFoundError            no job with that id (or not yours)
     ├── WaitTimeoutError            a wait ran out before the job finished
     ├── AllModelsFailedError        fastest-response: every model failed (lists each)      openai.APIError
@@ -85,6 +86,7 @@ __all__ = [
     "ProviderError",
     "ProviderServerError",
     "ProviderTimeoutError",
+    "QuotaExceededError",
     "RateLimitError",
     "RequestCancelledError",
     "RequestError",
@@ -175,6 +177,41 @@ class MissingAPIKeyError(InvalidRequestError):
 
 class UnsupportedParamsError(InvalidRequestError):
     """A parameter the chosen provider does not accept (pass ``drop_params=True`` to drop it)."""
+
+
+class QuotaExceededError(BatcherError):
+    """A submission would take an API key past its quota of unfinished prompts (``api_keys.max_queued_prompts``).
+
+    Refused before anything is stored (HTTP 429, OpenAI's ``rate_limit_error`` shape). Not bad input:
+    the same job fits once enough of the key's work has finished. ``retry_after_s`` estimates when, from
+    the key's recent completion rate (``None``: no estimate, or the job alone is larger than the quota);
+    ``limit``, ``current`` (the key's unfinished prompts) and ``requested`` (this job's) are known where
+    the quota was checked (over HTTP, only ``retry_after_s`` travels, as ``Retry-After``).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        limit: int | None = None,
+        current: int | None = None,
+        requested: int | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        self.limit = limit
+        self.current = current
+        self.requested = requested
+        self.retry_after_s = retry_after_s
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_quota_error, (self.args[0], self.limit, self.current, self.requested, self.retry_after_s))
+
+
+def _rebuild_quota_error(
+    message: str, limit: int | None, current: int | None, requested: int | None, retry_after_s: float | None
+) -> QuotaExceededError:
+    return QuotaExceededError(message, limit=limit, current=current, requested=requested, retry_after_s=retry_after_s)
 
 
 class JobNotFoundError(BatcherError, LookupError):

@@ -11,11 +11,22 @@ from pydantic import BaseModel
 
 from batcher._exceptions import ProviderError, RequestError, error_from_stored
 from batcher._response import ModelResponse
+from batcher._scheduling import DEFAULT_PRIORITY
+from batcher._standing import PublishedStanding
 from batcher._states import JobKind, JobState, RequestState
 
 
 class JobStatus(BaseModel):
-    """A snapshot of a job, read from Postgres."""
+    """A snapshot of a job, read from Postgres (and where it stands in line, from the dispatcher).
+
+    ``priority`` is the job's (0-9, higher first). ``queued`` counts its requests still in the backlog
+    (in Postgres, not yet released to the broker). ``position``, ``ahead``, ``share`` and ``eta_s`` are
+    its standing as the dispatcher last published it (``batcher._standing``), or ``None`` when none is
+    published (no dispatcher running, Redis away, the job final): ``position`` 1 = released next or now,
+    0 = nothing left to release; ``ahead`` = requests of other jobs that go before its next one;
+    ``share`` = the fraction (0-1) of the cluster's slots it gets while the current jobs run; ``eta_s`` =
+    seconds until its unfinished requests are done at its current rate (``None`` until a rate is known).
+    """
 
     id: uuid.UUID
     kind: JobKind
@@ -32,13 +43,32 @@ class JobStatus(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     deadline_at: datetime | None = None
+    priority: int = DEFAULT_PRIORITY
+    queued: int = 0
+    position: int | None = None
+    ahead: int | None = None
+    share: float | None = None
+    eta_s: float | None = None
 
     @classmethod
-    def from_row(cls, row: dict[str, Any]) -> JobStatus:
-        """From a ``jobs`` row (``store.job_row``); stored parameters shown with base-URL credentials masked."""
+    def from_row(cls, row: dict[str, Any], *, queued: int = 0, standing: PublishedStanding | None = None) -> JobStatus:
+        """From a ``jobs`` row (``store.job_row``); stored parameters shown with base-URL credentials masked.
+
+        ``queued``: its backlog (``store.backlog``); ``standing``: the dispatcher's entry for it
+        (``batcher._standing.read``), ignored once the job is final."""
         from batcher._submit import describe_params
 
+        final = JobState(row["state"]).is_final
+        if final:
+            queued, standing = 0, None
+        remaining = row["total"] - sum(row[c] for c in ("succeeded", "failed", "cancelled", "expired"))
         return cls(
+            priority=row.get("priority", DEFAULT_PRIORITY),
+            queued=queued,
+            position=standing.position if standing else None,
+            ahead=standing.ahead if standing else None,
+            share=standing.share if standing else None,
+            eta_s=standing.eta_s(remaining) if standing else None,
             id=row["id"],
             kind=row["kind"],
             state=row["state"],
@@ -69,6 +99,31 @@ class JobStatus(BaseModel):
     @property
     def is_final(self) -> bool:
         return self.state.is_final
+
+    def standing_text(self) -> str | None:
+        """``12,000 ahead · share 35 % · ETA 2m``, or ``None`` when no standing is published."""
+        if self.ahead is None and self.share is None:
+            return None
+        parts = []
+        if self.ahead is not None:
+            parts.append(f"{self.ahead:,} ahead")
+        if self.share is not None:
+            parts.append(f"share {self.share * 100:.0f} %")
+        if self.eta_s is not None:
+            parts.append(f"ETA {short_duration(self.eta_s)}")
+        return " · ".join(parts)
+
+
+def short_duration(seconds: float) -> str:
+    """``45s``, ``2m``, ``1h05m``, ``3d02h``: a figure for people, to the largest two units."""
+    whole = max(0, round(seconds))
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3_600:
+        return f"{min(59, round(whole / 60))}m"
+    if whole < 86_400:
+        return f"{whole // 3_600}h{whole % 3_600 // 60:02d}m"
+    return f"{whole // 86_400}d{whole % 86_400 // 3_600:02d}h"
 
 
 @dataclass(frozen=True, slots=True)

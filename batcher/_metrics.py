@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
@@ -74,6 +74,24 @@ RATELIMIT_WAIT = Histogram(
     ["provider", "model"],
     buckets=WAIT_BUCKETS_S,
 )
+ADAPTIVE_LIMIT = Gauge(
+    "batcher_adaptive_concurrency_limit",
+    "The cluster's adaptive limit of calls in flight for a deployment of a model, as this worker last saw "
+    "it (the same figure on every worker: aggregate with max). deployment: a short hash of base and key.",
+    ["provider", "model", "deployment"],
+    multiprocess_mode="max",
+)
+ADAPTIVE_IN_FLIGHT = Gauge(
+    "batcher_adaptive_in_flight",
+    "Calls in flight for a deployment of a model, cluster-wide, as this worker last saw it (aggregate with max).",
+    ["provider", "model", "deployment"],
+    multiprocess_mode="max",
+)
+LEARNED_LIMIT_UPDATES = Counter(
+    "batcher_learned_limit_updates",
+    "Times a provider's rate-limit headers changed the requests or tokens per minute learned for a deployment.",
+    ["provider", "model"],
+)
 
 
 def observe_request(provider: str, model: str, outcome: str, latency_s: float | None = None) -> None:
@@ -90,6 +108,16 @@ def observe_retry(provider: str, model: str, error_type: str) -> None:
 def observe_deferral(provider: str, model: str, wait_s: float) -> None:
     RATELIMIT_DEFERRALS.labels(provider, model).inc()
     RATELIMIT_WAIT.labels(provider, model).observe(wait_s)
+
+
+def observe_adaptive(
+    provider: str, model: str, deployment: str, limit: float, in_flight: int, learned_changed: bool
+) -> None:
+    """A call's release: the slot's limit and in-flight count as the cluster holds them now."""
+    ADAPTIVE_LIMIT.labels(provider, model, deployment).set(limit)
+    ADAPTIVE_IN_FLIGHT.labels(provider, model, deployment).set(in_flight)
+    if learned_changed:
+        LEARNED_LIMIT_UPDATES.labels(provider, model).inc()
 
 
 # --- worker exporter -------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""A live progress bar for people waiting on a job: done/total, ok and failed, rate, ETA.
+"""A live progress bar for people waiting on a job: done/total, ok and failed, rate, ETA, place in line.
 
 In a terminal it is rich's live display. In a notebook (Jupyter, VS Code, Colab) rich renders
 the bar to HTML and it is shown in one output that is updated in place through IPython's
@@ -60,6 +60,13 @@ class OkFailedColumn(ProgressColumn):
         return text
 
 
+class StandingColumn(ProgressColumn):
+    """Where the job stands in line, when a dispatcher publishes it: ``12 ahead · share 35 % · ETA 2m``."""
+
+    def render(self, task: Task) -> Text:
+        return Text(task.fields.get("standing") or "", style="cyan")
+
+
 def _clock_text(seconds: float) -> str:
     whole = int(seconds)
     return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
@@ -103,9 +110,11 @@ class _PlainLines:
         finished = status.done - done_at_start
         rate = finished / elapsed if elapsed > 0 and finished > 0 else None
         eta = "-" if rate is None else _clock_text((status.total - status.done) / rate)
+        standing = status.standing_text()
         self._console.print(
             f"{self._description}: {status.done:,}/{status.total:,} done, {status.succeeded:,} ok, {failed:,} failed, "
-            f"{'-' if rate is None else f'{rate:,.1f}'}/s, elapsed {_clock_text(elapsed)}, ETA {eta}",
+            f"{'-' if rate is None else f'{rate:,.1f}'}/s, elapsed {_clock_text(elapsed)}, ETA {eta}"
+            + (f"; in line: {standing}" if standing else ""),
             markup=False,
             highlight=False,
             soft_wrap=True,
@@ -146,6 +155,7 @@ class ProgressBar:
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
+            StandingColumn(),
             # In a notebook nothing is drawn live: each update is rendered to HTML (see _show).
             console=_offscreen_console() if self._notebook else console,
             auto_refresh=not self._notebook,
@@ -175,13 +185,21 @@ class ProgressBar:
             self._plain.update(status)
             return
         failed = status.failed + status.cancelled + status.expired
+        standing = status.standing_text()  # None without a dispatcher: the column stays empty
         if self._task is None:
             # Starting at what is already done: the rate and ETA count only what finishes while we watch.
             self._task = self._progress.add_task(
-                self._description, total=status.total, completed=status.done, ok=status.succeeded, failed=failed
+                self._description,
+                total=status.total,
+                completed=status.done,
+                ok=status.succeeded,
+                failed=failed,
+                standing=standing,
             )
         else:
-            self._progress.update(self._task, completed=status.done, ok=status.succeeded, failed=failed)
+            self._progress.update(
+                self._task, completed=status.done, ok=status.succeeded, failed=failed, standing=standing
+            )
         if self._notebook:
             self._show()
 

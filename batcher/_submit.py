@@ -29,7 +29,7 @@ from celery import Celery
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
-from batcher import _providers
+from batcher import _providers, _quotas
 from batcher._config import Settings
 from batcher._db.contract import store_for
 from batcher._db.rows import NewJob, NewRequest
@@ -38,7 +38,6 @@ from batcher._egress import ApiBaseNotAllowedError, EgressPolicy, parse_base
 from batcher._exceptions import EnqueueError, IdempotencyKeyReusedError, InvalidRequestError, MissingAPIKeyError
 from batcher._publish import Publisher
 from batcher._ratelimit import estimate_tokens
-from batcher._scheduling import DEFAULT_PRIORITY
 from batcher._secrets import seal, strip_url_credentials
 from batcher._states import JobKind
 from batcher._validation import CallOptions, check_request, check_size, to_json, validate_messages
@@ -182,14 +181,14 @@ def submit(
     idempotency_key: str | None = None,
     idempotency_fingerprint: str | None = None,
     allow_api_base: bool = True,
-    priority: int = DEFAULT_PRIORITY,
 ) -> uuid.UUID:
     """Validate, store and enqueue a job; returns its id. Raises before storing anything on bad input.
 
     With an ``idempotency_key``, a second submit of the same owner and key returns the first job
     and stores nothing (HTTP clients retry creates after timeouts). ``allow_api_base=False`` refuses
     any ``api_base`` (``ApiBaseNotAllowedError``): the HTTP API passes it for keys without the
-    permission; in-process callers are the operator.
+    permission; in-process callers are the operator. A job of an ``owner_id`` whose key has a quota of
+    unfinished prompts is refused past it with ``QuotaExceededError`` (``batcher._quotas``), nothing stored.
     """
     validator = _Validator(settings, options, allow_api_base=allow_api_base)
     credentials = seal(options.api_key, settings) if options.api_key else None
@@ -219,7 +218,7 @@ def submit(
             idempotency_key=idempotency_key,
             idempotency_fingerprint=idempotency_fingerprint,
             queue=queue_for(kind, settings),
-            priority=priority,
+            priority=options.priority,
         )
         inserted = store.insert_job(conn, job)
         if not inserted and owner_id is not None and idempotency_key is not None:
@@ -233,9 +232,12 @@ def submit(
                         field="Idempotency-Key",
                     )
                 return existing_id
+        quota = _quotas.admission(conn, owner_id)  # the key's max_queued_prompts: locked and counted (429)
         total = store.copy_requests(conn, job_id, checked())
         if total == 0:
             raise InvalidRequestError("is empty; pass at least one prompt", field="messages")
+        if quota is not None:
+            quota.admit(total)  # over the quota: raises, and the transaction rolls back
         store.set_total(conn, job_id, total)
 
     enqueue(engine, app, settings, job_id, kind, total)

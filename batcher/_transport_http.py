@@ -34,6 +34,7 @@ from batcher._exceptions import (
     InvalidRequestError,
     JobNotFoundError,
     MissingAPIKeyError,
+    QuotaExceededError,
     ServiceUnavailableError,
     UnknownModelError,
     UnsupportedParamsError,
@@ -308,6 +309,13 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _retry_after(response: httpx.Response) -> float | None:
+    try:
+        return float(response.headers["retry-after"])
+    except (KeyError, ValueError):
+        return None
+
+
 def checked(response: httpx.Response) -> httpx.Response:
     """Turn the service's OpenAI-shaped errors back into batcher's exceptions."""
     if response.status_code < 400:
@@ -326,6 +334,8 @@ def checked(response: httpx.Response) -> httpx.Response:
         field = param if isinstance(param, str) else None
         text = message.removeprefix(f"{field}: ") if field else message
         raise cls(text, field=field)
+    if response.status_code == 429 and code == "quota_exceeded":
+        raise QuotaExceededError(message, retry_after_s=_retry_after(response))
     if response.status_code == 503:
         raise ServiceUnavailableError(f"the batcher service is unavailable: {message}")
     raise APIError(f"batcher service error {response.status_code}: {message}", status_code=response.status_code)

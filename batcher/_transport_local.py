@@ -21,7 +21,7 @@ from celery import Celery
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from batcher import _wakeup
+from batcher import _standing, _wakeup
 from batcher._celery import make_celery_app
 from batcher._config import Settings
 from batcher._db import recovery
@@ -34,7 +34,7 @@ from batcher._jobs import JobStatus, Result
 from batcher._migrate import ensure_schema
 from batcher._mode import EMBEDDED, check_cluster, resolve_mode
 from batcher._response import ModelResponse
-from batcher._states import JobKind
+from batcher._states import JobKind, JobState
 from batcher._submit import RequestSpec, submit, withdraw
 from batcher._transport import Consumers, Poll, Transport, Until
 from batcher._validation import split_call_kwargs
@@ -137,11 +137,14 @@ class LocalTransport(Transport):
         try:
             with self.engine.connect() as conn:
                 row = self.store.job_row(conn, job_id)
+                active = row is not None and not JobState(row["state"]).is_final
+                queued = self.store.backlog(conn, job_id) if active else 0
         except DBAPIError as exc:
             raise self._problem(exc) from None
         if row is None:
             raise JobNotFoundError(f"no job {job_id}")
-        return JobStatus.from_row(row)
+        standing = _standing.read(self.redis, job_id) if active else None  # Redis away: None
+        return JobStatus.from_row(row, queued=queued, standing=standing)
 
     def consumers(self, job_id: uuid.UUID) -> Consumers | None:
         if self._shared:

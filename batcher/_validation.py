@@ -14,6 +14,7 @@ Limits (documented in ``docs/design.md``, "Input validation"):
   once per job, and once per file line that carries its own parameters: pydantic type adapters
   (``PARAM_TYPES``), which also give the HTTP API's schema.
 * ``completion_window`` is at most ``MAX_COMPLETION_WINDOW_S`` and ``timeout`` at most ``MAX_TIMEOUT_S``.
+* ``priority`` is a whole number from ``MIN_PRIORITY`` to ``MAX_PRIORITY`` (``batcher._scheduling``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from pydantic import (
 from typing_extensions import TypedDict  # pydantic needs it on Python < 3.12
 
 from batcher._exceptions import InvalidRequestError
+from batcher._scheduling import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
 
 MAX_JSON_DEPTH = 64
 """Deepest nesting of arrays and objects in a conversation, a parameter or metadata. A conversation
@@ -420,6 +422,7 @@ _CALL_OPTIONS = frozenset(
         "max_workers",
         "completion_window",
         "metadata",
+        "priority",
     }
 )
 
@@ -440,6 +443,9 @@ class CallOptions:
     max_attempts: int | None = None
     deadline: timedelta | None = None
     metadata: dict[str, Any] | None = None
+    priority: int = DEFAULT_PRIORITY
+    """0-9, higher first (``batcher._scheduling``): which backlog the dispatcher releases first. Stored on
+    ``jobs.priority``; races ignore it (they are never queued behind batches)."""
 
     @property
     def mocked(self) -> bool:
@@ -529,8 +535,22 @@ def split_call_kwargs(kwargs: Mapping[str, Any]) -> CallOptions:
             raise InvalidRequestError("must be a JSON object", field="metadata")
         check_json_value(metadata, "metadata")
         opts.metadata = metadata
+    if (priority := kwargs.get("priority")) is not None:
+        opts.priority = check_priority(priority)
     check_params(opts.params)
     return opts
+
+
+def check_priority(value: Any, field: str = "priority") -> int:
+    """A job's priority: a whole number from ``MIN_PRIORITY`` to ``MAX_PRIORITY`` (``2.0`` counts, as in JSON)."""
+    whole = _integral(value)
+    if isinstance(whole, bool) or not isinstance(whole, int) or not MIN_PRIORITY <= whole <= MAX_PRIORITY:
+        raise InvalidRequestError(
+            f"must be a whole number from {MIN_PRIORITY} (lowest) to {MAX_PRIORITY} (highest), default "
+            f"{DEFAULT_PRIORITY}; got {_shown(value)}",
+            field=field,
+        )
+    return whole
 
 
 # --- mocked answers (LiteLLM's ``mock_response`` / ``mock_timeout``) --------------------------------

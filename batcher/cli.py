@@ -155,9 +155,19 @@ def main() -> None:
 @click.option("--model", "-m", help="Model for lines that do not name one.")
 @click.option("--param", "-p", "params", multiple=True, help="Provider parameter KEY=VALUE (repeatable).")
 @click.option("--completion-window", help="Deadline such as 24h; unsent requests then end expired.")
+@click.option(
+    "--priority",
+    type=int,
+    help="0-9, higher first (default 5): a higher priority's prompts are released to the workers first.",
+)
 @click.option("--wait/--no-wait", default=False, help="Wait for the job with a progress bar.")
 def submit(
-    file: IO[str], model: str | None, params: tuple[str, ...], completion_window: str | None, wait: bool
+    file: IO[str],
+    model: str | None,
+    params: tuple[str, ...],
+    completion_window: str | None,
+    priority: int | None,
+    wait: bool,
 ) -> None:
     """Submit a JSONL file of prompts (one per line). Prints the job id.
 
@@ -167,6 +177,8 @@ def submit(
         kwargs = _parse_params(params)
         if completion_window:
             kwargs["completion_window"] = completion_window
+        if priority is not None:
+            kwargs["priority"] = priority  # checked by the client, as -p priority=... would be
         # Streamed either way: read line by line here, or uploaded as it is to a service (BATCHER_API_URL).
         job = client.submit_file(file.buffer if hasattr(file, "buffer") else file, default_model=model, **kwargs)
         click.echo(str(job.id))
@@ -224,6 +236,9 @@ def _print_status(status: Any, as_json: bool = False) -> None:
         f"{status.done}/{status.total} done: {status.succeeded} succeeded, {status.failed} failed, "
         f"{status.cancelled} cancelled, {status.expired} expired"
     )
+    standing = status.standing_text()  # None when final or when no dispatcher publishes one (then --json has it all)
+    if standing:  # where it stands in line: its priority, its backlog, the dispatcher's standing
+        click.echo(f"  priority {status.priority}, {status.queued:,} queued · {standing}")
 
 
 @main.command()
@@ -456,6 +471,39 @@ def keys() -> None:
     ensure_schema(get_settings())  # the keys table may be the first thing a new deployment touches
 
 
+_QUOTA_CLEAR = "none"
+
+
+def _quota_option(value: str | None, flag: str) -> tuple[bool, int | None]:
+    """``--max-queued 5000`` / ``--max-queued none`` (clears it): (given, value)."""
+    if value is None:
+        return False, None
+    if value.strip().lower() == _QUOTA_CLEAR:
+        return True, None
+    try:
+        return True, int(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not a whole number; give one of at least 1, or '{_QUOTA_CLEAR}' for no quota",
+            param_hint=flag,
+        ) from None
+
+
+def _limits_text(info: Any) -> str:
+    """``weight 2, max-concurrent 50, max-queued 10,000`` (quotas shown only when set)."""
+    parts = [f"weight {info.weight:g}"]
+    if info.max_concurrent_requests is not None:
+        parts.append(f"max-concurrent {info.max_concurrent_requests:,}")
+    if info.max_queued_prompts is not None:
+        parts.append(f"max-queued {info.max_queued_prompts:,}")
+    return ", ".join(parts)
+
+
+_WEIGHT_HELP = "Share of the cluster against other keys with work waiting (default 1; 2 = twice another key's)."
+_MAX_CONCURRENT_HELP = "At most N of the key's requests in flight at once (the dispatcher holds the rest back)."
+_MAX_QUEUED_HELP = "At most N unfinished prompts; a submission past it is refused with 429, nothing stored."
+
+
 @keys.command("create")
 @click.option("--name", required=True, help="Who or what the key is for.")
 @click.option("--admin", is_flag=True, help="May read and list every key's jobs, files and batches (and set api_base).")
@@ -465,20 +513,63 @@ def keys() -> None:
     help="May send jobs naming their own api_base (with their own api_key; a public address unless it is in "
     "BATCHER_ALLOWED_API_BASES).",
 )
-def keys_create(name: str, admin: bool, allow_api_base: bool) -> None:
+@click.option("--weight", type=float, default=1.0, show_default=True, help=_WEIGHT_HELP)
+@click.option("--max-concurrent", type=int, help=_MAX_CONCURRENT_HELP + " Default: no quota.")
+@click.option("--max-queued", type=int, help=_MAX_QUEUED_HELP + " Default: no quota.")
+def keys_create(
+    name: str, admin: bool, allow_api_base: bool, weight: float, max_concurrent: int | None, max_queued: int | None
+) -> None:
     """Create a key and print it. It is shown this once: store it now."""
     from batcher._db.engine import get_engine
     from batcher.api.auth import create_key
 
-    info, key = create_key(get_engine(get_settings()), name, admin=admin, allow_api_base=allow_api_base)
+    info, key = create_key(
+        get_engine(get_settings()),
+        name,
+        admin=admin,
+        allow_api_base=allow_api_base,
+        weight=weight,
+        max_concurrent_requests=max_concurrent,
+        max_queued_prompts=max_queued,
+    )
     click.echo(key)
     flags = "".join(f"{f}, " for f, on in (("admin", admin), ("api_base", allow_api_base)) if on)
-    click.echo(f"key id {info.id} ({flags}name {info.name!r}): shown once, store it now", err=True)
+    click.echo(
+        f"key id {info.id} ({flags}name {info.name!r}, {_limits_text(info)}): shown once, store it now", err=True
+    )
+
+
+@keys.command("set")
+@click.argument("key_id", type=click.UUID)
+@click.option("--weight", type=float, help=_WEIGHT_HELP)
+@click.option("--max-concurrent", metavar="N|none", help=_MAX_CONCURRENT_HELP + " 'none' clears it.")
+@click.option("--max-queued", metavar="N|none", help=_MAX_QUEUED_HELP + " 'none' clears it.")
+def keys_set(key_id: Any, weight: float | None, max_concurrent: str | None, max_queued: str | None) -> None:
+    """Change a key's share or quotas; unnamed settings stay as they are. Takes effect at once."""
+    from batcher._db.engine import get_engine
+    from batcher.api.auth import set_key_limits
+
+    limits: dict[str, Any] = {}
+    if weight is not None:
+        limits["weight"] = weight
+    for column, raw, flag in (
+        ("max_concurrent_requests", max_concurrent, "--max-concurrent"),
+        ("max_queued_prompts", max_queued, "--max-queued"),
+    ):
+        given, value = _quota_option(raw, flag)
+        if given:
+            limits[column] = value
+    if not limits:
+        raise click.UsageError("nothing to change: give --weight, --max-concurrent or --max-queued")
+    info = set_key_limits(get_engine(get_settings()), key_id, limits)
+    if info is None:
+        raise click.ClickException(f"no key {key_id}")
+    click.echo(f"{info.id}  {info.name}  {_limits_text(info)}")
 
 
 @keys.command("list")
 def keys_list() -> None:
-    """List keys (id, prefix, name, flags); never the keys themselves."""
+    """List keys (id, prefix, name, share and quotas when set, flags); never the keys themselves."""
     from batcher._db.engine import get_engine
     from batcher.api.auth import list_keys
 
@@ -492,7 +583,17 @@ def keys_list() -> None:
             )
             if on
         )
-        click.echo(f"{info.id}  {info.prefix}...  {info.name}  {flags}".rstrip())
+        # Share and quotas only where they differ from the defaults: a plain key's line stays as it always was.
+        limits = [_limits_text(info)] if _has_limits(info) else []
+        click.echo("  ".join([f"{info.id}", f"{info.prefix}...", info.name, *limits, *([flags] if flags else [])]))
+
+
+def _has_limits(info: Any) -> bool:
+    from batcher.api.auth import DEFAULT_WEIGHT
+
+    return bool(
+        info.weight != DEFAULT_WEIGHT or info.max_concurrent_requests is not None or info.max_queued_prompts is not None
+    )
 
 
 @keys.command("revoke")

@@ -10,6 +10,10 @@ failure an instance of LiteLLM's exception class of the same meaning (``litellm.
 ``litellm.Timeout``, ``litellm.BadRequestError`` ...), raised or put in its slot where LiteLLM puts
 it. Needs ``litellm`` (``pip install 'batcher-llm[litellm]'``); batcher itself never does, and this is the
 only module that imports it.
+
+batcher's extension keyword arguments are accepted here too, beside LiteLLM's: ``priority=`` (0-9,
+higher first, default 5: the job's place in the cluster's backlog; races ignore it) and
+``completion_window=`` (a deadline). LiteLLM itself has neither; its own keywords keep their meaning.
 """
 
 from __future__ import annotations

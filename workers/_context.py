@@ -161,7 +161,15 @@ class WorkerContext:
 
     @cached_property
     def limiter(self) -> RateLimiter:
-        return RateLimiter(self.redis, self.settings.rate_limits)
+        s = self.settings
+        return RateLimiter(
+            self.redis,
+            s.rate_limits,
+            adaptive=s.adaptive_concurrency,
+            initial_concurrency=s.adaptive_initial_concurrency,
+            max_concurrency=s.adaptive_max_concurrency,
+            lease_margin_s=s.lease_margin_s,
+        )
 
     @cached_property
     def retry_policy(self) -> RetryPolicy:

@@ -29,11 +29,10 @@ from batcher._exceptions import (
     ConfigurationError,
     InvalidRequestError,
     ProviderError,
-    RateLimitError,
     RequestError,
 )
 from batcher._publish import RUN_REQUEST_TASK, publish_finalize, task_id
-from batcher._ratelimit import Bucket, deployment_id, estimate_tokens
+from batcher._ratelimit import Bucket, Grant, Slot, deployment_id, estimate_tokens
 from batcher._response import ModelResponse, mock_model_response
 from batcher._retry import RetryPolicy
 from batcher._secrets import redact, redact_json, unseal
@@ -123,21 +122,27 @@ def _run_claimed(ctx: WorkerContext, job: uuid.UUID, claimed: ClaimedRequest) ->
         else:
             call = _prepare(ctx, claimed)
             http = ctx.http  # before the limiter: a window slot is taken only when the call can leave at once
-            wait_s = ctx.limiter.acquire(call.buckets, call.tokens) if call.buckets else 0.0
-            if wait_s > 0:
-                return _defer(ctx, claimed, wait_s, extra)
-            response = _providers.complete(
-                http,
-                call.route,
-                claimed.messages,
-                call.params,
-                api_key=call.api_key,
-                api_base=call.api_base,
-                timeout_s=call.timeout_s,
-            )
+            # One round trip before the call (windows, and a lease on an adaptive slot) and one after it.
+            limiter = ctx.limiter
+            grant = limiter.take(call.slot, call.buckets, call.tokens, lease_s=call.timeout_s) if call.limited else None
+            if grant is not None and grant.wait_s > 0:
+                return _defer(ctx, claimed, grant.wait_s, extra)
+            try:
+                response = _providers.complete(
+                    http,
+                    call.route,
+                    claimed.messages,
+                    call.params,
+                    api_key=call.api_key,
+                    api_base=call.api_base,
+                    timeout_s=call.timeout_s,
+                    on_headers=grant.observe if grant is not None and grant.slot is not None else None,
+                )
+            except BaseException as err:  # whatever ended the call (a request it could not send too): the lease back
+                _release(ctx, grant, err)
+                raise
+            _release(ctx, grant, None)
     except RequestError as err:
-        if isinstance(err, RateLimitError) and call is not None:
-            ctx.limiter.penalize(call.buckets)  # the provider's real limit is lower than configured
         return _failed(ctx, claimed, err, call.api_key if call else None, extra)
     except (ConfigurationError, InvalidRequestError) as err:
         # Not the provider's fault, and retrying will not fix it: store it on the request.
@@ -206,7 +211,12 @@ class _Call:
     api_base: str
     timeout_s: float
     buckets: list[Bucket]
+    slot: Slot | None
     tokens: int
+
+    @property
+    def limited(self) -> bool:
+        return self.slot is not None or bool(self.buckets)
 
 
 def _prepare(ctx: WorkerContext, claimed: ClaimedRequest) -> _Call:
@@ -218,11 +228,10 @@ def _prepare(ctx: WorkerContext, claimed: ClaimedRequest) -> _Call:
     api_key = _api_key(ctx, claimed, api_base)
     if options.get("api_base"):  # submission's rules again, under this worker's configuration (names: at connect)
         ctx.egress.check_named_base(claimed.provider, api_base, own_key=True, resolve=None)
-    buckets = (
-        ctx.limiter.buckets(claimed.provider, route.model, deployment_id(api_base, api_key))
-        if ctx.limiter.limits
-        else []
-    )
+    limiter = ctx.limiter
+    deployment = deployment_id(api_base, api_key) if limiter.active else ""
+    buckets = limiter.buckets(claimed.provider, route.model, deployment) if limiter.limits else []
+    slot = limiter.slot(claimed.provider, route.model, deployment, claimed.model, buckets) if limiter.adaptive else None
     return _Call(
         route=route,
         params=params,
@@ -230,8 +239,26 @@ def _prepare(ctx: WorkerContext, claimed: ClaimedRequest) -> _Call:
         api_base=api_base,
         timeout_s=float(options.get("timeout_s") or ctx.settings.request_timeout_s),
         buckets=buckets,
-        tokens=estimate_tokens(claimed.messages, params) if buckets else 0,
+        slot=slot,
+        tokens=estimate_tokens(claimed.messages, params) if buckets or slot else 0,
     )
+
+
+def _release(ctx: WorkerContext, grant: Grant | None, err: BaseException | None) -> None:
+    """The call's lease back, and its outcome as the adaptive limit's feedback. Never fails the request:
+    its answer is paid for, and a lease Redis could not take back expires by itself."""
+    if grant is None:
+        return
+    try:
+        released = ctx.limiter.release(grant, err)
+    except Exception:  # Redis is coordination only
+        log.warning("could not release a rate-limit lease; it expires by itself", exc_info=True)
+        return
+    if released is not None and grant.slot is not None:
+        slot = grant.slot
+        _metrics.observe_adaptive(
+            slot.provider, slot.model, slot.short_id, released.limit, released.in_flight, released.learned_changed
+        )
 
 
 def _api_key(ctx: WorkerContext, claimed: ClaimedRequest, api_base: str) -> str:

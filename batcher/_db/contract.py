@@ -35,7 +35,7 @@ from collections.abc import Iterable, Iterator
 from typing import IO, Any, ClassVar, cast
 from uuid import UUID
 
-from sqlalchemy import Connection, Engine, Table, func, select, text, update
+from sqlalchemy import Connection, Engine, Table, func, literal_column, select, text, update
 
 from batcher._db.models import Job, Request, Response
 from batcher._db.rows import (
@@ -241,6 +241,21 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     def job_row(self, conn: Connection, job_id: UUID) -> dict[str, Any] | None:
         """The ``jobs`` row as a dict (timestamps timezone-aware), or ``None``."""
+
+    def backlog(self, conn: Connection, job_id: UUID) -> int:
+        """Requests of the job still in the backlog: ``queued`` and not released to the broker yet
+        (``dispatched_at IS NULL``; ``JobStatus.queued``). Read through the partial index of migration 0007,
+        so it costs the backlog's size, not the job's; the same Core statement on both databases."""
+        count = conn.execute(
+            select(func.count())
+            .select_from(_REQUESTS)
+            .where(
+                _REQUESTS.c.job_id == job_id,
+                _REQUESTS.c.state == literal_column("'queued'"),  # a literal: the partial index's predicate
+                _REQUESTS.c.dispatched_at.is_(None),
+            )
+        ).scalar_one()
+        return int(count)
 
     def response_body(self, conn: Connection, job_id: UUID, idx: int) -> dict[str, Any] | None:
         """The stored response of the job's request ``idx`` (a race's winner), or ``None``."""

@@ -286,6 +286,7 @@ class Batch(Base):
             unique=True,
             postgresql_where=text("idempotency_key IS NOT NULL"),
         ),
+        CheckConstraint("priority BETWEEN 0 AND 9", name="priority"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -319,6 +320,9 @@ class Batch(Base):
     """``output_expires_after.seconds``: the output and error files expire this long after they are created."""
     idempotency_key: Mapped[str | None] = mapped_column(Text, nullable=True)
     idempotency_fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # migration 0008
+    priority: Mapped[int] = mapped_column(SmallInteger, default=5, server_default="5")
+    """batcher's extension ``batcher_priority`` (0-9, higher first): the priority of the job it runs."""
 
 
 # --- evaluation runs (migration 0003) ------------------------------------------------------------

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from batcher._scheduling import DEFAULT_PRIORITY
+
 
 @dataclass(frozen=True, slots=True)
 class NewJob:
@@ -26,8 +28,8 @@ class NewJob:
     idempotency_key: str | None = None
     idempotency_fingerprint: str | None = None
     queue: str | None = None
-    priority: int = 5
-    """0-9, higher first (``batcher._scheduling``); ``DEFAULT_PRIORITY`` unless the caller chose one."""
+    priority: int = DEFAULT_PRIORITY
+    """0-9, higher first (``jobs.priority``): the dispatcher serves a higher priority's backlog first."""
 
 
 @dataclass(frozen=True, slots=True)

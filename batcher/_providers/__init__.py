@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -71,7 +71,7 @@ from batcher._providers._registry import (
     resolve_route,
     unregister_provider,
 )
-from batcher._providers._retry_after import retry_after_seconds
+from batcher._providers._retry_after import RateLimitInfo, rate_limit_info, retry_after_seconds
 from batcher._ratelimit import deployment_id
 from batcher._response import ModelResponse
 from batcher._secrets import redact
@@ -81,6 +81,7 @@ __all__ = [
     "DEFAULT_MAX_TOKENS",
     "PROVIDERS",
     "ProviderAdapter",
+    "RateLimitInfo",
     "Route",
     "build_request",
     "check_params",
@@ -89,6 +90,7 @@ __all__ = [
     "get_adapter",
     "parse_response",
     "public_base_url",
+    "rate_limit_info",
     "redact",
     "redact_response",
     "register_provider",
@@ -142,9 +144,12 @@ def complete(
     api_key: str | None,
     api_base: str,
     timeout_s: float,
+    on_headers: Callable[[httpx.Headers], None] | None = None,
 ) -> ModelResponse:
     """One completion: build, send, parse. ``_response_ms`` (``latency_ms``) is the time from
-    sending to having the whole answer; ``_hidden_params`` as ``fill_hidden_params`` fills them."""
+    sending to having the whole answer; ``_hidden_params`` as ``fill_hidden_params`` fills them.
+    ``on_headers`` is handed the answer's headers (whatever its status) before it is parsed: the
+    adaptive limiter learns the deployment's limits from them."""
     adapter = get_adapter(route.provider)
     request = adapter.build_request(route.model, messages, params, api_key=api_key, api_base=api_base)
     started = time.perf_counter()
@@ -157,6 +162,8 @@ def complete(
         secrets=[api_key],
     )
     latency_ms = (time.perf_counter() - started) * 1000.0
+    if on_headers is not None:
+        on_headers(response.headers)
     secrets = [api_key, *request_secrets(request)]
     result = parse_http_response(adapter, route.model, response, secrets=secrets)
     if _may_echo(response.content, secrets):

@@ -24,7 +24,9 @@ errors                     ``error_details`` (message and code from its error bo
                            they stand for), ``status_errors`` (statuses of its own, such as
                            Cohere's 498), ``context_window_patterns`` / ``_codes``,
                            ``request_id_headers``
-rate limits                ``rate_limit_wait`` (its rate-limit reset headers)
+rate limits                ``rate_limit_wait`` (its rate-limit reset headers),
+                           ``rate_limit_info`` (its limit, remaining and reset headers as a
+                           ``RateLimitInfo``, what the adaptive limiter learns from)
 =========================  ===============================================================
 
 Error quirks and rate-limit headers are honoured on every route, not only the declaring
@@ -45,6 +47,7 @@ import httpx
 
 from batcher._exceptions import InvalidRequestError, ProviderError
 from batcher._providers._params import check_params_for
+from batcher._providers._retry_after import RateLimitInfo
 from batcher._providers._urls import endpoint_url
 from batcher._response import ModelResponse
 
@@ -127,6 +130,11 @@ class ProviderAdapter(abc.ABC):
 
     def rate_limit_wait(self, headers: httpx.Headers, now: datetime) -> float | None:
         """Seconds until the rate limit this provider's headers describe resets (None: no such headers)."""
+        return None
+
+    def rate_limit_info(self, headers: httpx.Headers, now: datetime) -> RateLimitInfo | None:
+        """The limits, remaining amounts and reset times this provider's own headers state (None: it sent
+        none). ``retry-after`` is read for every provider by the caller."""
         return None
 
     def endpoint_url(self, api_base: str) -> httpx.URL:

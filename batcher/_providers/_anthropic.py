@@ -11,7 +11,8 @@ date, which only changes what it may opt into). Base URL as in the SDK:
 ``ANTHROPIC_BASE_URL=https://api.anthropic.com`` without ``/v1`` (a trailing ``/v1`` is
 tolerated). Errors and rate limits: the "Errors" page (``{"type": "error", "error": {"type",
 "message"}}``, 413 request_too_large, 529 overloaded_error, a ``request-id`` header) and the
-"Rate limits" page (``anthropic-ratelimit-*-reset`` RFC 3339 timestamps).
+"Rate limits" page (``anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-{limit,
+remaining,reset}`` on every answer, resets as RFC 3339 timestamps).
 
 Translation from OpenAI's chat format:
 
@@ -60,7 +61,7 @@ import httpx
 from batcher._exceptions import InvalidRequestError, ProviderServerError
 from batcher._providers._adapter import ProviderAdapter, add_auth_headers
 from batcher._providers._params import CHAT_PARAMS
-from batcher._providers._retry_after import pick_reset, seconds_until
+from batcher._providers._retry_after import RateLimitInfo, parse_count, pick_reset, seconds_until
 from batcher._providers._translate import (
     content_text,
     finish_reason_fields,
@@ -180,6 +181,50 @@ class AnthropicAdapter(ProviderAdapter):
             remaining = headers.get(f"anthropic-ratelimit-{kind}-remaining")
             found.append((seconds_until(when, now), remaining == "0"))
         return pick_reset(found)
+
+    def rate_limit_info(self, headers: httpx.Headers, now: datetime) -> RateLimitInfo | None:
+        """``anthropic-ratelimit-requests-*`` and the token limits: ``tokens-*`` (the most restrictive limit
+        in effect) when sent, else the tighter of ``input-tokens-*`` / ``output-tokens-*``. Limits are per
+        minute; ``-reset`` is the RFC 3339 time the limit is fully replenished."""
+        if "anthropic-ratelimit-requests-limit" not in headers and not any(
+            f"anthropic-ratelimit-{kind}-limit" in headers for kind in _TOKEN_KINDS
+        ):
+            return None
+        requests = self._limit_of(headers, "requests", now)
+        tokens: tuple[int | None, int | None, float | None] = (None, None, None)
+        for kind in _TOKEN_KINDS:
+            found = self._limit_of(headers, kind, now)
+            if found[0] is None and found[1] is None:
+                continue
+            if kind == "tokens":
+                tokens = found
+                break
+            # The tighter of input and output: the one with less left, else the lower limit.
+            if tokens == (None, None, None) or _tighter(found, tokens):
+                tokens = found
+        return RateLimitInfo(
+            requests_limit=requests[0],
+            requests_remaining=requests[1],
+            requests_reset_s=requests[2],
+            tokens_limit=tokens[0],
+            tokens_remaining=tokens[1],
+            tokens_reset_s=tokens[2],
+        )
+
+    @staticmethod
+    def _limit_of(headers: httpx.Headers, kind: str, now: datetime) -> tuple[int | None, int | None, float | None]:
+        reset_s: float | None = None
+        reset = headers.get(f"anthropic-ratelimit-{kind}-reset")
+        if reset:
+            try:
+                reset_s = seconds_until(datetime.fromisoformat(reset.strip()), now)
+            except ValueError:
+                reset_s = None
+        return (
+            parse_count(headers.get(f"anthropic-ratelimit-{kind}-limit")),
+            parse_count(headers.get(f"anthropic-ratelimit-{kind}-remaining")),
+            reset_s,
+        )
 
     def build_body(
         self, model: str, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]
@@ -485,3 +530,13 @@ def convert_messages(
         else:
             system = system_blocks
     return system, [_simplify(t) for t in turns]
+
+
+_TOKEN_KINDS = ("tokens", "input-tokens", "output-tokens")
+
+
+def _tighter(a: tuple[int | None, int | None, float | None], b: tuple[int | None, int | None, float | None]) -> bool:
+    """Whether token limit ``a`` (limit, remaining, reset) binds before ``b``."""
+    if a[1] is not None and b[1] is not None and a[1] != b[1]:
+        return a[1] < b[1]
+    return a[0] is not None and (b[0] is None or a[0] < b[0])

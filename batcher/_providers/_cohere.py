@@ -7,7 +7,10 @@ as typed by the ``cohere`` Python SDK 7.3 (``v2/client.py`` ``chat``,
 ``types/response_format_v2.py``, ``types/usage.py``). Base URL as in the SDK: ``CO_API_URL``,
 default ``https://api.cohere.com`` without the version (a trailing ``/v2`` or ``/v1`` is
 tolerated). Errors are ``{"message": "<text>"}``; the SDK adds 498 (invalid token) and 499 (the
-request was closed) to the documented statuses.
+request was closed) to the documented statuses. Rate limits: the "API Keys and Rate Limits" page
+gives them per key type and model (e.g. 20 req / min for trial keys) and documents no rate-limit
+headers, so none is declared here (``rate_limit_info`` is the contract's None); a 429's standard
+``retry-after`` is read for every provider.
 
 Translation from OpenAI's chat format: v2 messages already use OpenAI's roles (system, user,
 assistant, tool), ``tool_calls`` and ``tool_call_id``; ``developer`` becomes ``system``,

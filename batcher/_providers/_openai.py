@@ -8,7 +8,8 @@ convention (``OPENAI_BASE_URL``, default ``https://api.openai.com/v1``, the vers
 part of the base) and its ``Authorization: Bearer`` auth; the "Error codes" guide (errors are
 ``{"error": {"message", "type", "param", "code"}}``; some compatible servers send
 ``{"error": "<text>"}``) and the "Rate limits" guide (``x-ratelimit-reset-requests`` /
-``-tokens``, Go-style durations such as ``6m0s``, with ``x-ratelimit-remaining-*``).
+``-tokens``, Go-style durations such as ``6m0s``, with ``x-ratelimit-limit-*`` (RPM, TPM) and
+``x-ratelimit-remaining-*``, sent on every answer).
 
 Messages and parameters are OpenAI's own, so they are sent unchanged; the answer is already
 in the normalised shape and only ``finish_reason`` is normalised (OpenAI-compatible servers
@@ -33,7 +34,7 @@ import httpx
 
 from batcher._providers._adapter import ProviderAdapter, add_auth_headers, bearer_headers
 from batcher._providers._params import CHAT_PARAMS
-from batcher._providers._retry_after import parse_duration, pick_reset
+from batcher._providers._retry_after import RateLimitInfo, parse_count, parse_duration, pick_reset
 from batcher._providers._translate import finish_reason_fields
 from batcher._response import FinishReason, ModelResponse
 
@@ -131,6 +132,22 @@ class OpenAIAdapter(ProviderAdapter):
             if seconds is not None:
                 found.append((seconds, headers.get(f"x-ratelimit-remaining-{kind}") == "0"))
         return pick_reset(found)
+
+    def rate_limit_info(self, headers: httpx.Headers, now: datetime) -> RateLimitInfo | None:
+        """``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` (every answer; reset a duration such
+        as ``6m0s`` or ``20ms``; the limits are per minute)."""
+        if "x-ratelimit-limit-requests" not in headers and "x-ratelimit-limit-tokens" not in headers:
+            return None
+        reset_r = headers.get("x-ratelimit-reset-requests")
+        reset_t = headers.get("x-ratelimit-reset-tokens")
+        return RateLimitInfo(
+            requests_limit=parse_count(headers.get("x-ratelimit-limit-requests")),
+            requests_remaining=parse_count(headers.get("x-ratelimit-remaining-requests")),
+            requests_reset_s=parse_duration(reset_r) if reset_r else None,
+            tokens_limit=parse_count(headers.get("x-ratelimit-limit-tokens")),
+            tokens_remaining=parse_count(headers.get("x-ratelimit-remaining-tokens")),
+            tokens_reset_s=parse_duration(reset_t) if reset_t else None,
+        )
 
     def build_body(
         self, model: str, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]

@@ -6,6 +6,10 @@ provider's own reset headers (``ProviderAdapter.rate_limit_wait``: OpenAI's
 ``x-ratelimit-reset-*`` durations, Anthropic's ``anthropic-ratelimit-*-reset`` timestamps), in
 registration order, whichever route the answer came from: proxies and OpenAI-compatible
 servers pass other providers' headers through.
+
+``rate_limit_info`` reads everything the answer says about the deployment's limits (what the
+adaptive limiter learns from, ``batcher._ratelimit``) into one ``RateLimitInfo``: each provider
+declares how to read its own headers (``ProviderAdapter.rate_limit_info``).
 """
 
 from __future__ import annotations
@@ -13,14 +17,72 @@ from __future__ import annotations
 import email.utils
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import httpx
 
-__all__ = ["parse_duration", "pick_reset", "retry_after_seconds", "seconds_until"]
+__all__ = [
+    "RateLimitInfo",
+    "parse_count",
+    "parse_duration",
+    "pick_reset",
+    "rate_limit_info",
+    "retry_after_seconds",
+    "seconds_until",
+]
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(h|ms|us|µs|ns|m|s)")
 _DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitInfo:
+    """What one answer's headers say about its deployment's rate limits (None: not said).
+
+    ``*_limit`` are per minute (the providers' RPM / TPM, their documented period); ``*_reset_s`` are
+    seconds from the answer until that limit is replenished; ``retry_after_s`` is the standard
+    ``retry-after`` / ``retry-after-ms``.
+    """
+
+    requests_limit: int | None = None
+    requests_remaining: int | None = None
+    requests_reset_s: float | None = None
+    tokens_limit: int | None = None
+    tokens_remaining: int | None = None
+    tokens_reset_s: float | None = None
+    retry_after_s: float | None = None
+
+    def exhausted_reset_s(self) -> float | None:
+        """How long until an exhausted limit (remaining 0) is replenished: the longest such; None when
+        nothing is exhausted or no reset time was given."""
+        waits = [
+            reset
+            for remaining, reset in (
+                (self.requests_remaining, self.requests_reset_s),
+                (self.tokens_remaining, self.tokens_reset_s),
+            )
+            if remaining == 0 and reset is not None
+        ]
+        return max(waits) if waits else None
+
+    @property
+    def empty(self) -> bool:
+        return self == _EMPTY
+
+
+_EMPTY = RateLimitInfo()
+
+
+def parse_count(value: str | None) -> int | None:
+    """A non-negative integer header value (Azure sends ``-1`` for "no limit": None)."""
+    if not value:
+        return None
+    try:
+        n = int(float(value.strip()))
+    except ValueError:
+        return None
+    return n if n >= 0 else None
 
 
 def parse_duration(value: str) -> float | None:
@@ -76,6 +138,23 @@ def _standard(headers: httpx.Headers, now: datetime) -> float | None:
             except (TypeError, ValueError, IndexError):
                 pass
     return None
+
+
+def rate_limit_info(headers: httpx.Headers, *, now: datetime | None = None) -> RateLimitInfo | None:
+    """Everything ``headers`` say about the rate limits: the standard ``retry-after`` plus the first
+    registered provider whose own headers are present (None: nothing at all)."""
+    from batcher._providers._registry import PROVIDERS  # the registry imports the adapters, which import this
+
+    now = now or datetime.now(UTC)
+    found: RateLimitInfo | None = None
+    for adapter in PROVIDERS.values():
+        found = adapter.rate_limit_info(headers, now)
+        if found is not None:
+            break
+    retry_after = _standard(headers, now) if ("retry-after" in headers or "retry-after-ms" in headers) else None
+    if retry_after is not None:
+        found = replace(found or _EMPTY, retry_after_s=retry_after)
+    return found
 
 
 def retry_after_seconds(headers: httpx.Headers, *, now: datetime | None = None) -> float | None:

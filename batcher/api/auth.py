@@ -7,6 +7,7 @@ resist guessing) and lets every request find its key with one indexed lookup.
 from __future__ import annotations
 
 import hashlib
+import math
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -17,10 +18,13 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
 
+from batcher._exceptions import InvalidRequestError
 from batcher.api import keys_store
 from batcher.api.errors import ApiError
 
 KEY_PREFIX = "bk-"
+DEFAULT_WEIGHT = 1.0
+"""A key's weight unless set: every key an equal share."""
 
 
 def generate_key() -> str:
@@ -59,21 +63,78 @@ class KeyInfo:
     created_at: datetime
     revoked_at: datetime | None
     can_set_api_base: bool = False
+    weight: float = DEFAULT_WEIGHT
+    """Its share of the cluster against other keys with work waiting (the dispatcher's fair shares)."""
+    max_concurrent_requests: int | None = None
+    """At most this many of its requests released to the workers at once (``None``: no quota)."""
+    max_queued_prompts: int | None = None
+    """At most this many unfinished prompts; a submission past it is a 429 (``None``: no quota)."""
 
 
-def create_key(engine: Engine, name: str, *, admin: bool = False, allow_api_base: bool = False) -> tuple[KeyInfo, str]:
+def check_limits(limits: dict[str, Any]) -> dict[str, Any]:
+    """A key's share and quotas (``keys_store.LIMIT_COLUMNS``) checked: a weight above 0, quotas of at least 1
+    (``None`` clears a quota). Raises ``InvalidRequestError`` naming the setting and how to fix it."""
+    for name, value in limits.items():
+        if name not in keys_store.LIMIT_COLUMNS:
+            raise InvalidRequestError(f"is not a setting of a key ({', '.join(keys_store.LIMIT_COLUMNS)})", field=name)
+        if name == "weight":
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+                raise InvalidRequestError(
+                    f"must be a number above 0 (1 = an equal share; 2 = twice another key's), got {value!r}",
+                    field=name,
+                )
+        elif value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise InvalidRequestError(
+                f"must be a whole number of at least 1 (or none, for no quota), got {value!r}", field=name
+            )
+    return limits
+
+
+def create_key(
+    engine: Engine,
+    name: str,
+    *,
+    admin: bool = False,
+    allow_api_base: bool = False,
+    weight: float = DEFAULT_WEIGHT,
+    max_concurrent_requests: int | None = None,
+    max_queued_prompts: int | None = None,
+) -> tuple[KeyInfo, str]:
     """Store a new key's hash; returns its record and the key itself (the only time it exists in clear).
 
     ``allow_api_base``: the key may send jobs naming their own ``api_base`` (admins always may).
+    ``weight``, ``max_concurrent_requests``, ``max_queued_prompts``: its share and quotas (``check_limits``).
     """
     if not name.strip():
         raise ValueError("a key needs a name")
+    limits = check_limits(
+        {
+            "weight": weight,
+            "max_concurrent_requests": max_concurrent_requests,
+            "max_queued_prompts": max_queued_prompts,
+        }
+    )
     key = generate_key()
     with engine.begin() as conn:
         row = keys_store.insert_key(
-            conn, name=name, key_hash=hash_key(key), prefix=key[:10], admin=admin, allow_api_base=allow_api_base
+            conn,
+            name=name,
+            key_hash=hash_key(key),
+            prefix=key[:10],
+            admin=admin,
+            allow_api_base=allow_api_base,
+            limits=limits,
         )
     return _info(row), key
+
+
+def set_key_limits(engine: Engine, key_id: uuid.UUID, limits: dict[str, Any]) -> KeyInfo | None:
+    """Change a key's share or quotas (only the names given; ``None`` clears a quota): its record, or
+    ``None`` for an unknown key. Takes effect at the next submission and the dispatcher's next tick."""
+    check_limits(limits)
+    with engine.begin() as conn:
+        row = keys_store.set_limits(conn, key_id, limits)
+    return _info(row) if row is not None else None
 
 
 def list_keys(engine: Engine) -> list[KeyInfo]:
@@ -95,6 +156,9 @@ def _info(row: Any) -> KeyInfo:
         created_at=row["created_at"],
         revoked_at=row["revoked_at"],
         can_set_api_base=row["can_set_api_base"],
+        weight=row["weight"],
+        max_concurrent_requests=row["max_concurrent_requests"],
+        max_queued_prompts=row["max_queued_prompts"],
     )
 
 

@@ -30,12 +30,14 @@ from typing import Any
 import psycopg
 from sqlalchemy.exc import DataError
 
+from batcher import _quotas
 from batcher._db.rows import NewJob
-from batcher._exceptions import InvalidRequestError
+from batcher._exceptions import InvalidRequestError, QuotaExceededError
 from batcher._files_store import FILE_PURPOSE_BATCH, get_file, insert_batch_file, new_file_id
+from batcher._scheduling import DEFAULT_PRIORITY
 from batcher._states import JobKind, JobState
 from batcher._submit import enqueue, job_params, withdraw
-from batcher._validation import CallOptions, check_json_value, parse_window
+from batcher._validation import CallOptions, check_json_value, check_priority, parse_window
 from batcher.api import batches_store
 from batcher.api.auth import Principal
 from batcher.api.batches_lines import checked_requests, line_error
@@ -125,6 +127,7 @@ def to_object(row: dict[str, Any]) -> BatchObject:
         usage=BatchUsage.model_validate(row["usage"] or batches_store.usage_of_nothing()),
         metadata=row["batch_metadata"],
         batcher_completion_window=row["window_override"],
+        batcher_priority=row["priority"],
     )
 
 
@@ -216,6 +219,10 @@ def create(
     ``Idempotency-Key`` (a retry) returns the batch the key first created; with another body, a 422.
     """
     window = check_create(body)
+    priority = (
+        DEFAULT_PRIORITY if body.batcher_priority is None else check_priority(body.batcher_priority, "batcher_priority")
+    )
+    precheck_quota(ctx, principal)  # 429 for a key at its max_queued_prompts, nothing stored
     fingerprint = hashlib.sha256(body.model_dump_json().encode()).hexdigest() if idempotency_key else None
     with ctx.engine.begin() as conn:
         file = get_file(conn, body.input_file_id)
@@ -243,6 +250,7 @@ def create(
                 output_expires_after_s=body.output_expires_after.seconds if body.output_expires_after else None,
                 idempotency_key=idempotency_key,
                 idempotency_fingerprint=fingerprint,
+                priority=priority,
             )
         except batches_store.KeyReusedError as exc:
             # 422 for a reused key, as the native job API answers (the IETF Idempotency-Key draft's status).
@@ -307,14 +315,21 @@ def _validate(ctx: ApiContext, batch_id: str) -> tuple[uuid.UUID, int] | None:
                 deadline_at=row["expires_at"],
                 user_metadata={"batch_id": batch_id, **(row["batch_metadata"] or {})},
                 owner_id=row["owner_id"],
+                priority=row["priority"],
             )
             store.insert_job(conn, job)
+            quota = _admission(conn, row["owner_id"], errors)  # the key's max_queued_prompts, as native jobs
             if get_file(conn, row["input_file_id"]) is None:
                 line_error(errors, 0, "invalid_request", f"The input file '{row['input_file_id']}' was deleted.")
-            else:
+            elif not errors:
                 total = store.copy_requests(
                     conn, job_id, checked_requests(ctx, row["input_file_id"], row["endpoint"], errors, models)
                 )
+            if quota is not None and total and not errors:
+                try:
+                    quota.admit(total)
+                except QuotaExceededError as exc:
+                    errors.append(_quota_error(exc))
             if total == 0 and not errors:
                 errors.append(
                     {"code": "empty_file", "message": "The input file has no requests.", "param": None, "line": None}
@@ -333,6 +348,28 @@ def _validate(ctx: ApiContext, batch_id: str) -> tuple[uuid.UUID, int] | None:
         if not batches_store.mark_in_progress(conn, batch_id, job_id):
             raise _CancelledMeanwhileError
     return job_id, total
+
+
+def _admission(conn: Any, owner_id: uuid.UUID, errors: list[dict[str, Any]]) -> _quotas.QueueAdmission | None:
+    """The key's queued-prompts quota for a validation; a key already at it fails the batch (an error entry)."""
+    try:
+        return _quotas.admission(conn, owner_id)
+    except QuotaExceededError as exc:
+        errors.append(_quota_error(exc))
+        return None
+
+
+def _quota_error(exc: QuotaExceededError) -> dict[str, Any]:
+    """A quota refused at validation, as an entry of the batch's ``errors`` (as OpenAI reports its
+    enqueued-token limit on the batch): the create itself was answered before the file was read."""
+    return {"code": "quota_exceeded", "message": str(exc), "param": None, "line": None}
+
+
+def precheck_quota(ctx: ApiContext, principal: Principal) -> None:
+    """``batches.create``: a key already at its quota of unfinished prompts gets a 429 at once, before a
+    batch is stored (the file's own size is checked against the quota when it is validated)."""
+    with ctx.engine.begin() as conn:
+        _quotas.admission(conn, principal.id)
 
 
 def _models_named(models: list[str]) -> str | None:

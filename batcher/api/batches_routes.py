@@ -10,7 +10,7 @@ from batcher.api import batches, batches_store
 from batcher.api.auth import CurrentPrincipal
 from batcher.api.context import Ctx
 from batcher.api.pagination import page
-from batcher.api.schemas import ERROR_RESPONSES, BatchCreate, BatchList, BatchObject, ErrorBody
+from batcher.api.schemas import ERROR_RESPONSES, QUOTA_RESPONSES, BatchCreate, BatchList, BatchObject, ErrorBody
 
 router = APIRouter(
     prefix="/v1",
@@ -33,7 +33,10 @@ IdempotencyKey = Annotated[
     "/batches",
     response_model=BatchObject,
     summary="Create a batch from an uploaded input file",
-    responses={422: {"model": ErrorBody, "description": "The Idempotency-Key was used with another body."}},
+    responses={
+        422: {"model": ErrorBody, "description": "The Idempotency-Key was used with another body."},
+        **QUOTA_RESPONSES,
+    },
 )
 def create_batch(
     ctx: Ctx,

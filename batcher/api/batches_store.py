@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
+from batcher._scheduling import DEFAULT_PRIORITY
 from batcher._validation import text_problem
 
 _LOAD = """
@@ -61,6 +62,7 @@ def insert(
     output_expires_after_s: int | None,
     idempotency_key: str | None,
     idempotency_fingerprint: str | None,
+    priority: int = DEFAULT_PRIORITY,
 ) -> tuple[str, bool]:
     """Store a ``validating`` batch: returns its id and whether it is new.
 
@@ -70,9 +72,11 @@ def insert(
     inserted = conn.execute(
         text(
             "INSERT INTO batches (id, owner_id, input_file_id, endpoint, completion_window, window_override, "
-            "batch_metadata, output_expires_after_s, idempotency_key, idempotency_fingerprint, status, expires_at) "
+            "batch_metadata, output_expires_after_s, idempotency_key, idempotency_fingerprint, status, expires_at, "
+            "priority) "
             "VALUES (:id, :owner, :file, :endpoint, :window, :window_override, CAST(:metadata AS jsonb), "
-            ":output_expires_after_s, :key, :fingerprint, 'validating', now() + make_interval(secs => :window_s)) "
+            ":output_expires_after_s, :key, :fingerprint, 'validating', now() + make_interval(secs => :window_s), "
+            ":priority) "
             "ON CONFLICT (owner_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING id"
         ),
         {
@@ -87,6 +91,7 @@ def insert(
             "key": idempotency_key,
             "fingerprint": idempotency_fingerprint,
             "window_s": window.total_seconds(),
+            "priority": priority,
         },
     ).scalar_one_or_none()
     if inserted is not None:

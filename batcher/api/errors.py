@@ -10,6 +10,7 @@ is a generic 500 (logged, never echoed).
 from __future__ import annotations
 
 import logging
+import math
 import re
 from typing import Any
 
@@ -28,6 +29,7 @@ from batcher._exceptions import (
     InvalidRequestError,
     JobNotFoundError,
     MissingAPIKeyError,
+    QuotaExceededError,
     ServiceUnavailableError,
     UnknownModelError,
     UnsupportedParamsError,
@@ -155,6 +157,16 @@ def from_invalid_request(exc: InvalidRequestError) -> ApiError:
     )
 
 
+QUOTA_EXCEEDED_CODE = "quota_exceeded"
+
+
+def from_quota_exceeded(exc: QuotaExceededError) -> ApiError:
+    """A key's quota: OpenAI's 429 shape (``rate_limit_error``), with ``Retry-After`` when it can be estimated.
+    ``x-should-retry: false`` (every 4xx) keeps the SDKs from retrying at once: the quota frees as work finishes."""
+    headers = {"Retry-After": str(math.ceil(exc.retry_after_s))} if exc.retry_after_s else None
+    return ApiError(429, str(exc), param="max_queued_prompts", code=QUOTA_EXCEEDED_CODE, headers=headers)
+
+
 def data_error_detail(exc: DataError | psycopg.DataError) -> str:
     """The first line of Postgres's complaint (later lines quote the data; they stay out of the answer)."""
     orig = exc.orig if isinstance(exc, DataError) else exc
@@ -216,6 +228,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(InvalidRequestError)
     async def _invalid(request: Request, exc: InvalidRequestError) -> JSONResponse:
         return _response(from_invalid_request(exc))
+
+    @app.exception_handler(QuotaExceededError)
+    async def _quota(request: Request, exc: QuotaExceededError) -> JSONResponse:
+        return _response(from_quota_exceeded(exc))
 
     @app.exception_handler(JobNotFoundError)
     async def _job_not_found(request: Request, exc: JobNotFoundError) -> JSONResponse:

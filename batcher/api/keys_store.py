@@ -10,16 +10,29 @@ from typing import Any
 
 from sqlalchemy import Connection, RowMapping, text
 
+LIMIT_COLUMNS = ("weight", "max_concurrent_requests", "max_queued_prompts")
+"""A key's share and quotas (migration 0007): what ``batcher keys create`` and ``keys set`` change."""
+
 
 def insert_key(
-    conn: Connection, *, name: str, key_hash: str, prefix: str, admin: bool, allow_api_base: bool
+    conn: Connection,
+    *,
+    name: str,
+    key_hash: str,
+    prefix: str,
+    admin: bool,
+    allow_api_base: bool,
+    limits: dict[str, Any] | None = None,
 ) -> RowMapping:
-    """Store a new key's hash; returns its row."""
+    """Store a new key's hash (with its share and quotas, ``LIMIT_COLUMNS``; unset: the defaults); returns its row."""
+    values = {"weight": 1.0, "max_concurrent_requests": None, "max_queued_prompts": None, **(limits or {})}
     return (
         conn.execute(
             text(
-                "INSERT INTO api_keys (id, name, key_hash, prefix, is_admin, can_set_api_base) "
-                "VALUES (:id, :name, :hash, :prefix, :admin, :api_base) RETURNING *"
+                "INSERT INTO api_keys (id, name, key_hash, prefix, is_admin, can_set_api_base, weight, "
+                "max_concurrent_requests, max_queued_prompts) "
+                "VALUES (:id, :name, :hash, :prefix, :admin, :api_base, :weight, :max_concurrent_requests, "
+                ":max_queued_prompts) RETURNING *"
             ),
             {
                 "id": uuid.uuid4(),
@@ -28,11 +41,67 @@ def insert_key(
                 "prefix": prefix,
                 "admin": admin,
                 "api_base": allow_api_base,
+                **{column: values[column] for column in LIMIT_COLUMNS},
             },
         )
         .mappings()
         .one()
     )
+
+
+def set_limits(conn: Connection, key_id: uuid.UUID, limits: dict[str, Any]) -> RowMapping | None:
+    """Change some of a key's ``LIMIT_COLUMNS`` (``None`` clears a quota); its row, or ``None`` if unknown."""
+    columns = [c for c in LIMIT_COLUMNS if c in limits]
+    if not columns:
+        return conn.execute(text("SELECT * FROM api_keys WHERE id = :id"), {"id": key_id}).mappings().first()
+    assignments = ", ".join(f"{c} = :{c}" for c in columns)  # names from LIMIT_COLUMNS only, never from input
+    return (
+        conn.execute(
+            text(f"UPDATE api_keys SET {assignments} WHERE id = :id RETURNING *"),
+            {"id": key_id, **{c: limits[c] for c in columns}},
+        )
+        .mappings()
+        .first()
+    )
+
+
+# --- the queued-prompts quota (``batcher._quotas``) ------------------------------------------------
+
+_QUOTA_LOCK_NAMESPACE = "batcher:max_queued_prompts:"
+
+
+def queued_prompts_quota(conn: Connection, key_id: uuid.UUID) -> int | None:
+    """The key's ``max_queued_prompts`` (``None``: no quota, or no such key)."""
+    quota: int | None = conn.execute(
+        text("SELECT max_queued_prompts FROM api_keys WHERE id = :id"), {"id": key_id}
+    ).scalar_one_or_none()
+    return quota
+
+
+def lock_queued_prompts(conn: Connection, key_id: uuid.UUID) -> None:
+    """A transaction-scoped advisory lock on the key's quota: two submissions of one key count and insert
+    one after the other, so both cannot pass on the same count. Released when the transaction ends."""
+    conn.execute(
+        text("SELECT pg_advisory_xact_lock(hashtextextended(:name, 0))"),
+        {"name": _QUOTA_LOCK_NAMESPACE + str(key_id)},
+    )
+
+
+def unfinished_prompts(conn: Connection, key_id: uuid.UUID) -> tuple[int, float]:
+    """The key's requests not final yet (queued, running, retrying) over its active jobs, from the jobs'
+    counters (one row per active job, not one per request), and the rate at which its started jobs have
+    been finishing requests (per second, since each started; 0 when none has)."""
+    row = conn.execute(
+        text(
+            "SELECT COALESCE(sum(total - succeeded - failed - cancelled - expired), 0) AS unfinished, "
+            "COALESCE(sum((succeeded + failed + cancelled + expired) "
+            "/ GREATEST(EXTRACT(EPOCH FROM now() - started_at), 1.0)) FILTER (WHERE started_at IS NOT NULL), 0) "
+            "AS rate "
+            "FROM jobs WHERE owner_id = :id AND state IN ('queued', 'running', 'cancelling')"
+        ),
+        {"id": key_id},
+    ).one()
+    return int(row.unfinished), float(row.rate)
 
 
 def all_keys(conn: Connection) -> list[RowMapping]:

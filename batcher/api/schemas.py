@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from batcher._providers._registry import model_pattern
+from batcher._scheduling import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
 from batcher._states import JobKind, JobState, RequestState
 from batcher._validation import (
     MAX_COMPLETION_WINDOW_S,
@@ -92,6 +93,13 @@ _OPTIONS: dict[str, dict[str, Any]] = {
         "description": "A deadline: '24h', '90m', '30d' or a number of seconds; at most 30 days.",
     },
     "metadata": {"type": "object", "description": "Stored on the job, returned with it."},
+    "priority": {
+        "type": "integer",
+        "minimum": MIN_PRIORITY,
+        "maximum": MAX_PRIORITY,
+        "description": f"{MIN_PRIORITY}-{MAX_PRIORITY}, higher first (default {DEFAULT_PRIORITY}): a higher priority's "
+        "backlog is released to the workers before any lower one's. Races (fastest) ignore it.",
+    },
 }
 
 
@@ -233,6 +241,16 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 """The error answers every ``/v1`` route can give (``batcher.api.errors``)."""
 
+QUOTA_RESPONSES: dict[int | str, dict[str, Any]] = {
+    429: {
+        "model": ErrorBody,
+        "description": "The key's quota of unfinished prompts (`max_queued_prompts`) would be exceeded: nothing was "
+        "stored. Retry once some of its work has finished (`Retry-After`, when it can be estimated).",
+        "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait (an estimate)."}},
+    }
+}
+"""What the routes that create jobs may answer besides ``ERROR_RESPONSES``."""
+
 
 # --- OpenAI Files -------------------------------------------------------------------------------
 
@@ -325,6 +343,14 @@ class BatchCreate(BaseModel):
         description="batcher's extension (not OpenAI's): the batch's real window, any whole number of s, m, h or "
         "d up to 30 days ('1h', '30m', '7d'); `expires_at` follows it, `completion_window` stays as sent.",
     )
+    batcher_priority: Any = Field(
+        None,
+        json_schema_extra={
+            "anyOf": [{"type": "integer", "minimum": MIN_PRIORITY, "maximum": MAX_PRIORITY}, {"type": "null"}]
+        },
+        description=f"batcher's extension (not OpenAI's): the batch's priority, {MIN_PRIORITY}-{MAX_PRIORITY}, higher "
+        f"first (default {DEFAULT_PRIORITY}); a higher priority's requests are released to the workers first.",
+    )
 
 
 class InputTokensDetails(BaseModel):
@@ -389,6 +415,7 @@ class BatchObject(BaseModel):
     batcher_completion_window: str | None = Field(
         None, description="batcher's extension: the window used instead of `completion_window`, if one was sent."
     )
+    batcher_priority: int = Field(DEFAULT_PRIORITY, description="batcher's extension: the batch's priority (0-9).")
 
 
 class BatchList(BaseModel):
@@ -423,7 +450,8 @@ class JobCreate(BaseModel):
     params: dict[str, Any] = Field(
         default_factory=dict,
         description="Keyword arguments as in batch_completion: provider parameters (temperature, max_tokens, ...) "
-        "and batcher options (timeout, num_retries, mock_response, drop_params, completion_window, metadata).",
+        "and batcher options (timeout, num_retries, mock_response, drop_params, completion_window, metadata, "
+        "priority).",
     )
 
 
@@ -454,6 +482,18 @@ class JobObject(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     deadline_at: datetime | None = None
+    priority: int = Field(DEFAULT_PRIORITY, description=f"{MIN_PRIORITY}-{MAX_PRIORITY}, higher first.")
+    queued: int = Field(0, description="Requests still in the backlog (stored, not yet released to the workers).")
+    position: int | None = Field(
+        None,
+        description="Where the job stands in line: 1 = released next (or now), 0 = nothing left to release; "
+        "null when no dispatcher publishes standings.",
+    )
+    ahead: int | None = Field(None, description="Requests of other jobs that go before this job's next one.")
+    share: float | None = Field(None, description="The fraction (0-1) of the cluster's slots this job gets now.")
+    eta_s: float | None = Field(
+        None, description="Seconds until its unfinished requests are done at its current rate (null: not known)."
+    )
 
 
 class JobList(BaseModel):

@@ -29,6 +29,7 @@ from sqlalchemy import Connection, Engine
 
 from batcher._client import Client
 from batcher._exceptions import BatcherError, WaitTimeoutError
+from batcher._scheduling import DEFAULT_PRIORITY
 from batcher._states import JobState
 from batcher._submit import RequestSpec
 from batcher.evals import store
@@ -218,7 +219,7 @@ class EvalRunner:
                     row["key"], model.model, item.messages, spec.params_for(model), f"{model.label} item {item.item_id}"
                 ),
             )
-        done, outcomes = self._settle(run_id, Stage.ANSWERS, needs, cache=spec.cache)
+        done, outcomes = self._settle(run_id, Stage.ANSWERS, needs, cache=spec.cache, priority=spec.priority)
         answered = [(r["model_idx"], r["item_idx"], outcomes[r["key"]]) for r in rows if r["key"] in outcomes]
         with self.engine.begin() as conn:
             store.record_answers(conn, run_id, answered)
@@ -237,14 +238,20 @@ class EvalRunner:
                 key = judge_key(judge, messages)
                 where = f"judge {judge.label} of {row['model']} item {item.item_id}"
                 needs.setdefault(key, _Request(key, judge.model, messages, judge.params, where))
-        done, outcomes = self._settle(run_id, Stage.JUDGE, needs, cache=spec.cache)
+        done, outcomes = self._settle(run_id, Stage.JUDGE, needs, cache=spec.cache, priority=spec.priority)
         if done:
             with self.engine.begin() as conn:
                 store.remember(conn, [(needs[k].model, o) for k, o in outcomes.items()])
         return done, outcomes
 
     def _settle(
-        self, run_id: uuid.UUID, stage: Stage, needs: dict[str, _Request], *, cache: bool
+        self,
+        run_id: uuid.UUID,
+        stage: Stage,
+        needs: dict[str, _Request],
+        *,
+        cache: bool,
+        priority: int = DEFAULT_PRIORITY,
     ) -> tuple[bool, dict[str, Outcome]]:
         """What is known of each needed key, and whether all are settled. Submits the unknown ones
         once no job of the stage is still running."""
@@ -270,14 +277,18 @@ class EvalRunner:
                     error=f"not answered after {len(jobs)} submissions (each cancelled or expired)",
                 )
             return True, settled
-        self._submit(run_id, stage, [needs[k] for k in remaining])
+        self._submit(run_id, stage, [needs[k] for k in remaining], priority)
         return False, settled
 
-    def _submit(self, run_id: uuid.UUID, stage: Stage, requests: Sequence[_Request]) -> None:
+    def _submit(
+        self, run_id: uuid.UUID, stage: Stage, requests: Sequence[_Request], priority: int = DEFAULT_PRIORITY
+    ) -> None:
         specs = [RequestSpec(r.model, r.messages, r.params or None, custom_id=r.key, where=r.where) for r in requests]
         with self.engine.begin() as conn:
             store.set_submitting(conn, run_id, True)
-        job = self.client.submit_requests(specs, metadata={"eval_run": str(run_id), "eval_stage": stage.value})
+        job = self.client.submit_requests(
+            specs, metadata={"eval_run": str(run_id), "eval_stage": stage.value}, priority=priority
+        )
         with self.engine.begin() as conn:
             store.link_job(conn, run_id, job.id, stage.value)
             store.set_submitting(conn, run_id, False)

@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from cronsim import CronSim, CronSimError
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from batcher._scheduling import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
 from batcher.evals._custom import load_entry_point, load_function
 from batcher.evals.prices import Price
 
@@ -269,6 +270,9 @@ class SuiteSpec(_Strict):
     cache: bool = False
     """Reuse stored answers to identical requests (same model, messages and params) instead of paying again."""
     regression: RegressionSpec = Field(default_factory=RegressionSpec)
+    priority: int = Field(DEFAULT_PRIORITY, ge=MIN_PRIORITY, le=MAX_PRIORITY)
+    """The priority of the run's jobs, 0-9, higher first (default 5): a nightly evaluation may go before
+    the day's backfills by taking a higher one."""
 
     @field_validator("models", mode="before")
     @classmethod

@@ -109,13 +109,14 @@ def error_response(
         if failure.retry_after_s is not None:
             headers["retry-after"] = fmt_seconds(failure.retry_after_s)
             headers["retry-after-ms"] = str(math.ceil(failure.retry_after_s * 1000))
-        headers.update(
-            fmt.rate_limit_headers(
-                failure.rl_limit or 0,
-                failure.rl_remaining or 0,
-                failure.rl_reset_s if failure.rl_reset_s is not None else 1.0,
+        if failure.rl_limit is not None:  # a concurrency limit's 429 states no window
+            headers.update(
+                fmt.rate_limit_headers(
+                    failure.rl_limit,
+                    failure.rl_remaining or 0,
+                    failure.rl_reset_s if failure.rl_reset_s is not None else 1.0,
+                )
             )
-        )
     headers.update(fmt.error_headers(failure))
     payload = fmt.error_body(failure, rec.model, request_id)
     rec.status = failure.status

@@ -24,7 +24,8 @@ class ModelBehaviour(BaseModel):
     """How the fake answers requests for one model (frozen; build a new one to change it).
 
     Order of evaluation for an authenticated, valid request: RPM limit (``rpm_limit`` here
-    and the server-wide one) -> ``context_window`` -> ``fail_always_status`` ->
+    and the server-wide one) -> ``max_concurrency`` (a bare 429, outcome ``concurrency_limited``,
+    when that many requests for the model are being answered already) -> ``context_window`` -> ``fail_always_status`` ->
     ``fail_first_n`` -> ``fail_every_n`` -> ``error_rate_429`` / ``error_rate_5xx`` ->
     ``drop_connection`` -> ``malformed`` -> success. ``latency_ms`` (plus jitter) is slept
     before every answer except 429s and 400s from validation / auth.
@@ -59,6 +60,9 @@ class ModelBehaviour(BaseModel):
     drop_connection: bool = Field(False, description="close the connection without answering")
     answer: str | None = Field(None, description="fixed assistant text instead of the echo")
     rpm_limit: int | None = Field(None, ge=1, description="per-model sliding-window limit")
+    max_concurrency: int | None = Field(
+        None, ge=1, description="per-model requests answered at once; more get a 429 (no retry-after)"
+    )
     context_window: int | None = Field(None, ge=1, description="prompts of more words get the provider's context error")
     error_message: str | None = Field(
         None, description="message of behaviour-driven errors instead of the provider's own"

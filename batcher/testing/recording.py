@@ -18,7 +18,7 @@ class RecordedRequest:
     ``status`` is None while the request is being served, 0 when no answer was sent (outcome
     ``dropped``: ``drop_connection``; ``cancelled``: the server stopped), 499 when the client
     went away during the latency (outcome ``client_gone``). Other outcomes: ``ok``, ``auth``,
-    ``bad_request``, ``rpm_limited``, ``context_window``, ``fail_always``, ``fail_first_n``,
+    ``bad_request``, ``rpm_limited``, ``concurrency_limited``, ``context_window``, ``fail_always``, ``fail_first_n``,
     ``fail_every_n``, ``error_429``, ``error_5xx``, ``malformed:<mode>``, ``unknown_path``.
     """
 

@@ -118,6 +118,8 @@ class FakeProvider:
             self._model_windows: dict[str, SlidingWindow] = {}
             if not hasattr(self, "_in_flight"):
                 self._in_flight = 0
+                self._model_in_flight: dict[str, int] = {}
+                self._admitted: dict[int, str] = {}  # seq -> model, while counted in _model_in_flight
             self._max_in_flight = self._in_flight
 
     @property
@@ -539,6 +541,9 @@ class FakeProvider:
         finally:
             with self._lock:
                 self._in_flight -= 1
+                counted = self._admitted.pop(rec.seq, None)
+                if counted is not None:
+                    self._model_in_flight[counted] -= 1
             rec.finished_monotonic = time.monotonic()
             if rec.status is None:  # cancelled (server stopping / client gone)
                 rec.outcome = "cancelled"
@@ -598,6 +603,7 @@ class FakeProvider:
                     win = self._model_windows[model] = SlidingWindow()
                 limits.append((behaviour.rpm_limit, win))
             rejected: Failure | None = None
+            outcome_rejected = "rpm_limited"
             rl_headers: tuple[int, int, float] | None = None
             for limit, win in limits:
                 win.prune(now, window_s)
@@ -612,7 +618,14 @@ class FakeProvider:
                         rl_reset_s=max(wait, 0.001),
                     )
                     break
+            busy = self._model_in_flight.get(model, 0)
+            if rejected is None and behaviour.max_concurrency is not None and busy >= behaviour.max_concurrency:
+                # A concurrency limit has no window to reset: a bare 429, no rate-limit headers.
+                rejected = Failure(429, "rate_limit", retry_after_s=None)
+                outcome_rejected = "concurrency_limited"
             if rejected is None:
+                self._model_in_flight[model] = self._model_in_flight.get(model, 0) + 1
+                self._admitted[rec.seq] = model
                 for limit, win in limits:
                     win.times.append(now)
                     remaining = limit - len(win.times)
@@ -629,7 +642,7 @@ class FakeProvider:
                 rec.attempt = attempt
                 jitter = self._rng.random() * behaviour.latency_jitter_ms if behaviour.latency_jitter_ms else 0.0
         if rejected is not None:
-            return error_response(fmt, rec, rejected, "rpm_limited")
+            return error_response(fmt, rec, rejected, outcome_rejected)
         extra = fmt.rate_limit_headers(*rl_headers) if rl_headers is not None else None
 
         # 4. behaviour

@@ -70,6 +70,7 @@ COVERAGE: dict[str, frozenset[str]] = {
             "metadata",
             "output_expires_after",
             "batcher_completion_window",
+            "batcher_priority",
         }
     ),
 }
@@ -458,7 +459,7 @@ def test_batch_input_lines_cannot_name_a_base_a_key_or_an_auth_header(tenant: Te
 
 
 @covers(UPLOAD, "expires_after[anchor]", "expires_after[seconds]", "batcher_format")
-@covers(BATCH, "output_expires_after", "batcher_completion_window")
+@covers(BATCH, "output_expires_after", "batcher_completion_window", "batcher_priority")
 def test_expiry_and_window_fields_are_bounded(tenant: Tenant) -> None:
     """Out-of-range expiries and windows are clean 400s naming the field: nothing stored, nothing sent."""
     t = tenant
@@ -478,6 +479,8 @@ def test_expiry_and_window_fields_are_bounded(tenant: Tenant) -> None:
         ({"output_expires_after": {"anchor": "now", "seconds": 3600}}, "output_expires_after.anchor"),
         ({"batcher_completion_window": "99999999999999d"}, "batcher_completion_window"),
         ({"batcher_completion_window": "0s"}, "batcher_completion_window"),
+        ({"batcher_priority": 10}, "batcher_priority"),
+        ({"batcher_priority": "urgent"}, "batcher_priority"),
     ):
         refused(t, t.plain, "plain", "/v1/batches", {**base, **extra}, 400, param)
     t.assert_no_leak()

@@ -194,6 +194,30 @@ def test_a_new_job_is_queued_with_zero_counters_and_aware_timestamps(engine: Eng
         assert store.job_row(conn, uuid.uuid4()) is None
 
 
+def test_a_job_s_priority_is_stored_and_its_backlog_counts_queued_unreleased_requests(
+    engine: Engine, store: JobStore
+) -> None:
+    job_id = uuid.uuid4()
+    with engine.begin() as conn:
+        assert store.insert_job(conn, NewJob(id=job_id, kind="batch", params={"params": {}}, priority=8))
+        store.copy_requests(
+            conn, job_id, (NewRequest(idx=i, model="m", provider="openai", messages=MESSAGES) for i in range(4))
+        )
+        store.set_total(conn, job_id, 4)
+    assert _job_row(engine, store, job_id)["priority"] == 8
+    assert _job_row(engine, store, _job(engine, store, 1))["priority"] == 5  # the default
+    with engine.connect() as conn:
+        assert store.backlog(conn, job_id) == 4
+    with engine.begin() as conn:  # one released to the broker (the dispatcher's stamp), one running
+        conn.execute(
+            update(Request).where(Request.job_id == job_id, Request.idx == 0).values(dispatched_at=datetime.now(UTC))
+        )
+    _claimed(engine, store, job_id, 1)
+    with engine.connect() as conn:
+        assert store.backlog(conn, job_id) == 2
+        assert store.backlog(conn, uuid.uuid4()) == 0
+
+
 def test_an_idempotency_key_names_one_job_per_owner(engine: Engine, store: JobStore) -> None:
     owner, other, key = _api_key(engine), _api_key(engine), f"key-{uuid.uuid4().hex[:8]}"
     first, second, other_owner = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()

@@ -201,7 +201,8 @@ def fmt_duration(s: float) -> str:
 
 
 def rfc3339_in(s: float) -> str:
-    at = _dt.datetime.fromtimestamp(time.time() + s, tz=_dt.UTC)
+    # Whole seconds, as the real headers are, rounded up: a reset is never announced early.
+    at = _dt.datetime.fromtimestamp(math.ceil(time.time() + s), tz=_dt.UTC)
     return at.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
