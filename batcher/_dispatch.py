@@ -21,7 +21,11 @@ the cluster's leader (``workers._liveness``) tops the broker up:
    messages are published *before* the commit, so a request is never released without a message; then
    the scheduler is charged what really went.
 6. **Standing.** Every active job's place in line (``FairScheduler.standing``) and its completions per
-   second go to ``DISPATCH_STANDING_KEY`` (expiring: no dispatcher, no standing).
+   second go to ``DISPATCH_STANDING_KEY`` (expiring: no dispatcher, no standing); entries it wrote for
+   jobs that ended are removed.
+
+Only jobs whose queue a live worker consumes (``workers.queues``) are released: messages nobody takes
+would only occupy Redis and the window. With no worker registered, every queue counts.
 
 An idle cluster costs one ``EXISTS`` and one indexed read per tick. Nothing is logged per tick at INFO.
 The tick is a plain method over a store, an engine, a Redis client and a publish function, so it is
@@ -151,7 +155,8 @@ class Dispatcher:
         self.settings = settings
         self.scheduler = scheduler or FairScheduler()
         self.clock = clock
-        self._capacity: tuple[float, int] | None = None
+        self._capacity: tuple[float, int, frozenset[str] | None] | None = None
+        self._standing_ids: set[str] = set()
         self._rates: dict[uuid.UUID, _Rate] = {}
         self._failing_since: float | None = None
         self._last_failure_log = 0.0
@@ -161,7 +166,8 @@ class Dispatcher:
     def tick(self) -> TickReport:
         report = TickReport()
         self._reconcile(report)
-        report.capacity = capacity = self._current_capacity()
+        capacity, consumed = self._current_capacity()
+        report.capacity = capacity
         per_job: dict[uuid.UUID, int] = defaultdict(int)
         per_model: dict[tuple[str, str], int] = defaultdict(int)
         with self.engine.begin() as conn:
@@ -172,9 +178,14 @@ class Dispatcher:
             free = capacity - report.in_flight
             # The head of each backlog is read only as far as this tick can release.
             jobs = self.store.dispatch_backlog(conn, cap=max(1, min(capacity, free)))
+        if consumed is not None:  # a queue no live worker consumes: its messages would only sit in Redis
+            jobs = [job for job in jobs if queue_for(job.kind, self.settings, job.queue) in consumed]
         report.active_jobs = len(jobs)
         if not jobs:
             self._rates.clear()
+            if self._standing_ids:  # the last active jobs ended: their entries go too
+                self.redis.hdel(_keys.DISPATCH_STANDING_KEY, *self._standing_ids)
+                self._standing_ids = set()
             return report
         now = datetime.now(UTC)
         self._update_rates(jobs)
@@ -217,15 +228,19 @@ class Dispatcher:
             report.taken_back,
         )
 
-    def _current_capacity(self) -> int:
+    def _current_capacity(self) -> tuple[int, frozenset[str] | None]:
+        """The window, and the queues live workers consume (``None``: any, as when no worker registered yet
+        or one lists no queue)."""
         now = self.clock()
         if self._capacity is not None and now - self._capacity[0] < CAPACITY_REFRESH_S:
-            return self._capacity[1]
+            return self._capacity[1], self._capacity[2]
         with self.engine.begin() as conn:
             workers = recovery.live_workers(conn, lapse_s=self.settings.worker_lapse_s)
         capacity = capacity_for(sum(int(w.get("concurrency") or 0) for w in workers), self.settings)
-        self._capacity = (now, capacity)
-        return capacity
+        listed = [[q for q in str(w.get("queues") or "").split(",") if q] for w in workers]
+        consumed = None if not workers or not all(listed) else frozenset(q for qs in listed for q in qs)
+        self._capacity = (now, capacity, consumed)
+        return capacity, consumed
 
     def _update_rates(self, jobs: Sequence[ActiveJob]) -> None:
         now = self.clock()
@@ -315,21 +330,21 @@ class Dispatcher:
         return len(release_job(self.engine, self.store, self.publish, job.id, job.total, queue=queue))
 
     def _write_standing(self, views: list[JobView], capacity: int, now: datetime, rate: float | None) -> None:
-        if not views:
-            return
-        standing = self.scheduler.standing(views, capacity, now, rate=rate)
-        if not standing:
-            return
+        standing = self.scheduler.standing(views, capacity, now, rate=rate) if views else {}
         mapping = {}
         for job_id, place in standing.items():
             entry = {"position": place.position, "ahead": place.ahead, "share": place.share}
             entry["rate"] = round(self._rates[job_id].per_s, 3) if job_id in self._rates else 0.0
             mapping[str(job_id)] = json.dumps(entry)
+        gone = self._standing_ids - set(mapping)  # entries this dispatcher wrote for jobs no longer active
         pipe = self.redis.pipeline(transaction=False)
-        pipe.delete(_keys.DISPATCH_STANDING_KEY)
-        pipe.hset(_keys.DISPATCH_STANDING_KEY, mapping=mapping)
-        pipe.expire(_keys.DISPATCH_STANDING_KEY, _keys.DISPATCH_STANDING_TTL_S)
+        if gone:
+            pipe.hdel(_keys.DISPATCH_STANDING_KEY, *gone)
+        if mapping:
+            pipe.hset(_keys.DISPATCH_STANDING_KEY, mapping=mapping)
+            pipe.expire(_keys.DISPATCH_STANDING_KEY, _keys.DISPATCH_STANDING_TTL_S)
         pipe.execute()
+        self._standing_ids = set(mapping)
 
     # --- the loop -----------------------------------------------------------------------------------
 

@@ -295,3 +295,23 @@ def test_a_wake_up_ticks_the_loop_before_its_interval(
         wake(redis_client)
         thread.join(10)
     assert not thread.is_alive()
+
+
+def test_a_job_on_a_queue_no_live_worker_consumes_is_not_released(
+    engine: Engine, redis_client: fakeredis.FakeRedis, broker: Broker
+) -> None:
+    store = store_for(engine)
+    with engine.begin() as conn:
+        recovery.register_worker(conn, worker_id="w1", hostname="h", pid=1, queues=["q", "q.race"], concurrency=5)
+    served = _job(engine, ["m"] * 3)
+    idle = _job(engine, ["m"] * 3, queue="nobody")
+    dispatcher = _dispatcher(engine, redis_client, broker)
+    assert dispatcher.tick().released == 3
+    assert broker.of(served) == [0, 1, 2] and broker.of(idle) == []
+    assert redis_client.hget(_keys.DISPATCH_STANDING_KEY, str(idle)) is None
+    assert redis_client.hget(_keys.DISPATCH_STANDING_KEY, str(served)) is not None
+    _finish(engine, store, served, [0, 1, 2])
+    with engine.begin() as conn:
+        store.finalize_job(conn, served)
+    dispatcher.tick()
+    assert redis_client.hget(_keys.DISPATCH_STANDING_KEY, str(served)) is None  # ended: its entry goes
