@@ -333,7 +333,7 @@ def oom(run: Run) -> Result:
         finally:
             sampler.stop()
         memory = c.redis.memory()
-        refused_sweeps = c.logs().count("could not publish job")
+        refused_sweeps = c.logs().count("dispatcher tick failed")
         alive = len(c.alive())
         unrecoverable = "Unrecoverable error" in c.logs()
         records = c.sends(model)
@@ -377,8 +377,9 @@ def oom(run: Run) -> Result:
         notes=[
             "oom: live messages are sampled every 0.5 s by one read-only Lua script over the queues and kombu's "
             "`unacked` hashes (one per worker; one instant, counted per task id inside Redis); peak memory is "
-            f"Redis' own `used_memory_peak`. The leader's sweeps went on publishing from the job's watermark whenever "
-            f"there was room ({refused_sweeps} of them stopped at a full Redis, to go on at the next); "
+            f"Redis' own `used_memory_peak`. The dispatcher released the backlog a window at a time whenever there "
+            f"was room (it logged {refused_sweeps} refused ticks, at most one line per interval; a refused release "
+            "rolls back and is tried at the next tick); "
             f"{more_than_once(sent)} prompts were sent more than once."
         ],
         raw=raw,
