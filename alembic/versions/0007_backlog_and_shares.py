@@ -43,9 +43,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("max_concurrent_requests", sa.Integer(), nullable=True))
         batch_op.add_column(sa.Column("max_queued_prompts", sa.Integer(), nullable=True))
     # What an earlier version published is in the broker already: count it as released.
-    op.execute(
-        "UPDATE requests SET dispatched_at = CURRENT_TIMESTAMP WHERE state IN ('queued', 'running', 'retrying')"
-    )
+    op.execute("UPDATE requests SET dispatched_at = CURRENT_TIMESTAMP WHERE state IN ('queued', 'running', 'retrying')")
     op.create_index(
         "ix_requests_backlog",
         "requests",
