@@ -245,6 +245,7 @@ class ClusterCollector(Collector):
             store = store_for(conn)
             jobs = store.jobs_by_state(conn)
             active = store.open_requests_by_state(conn)
+            backlog = store.backlog_size(conn)
         by_job_state = GaugeMetricFamily("batcher_jobs", "Jobs by state.", labels=["state"])
         for state in JobState:
             by_job_state.add_metric([state.value], float(jobs.get(state.value, 0)))
@@ -255,7 +256,12 @@ class ClusterCollector(Collector):
         )
         for request_state in (RequestState.QUEUED, RequestState.RUNNING, RequestState.RETRYING):
             by_request_state.add_metric([request_state.value], float(active.get(request_state.value, 0)))
-        return [by_job_state, by_request_state]
+        in_backlog = GaugeMetricFamily(
+            "batcher_backlog_requests",
+            "Queued requests still in Postgres, not yet released to the broker by the dispatcher (issue #15).",
+            value=float(backlog),
+        )
+        return [by_job_state, by_request_state, in_backlog]
 
     def _read_redis(self) -> list[Metric]:
         client = self._redis()

@@ -315,11 +315,11 @@ def _w4(bench: Bench) -> list[str]:
         f"| read JSONL + validate + COPY into Postgres (one transaction) | {copy.fmt('.2f')} | "
         f"{n / copy.median:,.0f} |",
         f"| ... of which validation (`_Validator.check`) | {validate.fmt('.2f')} | |",
-        f"| publish one Celery message per request (`batcher._submit.enqueue`) | {pub.fmt('.2f')} | "
-        f"{n / pub.median:,.0f} |",
+        f"| mark enqueued, wake the dispatcher (`batcher._submit.enqueue`; nothing is published at submission) "
+        f"| {pub.fmt('.2f')} | |",
         f"| everything else (job row, commit, client) | {other.fmt('.2f')} | |",
         "",
-        f"Redis: {per_msg.fmt(',.0f')} bytes per queued message (`MEMORY USAGE` of the queue list); "
+        f"Redis: {per_msg.fmt(',.0f')} bytes per prompt queued at submission (the backlog stays in Postgres); "
         f"`used_memory` grew by {delta.fmt('.1f')} MB. CPU µs per prompt: "
         + ", ".join(f"{role} {cpu[role].fmt(',.0f')}" for role in ("client", "redis", "postgres")),
     ]

@@ -376,7 +376,7 @@ class Bench:
     def w4(self) -> None:
         s = self.sizes
         n = s.w4_prompts
-        self.stop_workers()  # nothing consumes while W4 measures what submission leaves in Redis
+        self.stop_workers()  # no dispatcher, nothing consumes: W4 measures what submission alone leaves behind
         path = self.workdir / "w4_prompts.jsonl"
         with path.open("w", encoding="utf-8") as out:
             for i in range(n):
@@ -392,10 +392,15 @@ class Bench:
             queue_bytes = self.redis.queue_memory(queue)
             after = self.redis.used_memory()
             stored = self.db.scalar("SELECT count(*) FROM requests WHERE job_id = :j", j=result["job_id"])
+            backlog = self.db.scalar(
+                "SELECT count(*) FROM requests WHERE job_id = :j AND dispatched_at IS NULL", j=result["job_id"]
+            )
             enqueued = self.db.scalar("SELECT enqueued_at IS NOT NULL FROM jobs WHERE id = :j", j=result["job_id"])
             self.redis.purge(queue)
             check(stored == n, f"W4: {stored} requests stored for {n} prompts")
-            check(queued == n, f"W4: {queued} messages queued for {n} prompts")
+            # Issue #15: submission publishes nothing; the job waits in Postgres for the dispatcher.
+            check(backlog == n, f"W4: {backlog} of {n} prompts in the backlog")
+            check(queued == 0, f"W4: {queued} messages queued at submission (the backlog stays in Postgres)")
             check(bool(enqueued), "W4: the job was not marked enqueued")
             run = Run("W4", "batcher", n, result["wall_s"], result, usage)
             run.extra.update(queue_bytes=queue_bytes, redis_delta=after - before)

@@ -18,10 +18,12 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from sqlalchemy import Connection
 from sqlalchemy.exc import OperationalError
 
 from batcher import _keys, _logging, _metrics, _providers, _wakeup
+from batcher._db import recovery
 from batcher._db.rows import Answer, ClaimedRequest, Failure, Progress
 from batcher._dispatch import queue_for
 from batcher._exceptions import (
@@ -45,6 +47,10 @@ ERROR_TEXT_MAX_CHARS = 2_000
 STORE_BACKOFF_BASE_S = 0.25
 STORE_BACKOFF_MAX_S = 5.0
 """A write after a paid call is retried in place, at most this far apart (see ``_write``)."""
+
+LIMITER_DOWN_LOG_EVERY_S = 30.0
+"""A worker calling without its rate limiter (Redis away) says so at most this often."""
+_limiter_warned = [0.0]
 
 T = TypeVar("T")
 
@@ -70,7 +76,15 @@ def run_request(ctx: WorkerContext, job_id: str, idx: int) -> str:
             return "not-claimable"
         try:
             return _run_claimed(ctx, job, claimed)
-        except (OperationalError, RedisConnectionError):
+        except RedisConnectionError:
+            # Redis is coordination only, and its message may be gone with it (a restart): a retry of this
+            # task could not be sent either. The claim goes back to the backlog (Postgres), for the
+            # dispatcher to release again; if Postgres is away too, the task's retries and the lease do.
+            with ctx.db.begin() as conn:
+                given = recovery.give_back(conn, claimed.request_id, ctx.worker_id)
+            log.warning("Redis failed under a claimed request: %s", "given back" if given else "already ended")
+            return "given-back" if given else "not-claimable"
+        except OperationalError:
             raise  # infrastructure: the task is retried, and recovery backs it up
         except Exception as exc:  # a bug or an input nothing foresaw: fail this request, never the worker
             # Whatever the text holds (a header value, a URL), no key of this worker's leaves with it.
@@ -123,8 +137,7 @@ def _run_claimed(ctx: WorkerContext, job: uuid.UUID, claimed: ClaimedRequest) ->
             call = _prepare(ctx, claimed)
             http = ctx.http  # before the limiter: a window slot is taken only when the call can leave at once
             # One round trip before the call (windows, and a lease on an adaptive slot) and one after it.
-            limiter = ctx.limiter
-            grant = limiter.take(call.slot, call.buckets, call.tokens, lease_s=call.timeout_s) if call.limited else None
+            grant = _take(ctx, call) if call.limited else None
             if grant is not None and grant.wait_s > 0:
                 return _defer(ctx, claimed, grant.wait_s, extra)
             try:
@@ -242,6 +255,19 @@ def _prepare(ctx: WorkerContext, claimed: ClaimedRequest) -> _Call:
         slot=slot,
         tokens=estimate_tokens(claimed.messages, params) if buckets or slot else 0,
     )
+
+
+def _take(ctx: WorkerContext, call: _Call) -> Grant | None:
+    """Ask the shared limiter for a slot. Redis is coordination only: when it cannot answer, the call goes
+    without a limit (the provider's own 429s are still retried) rather than the work stopping with it."""
+    try:
+        return ctx.limiter.take(call.slot, call.buckets, call.tokens, lease_s=call.timeout_s)
+    except (RedisError, OSError) as exc:
+        now = time.monotonic()
+        if now - _limiter_warned[0] >= LIMITER_DOWN_LOG_EVERY_S:
+            _limiter_warned[0] = now
+            log.warning("rate limiter unavailable (%s): calling without it until Redis answers", type(exc).__name__)
+        return None
 
 
 def _release(ctx: WorkerContext, grant: Grant | None, err: BaseException | None) -> None:

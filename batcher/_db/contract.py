@@ -286,6 +286,10 @@ class JobStore(abc.ABC):
         """How many requests are ``queued``, ``running`` and ``retrying`` (states with none are left out)."""
         return {str(state): int(n) for state, n in conn.execute(_OPEN_REQUESTS_BY_STATE)}
 
+    def backlog_size(self, conn: Connection) -> int:
+        """Requests of every job still in the backlog: stored, not yet released to the broker."""
+        return int(conn.execute(_BACKLOG_SIZE).scalar_one())
+
     # --- recovery ---------------------------------------------------------------------------------
 
     @abc.abstractmethod
@@ -316,6 +320,11 @@ _JOBS_BY_STATE = text("SELECT state, count(*) FROM jobs GROUP BY state")
 _OPEN_REQUESTS_BY_STATE = text(
     # Only the open states: the partial index on requests(state) covers exactly these.
     "SELECT state, count(*) FROM requests WHERE state IN ('queued', 'running', 'retrying') GROUP BY state"
+)
+
+_BACKLOG_SIZE = text(
+    # Exactly the predicate of the partial index ix_requests_backlog: an index-only count.
+    "SELECT count(*) FROM requests WHERE state = 'queued' AND dispatched_at IS NULL"
 )
 
 _stores: dict[str, JobStore] = {}

@@ -152,6 +152,24 @@ def prune_workers(conn: Connection, *, older_than_s: float) -> int:
 # --- handing requests back --------------------------------------------------------------------
 
 
+def give_back(conn: Connection, request_id: int, worker_id: str) -> bool:
+    """One request this worker claimed but could not run (Redis failed under it before the provider was
+    called): back into the backlog without spending an attempt, for the dispatcher to release again.
+    Guarded: a request that already ended, or that another worker holds, is left alone."""
+    result = conn.execute(
+        update(R)
+        .where(R.c.id == request_id, R.c.state == RequestState.RUNNING.value, R.c.worker_id == worker_id)
+        .values(
+            state=RequestState.QUEUED.value,
+            attempts=R.c.attempts - 1,
+            worker_id=None,
+            lease_until=None,
+            dispatched_at=None,
+        )
+    )
+    return bool(result.rowcount)
+
+
 def release_held(conn: Connection, worker_id: str) -> list[RequestRef]:
     """A stopping worker gives back the requests it still runs: they are ``queued`` again, without
     spending an attempt (a deploy is not the request's fault). Their late answers, if any, are
