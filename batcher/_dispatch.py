@@ -44,7 +44,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 from sqlalchemy import Engine
@@ -59,8 +59,13 @@ from batcher._states import JobKind
 
 log = logging.getLogger("batcher.dispatch")
 
-Publish = Callable[[uuid.UUID, Sequence[int], str], None]
-"""``publish(job_id, indices, queue)``: one message per index; raises when the broker refuses."""
+
+class Publish(Protocol):
+    """``publish(job_id, indices, queue, front=False)``: one message per index; raises when the broker
+    refuses. ``front``: the messages go where workers take the next one (ahead of those waiting)."""
+
+    def __call__(self, job_id: uuid.UUID, indices: Sequence[int], queue: str, *, front: bool = False) -> None: ...
+
 
 CAPACITY_REFRESH_S = 1.0
 """The live workers' slots are read at most this often (a worker joining or dying changes them rarely)."""
@@ -93,13 +98,14 @@ def release_job(
     queue: str,
     provider: str | None = None,
     model: str | None = None,
+    front: bool = False,
 ) -> list[Released]:
     """Release up to ``limit`` backlog requests of a job and publish their messages, in one transaction
     that commits only after the publish: a refused publish raises and rolls the release back."""
     with engine.begin() as conn:
         released = store.release(conn, job_id, limit, provider=provider, model=model)
         if released:
-            publish(job_id, [r.idx for r in released], queue)
+            publish(job_id, [r.idx for r in released], queue, front=front)
     return released
 
 
@@ -207,7 +213,11 @@ class Dispatcher:
             for grant in self.scheduler.plan(list(views.values()), max(0, free), now, rate=rate):
                 if grant.count <= 0 or grant.job_id not in by_id:
                     continue
-                released = self._release(by_id[grant.job_id], grant.count, room)
+                # A job with nothing in flight (new, or held back until now) has its grant put at the
+                # front of the queue: it starts within a tick instead of behind the window's backlog.
+                # Only latency moves: its share is what the policy granted.
+                front = views[grant.job_id].in_flight == 0
+                released = self._release(by_id[grant.job_id], grant.count, room, front=front)
                 if released:
                     report.released += len(released)
                     tokens = sum(r.est_tokens or 1 for r in released)
@@ -298,10 +308,12 @@ class Dispatcher:
             owner_max_concurrent=job.max_concurrent,
         )
 
-    def _release(self, job: ActiveJob, count: int, room: dict[tuple[str, str], int]) -> list[Released]:
+    def _release(
+        self, job: ActiveJob, count: int, room: dict[tuple[str, str], int], *, front: bool = False
+    ) -> list[Released]:
         queue = queue_for(job.kind, self.settings, job.queue)
         if not any((part.provider, part.model) in room for part in job.backlog):
-            return release_job(self.engine, self.store, self.publish, job.id, count, queue=queue)
+            return release_job(self.engine, self.store, self.publish, job.id, count, queue=queue, front=front)
         released: list[Released] = []
         for part in job.backlog:
             key = (part.provider, part.model)
@@ -317,6 +329,7 @@ class Dispatcher:
                 queue=queue,
                 provider=part.provider,
                 model=part.model,
+                front=front,
             )
             if key in room:
                 room[key] -= len(got)

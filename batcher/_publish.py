@@ -77,15 +77,23 @@ class Publisher:
 
     # --- messages ------------------------------------------------------------------------------
 
-    def publish_requests(self, job_id: uuid.UUID | str, indices: Iterable[int], *, queue: str) -> None:
+    def publish_requests(
+        self, job_id: uuid.UUID | str, indices: Iterable[int], queue: str, *, front: bool = False
+    ) -> None:
         """One ``run_request`` message per index (released requests, re-runs). Raises ``redis.RedisError`` /
-        kombu's errors when the broker refuses: the caller's release then rolls back."""
+        kombu's errors when the broker refuses: the caller's release then rolls back.
+
+        ``front`` (Redis broker): the messages are pushed at the end workers take from (kombu pushes with
+        ``LPUSH`` and consumes with ``BRPOP``), in order, so they run before those already waiting. Other
+        brokers have no such end: the messages queue as usual."""
         job = str(job_id)
         batch = list(indices)
         for start in range(0, len(batch), PUBLISH_BATCH_SIZE):
             chunk = batch[start : start + PUBLISH_BATCH_SIZE]
             if self._broker is None:
                 self._publish_kombu(job, chunk, queue)
+            elif front:
+                self._broker.rpush(self._queue_key(queue), *reversed(self._messages(job, chunk, queue)))
             else:
                 self._broker.lpush(self._queue_key(queue), *self._messages(job, chunk, queue))
 

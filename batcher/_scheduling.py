@@ -115,12 +115,14 @@ class FairScheduler:
                 free = self._grant(job, take, granted, room, tenant_vt, job_vt, free)
                 if free == 0:
                     break
+            # Fewer free slots than quanta to go round: smaller quanta, so one tick is shared too.
+            quantum = max(1, min(self.quantum, free // max(1, len(fair))))
             while free > 0:
                 picked = _pick(fair, granted, room, tenant_vt, job_vt)
                 if picked is None:
                     break
                 left = picked.backlog - granted.get(picked.id, 0)
-                take = min(self.quantum, left, free, room.get(picked.owner, free))
+                take = min(quantum, left, free, room.get(picked.owner, free))
                 free = self._grant(picked, take, granted, room, tenant_vt, job_vt, free)
             if free == 0:
                 break

@@ -266,7 +266,7 @@ def enqueue(engine: Engine, app: Celery, settings: Settings, job_id: uuid.UUID, 
             release_job(
                 engine,
                 store_for(engine),
-                lambda job, indices, queue: publisher.publish_requests(job, indices, queue=queue),
+                publisher.publish_requests,
                 job_id,
                 total,
                 queue=queue_for(kind, settings),

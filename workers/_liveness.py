@@ -154,7 +154,7 @@ class Liveness:
             ctx.engine,
             ctx.store,
             ctx.redis,
-            lambda job, indices, queue: publisher.publish_requests(job, indices, queue=queue),
+            publisher.publish_requests,
             self.settings,
         )
         dispatcher.run(self._stop, lambda: self.is_leader and not self.stopping)

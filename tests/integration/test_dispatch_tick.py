@@ -57,12 +57,15 @@ class Broker:
 
     def __init__(self) -> None:
         self.sent: list[tuple[uuid.UUID, int, str]] = []
+        self.fronted: list[uuid.UUID] = []
         self.down = False
 
-    def publish(self, job_id: uuid.UUID, indices: Sequence[int], queue: str) -> None:
+    def publish(self, job_id: uuid.UUID, indices: Sequence[int], queue: str, *, front: bool = False) -> None:
         if self.down:
             raise ConnectionError("the broker is away")
         self.sent += [(job_id, idx, queue) for idx in indices]
+        if front:
+            self.fronted.append(job_id)
 
     def of(self, job_id: uuid.UUID) -> list[int]:
         return [idx for job, idx, _ in self.sent if job == job_id]
@@ -134,6 +137,22 @@ def test_the_window_is_never_exceeded_and_refills_as_requests_finish(
     _finish(engine, store, job_id, [0, 1, 2])
     assert dispatcher.tick().released == 3
     assert broker.of(job_id) == list(range(WINDOW_MIN + 3)) == _released(engine, job_id)  # each exactly once
+
+
+def test_a_job_with_nothing_in_flight_goes_to_the_front_of_the_queue(
+    engine: Engine, redis_client: fakeredis.FakeRedis, broker: Broker
+) -> None:
+    store = store_for(engine)
+    big = _job(engine, ["m"] * 100)
+    dispatcher = _dispatcher(engine, redis_client, broker)
+    dispatcher.tick()
+    assert broker.fronted == [big]  # its first window: nothing of it was in flight
+    small = _job(engine, ["m"] * 3)
+    _finish(engine, store, big, range(6))
+    broker.fronted.clear()
+    dispatcher.tick()
+    assert broker.of(small) == [0, 1, 2]
+    assert broker.fronted == [small]  # the newcomer jumps the waiting messages; the running job does not
 
 
 def test_the_window_follows_the_live_workers_slots(

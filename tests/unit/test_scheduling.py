@@ -156,3 +156,11 @@ def test_standing_says_who_is_served_and_what_waits_ahead() -> None:
     assert without_high[a.id].share == 0.5
     assert without_high[b1.id].share == without_high[b2.id].share == 0.25
     assert standing[done.id].position == 0 and standing[done.id].share == 0.25
+
+
+def test_a_tick_with_few_free_slots_is_shared_too() -> None:
+    scheduler = FairScheduler()
+    old, new = job(ALICE), job(BOB, backlog=3)
+    run(scheduler, [old], ticks=5)
+    grants = {g.job_id: g.count for g in scheduler.plan([old, new], 6, NOW)}
+    assert grants == {old.id: 3, new.id: 3}
