@@ -60,7 +60,9 @@ def test_a_batch_and_a_cancelled_one_write_a_few_lines_not_two_per_request(
     assert not [line for line in lines if re.search(r"received|succeeded in|retrying in", line)], log[-3000:]
     assert not [line for line in lines if re.search(r"\[[0-9a-f-]{36}:\d+\]", line)], log[-3000:]  # no task ids
     finished = [line for line in lines if "job finished" in line]
-    assert {str(done.id), str(retried.id), str(cancelled.id)} <= {
+    # The cancelled job's messages are withdrawn at the cancel (issue #15): its finalizer may run on the
+    # session's leader, not on these workers; it is final all the same (waited for above).
+    assert {str(done.id), str(retried.id)} <= {
         m for line in finished for m in re.findall(r"job_id=([0-9a-f-]{36})", line)
     }, log[-3000:]
     # A few lines per job and a few of the worker's own (registered, leadership, sweeps), for 265 requests.
