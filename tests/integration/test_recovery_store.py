@@ -171,6 +171,28 @@ def test_a_stopping_worker_gives_back_without_spending_an_attempt_and_late_answe
         assert store_for(conn).record_success(conn, claimed, Answer({"id": "y"}, "openai", "gpt-x", None, 1.0)) is None
 
 
+def test_a_claim_redis_failed_under_goes_back_to_the_backlog_without_spending_an_attempt(engine: Engine) -> None:
+    job = _job(engine, 2)
+    worker, other = f"w-{uuid.uuid4().hex[:6]}", f"o-{uuid.uuid4().hex[:6]}"
+    _register(engine, worker)
+    _register(engine, other)
+    mine = _claim(engine, job, 0, worker)
+    theirs = _claim(engine, job, 1, other)
+    with engine.begin() as conn:
+        assert recovery.give_back(conn, mine.request_id, worker)
+        assert not recovery.give_back(conn, theirs.request_id, worker)  # another worker's claim is left alone
+    r = Request.__table__.c
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(r.idx, r.state, r.attempts, r.worker_id, r.dispatched_at).where(r.job_id == job).order_by(r.idx)
+        ).all()
+    assert tuple(rows[0]) == (0, "queued", 0, None, None)  # the dispatcher releases it again
+    assert (rows[1].state, rows[1].worker_id) == ("running", other)
+    with engine.begin() as conn:  # once it ended, there is nothing to give back
+        store_for(conn).record_success(conn, theirs, Answer({"id": "x"}, "openai", "gpt-x", None, 1.0))
+        assert not recovery.give_back(conn, theirs.request_id, other)
+
+
 def test_a_stale_attempts_failure_changes_nothing(engine: Engine) -> None:
     """Fencing: an attempt whose request was taken back and claimed again cannot fail it."""
     from batcher._states import RequestState
