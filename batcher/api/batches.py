@@ -32,6 +32,7 @@ from sqlalchemy.exc import DataError
 
 from batcher import _quotas
 from batcher._db.rows import NewJob
+from batcher._dispatch import queue_for
 from batcher._exceptions import InvalidRequestError, QuotaExceededError
 from batcher._files_store import FILE_PURPOSE_BATCH, get_file, insert_batch_file, new_file_id
 from batcher._scheduling import DEFAULT_PRIORITY
@@ -316,6 +317,9 @@ def _validate(ctx: ApiContext, batch_id: str) -> tuple[uuid.UUID, int] | None:
                 user_metadata={"batch_id": batch_id, **(row["batch_metadata"] or {})},
                 owner_id=row["owner_id"],
                 priority=row["priority"],
+                # Recorded, as for every job: the dispatcher (another process, with its own settings)
+                # releases the requests to the queue the API was configured with.
+                queue=queue_for(JobKind.BATCH, ctx.settings),
             )
             store.insert_job(conn, job)
             quota = _admission(conn, row["owner_id"], errors)  # the key's max_queued_prompts, as native jobs

@@ -191,10 +191,14 @@ def test_priority_through_the_openai_batch_api_extension(
 
     assert until(validated, 30, "the batch validated").status == "in_progress"
     with get_engine(idle_settings).connect() as conn:
-        job_priority = conn.execute(
-            text("SELECT j.priority FROM batches b JOIN jobs j ON j.id = b.job_id WHERE b.id = :id"), {"id": batch.id}
-        ).scalar_one()
+        job_priority, job_queue = conn.execute(
+            text("SELECT j.priority, j.queue FROM batches b JOIN jobs j ON j.id = b.job_id WHERE b.id = :id"),
+            {"id": batch.id},
+        ).one()
     assert job_priority == 7
+    # The queue is recorded with the job: the dispatcher, in a worker with settings of its own, releases
+    # the batch's requests to the API's queue (here one nobody consumes), never to its own.
+    assert job_queue == idle_settings.queue
     plain = oai.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h")
     assert plain.model_extra is not None and plain.model_extra["batcher_priority"] == 5
     with pytest.raises(openai.BadRequestError) as caught:
