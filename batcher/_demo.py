@@ -174,12 +174,14 @@ def _wait_ready(worker: subprocess.Popen[bytes], log: Path) -> None:
     while time.monotonic() < deadline:
         if worker.poll() is not None:
             raise SystemExit(f"the worker exited:\n{log.read_text()[-2000:]}")
-        # The worker logs at WARNING; ping it through the broker instead of reading "ready".
+        # The worker logs at WARNING; ping it through the broker instead of reading "ready". Only its own
+        # answer counts: other workers on the same Redis answer pings too.
         from batcher._celery import make_celery_app
 
         app = make_celery_app(Settings())
+        mine = f"demo-{os.getpid()}@"
         try:
-            if app.control.ping(timeout=0.5):
+            if any(name.startswith(mine) for reply in app.control.ping(timeout=0.5) for name in reply):
                 return
         finally:
             app.close()
