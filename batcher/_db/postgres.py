@@ -54,26 +54,15 @@ def _hot(conn: Connection, sql: str, params: dict[str, Any]) -> dict[str, Any] |
     for a lost server, which callers retry), and a dropped connection is invalidated, as
     ``Connection.execute`` would.
     """
-    if not conn.in_transaction():
-        conn.begin()  # what Connection.execute's autobegin does, so commit/rollback reach this statement
-    dbapi = cast(psycopg.Connection[Any], conn.connection.driver_connection)
-    try:
-        with dbapi.cursor(row_factory=dict_row) as cursor:
-            return cursor.execute(sql, params).fetchone()
-    except psycopg.Error as exc:
-        invalidated = conn.dialect.is_disconnect(exc, conn.connection.dbapi_connection, None)  # type: ignore[arg-type]
-        if invalidated:
-            conn.invalidate(exc)
-        raise DBAPIError.instance(
-            sql, params, exc, psycopg.Error, connection_invalidated=invalidated, dialect=conn.dialect
-        ) from exc
+    rows = _rows(conn, sql, params)
+    return rows[0] if rows else None
 
 
 def _rows(conn: Connection, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
     """Every row of one statement through ``conn``'s psycopg cursor (``_hot``'s rules: joins the caller's
     transaction, errors as SQLAlchemy's). The dispatcher's statements run ten times a second."""
     if not conn.in_transaction():
-        conn.begin()
+        conn.begin()  # what Connection.execute's autobegin does, so commit/rollback reach this statement
     dbapi = cast(psycopg.Connection[Any], conn.connection.driver_connection)
     try:
         with dbapi.cursor(row_factory=dict_row) as cursor:
