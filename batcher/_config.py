@@ -20,6 +20,8 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_EMBEDDED_PATH = "batcher.db"
 DEFAULT_EMBEDDED_CONCURRENCY = 32
 DEFAULT_WORKER_CONCURRENCY = 100
+DEFAULT_WORKER_PROCESSES = 0  # one per core
+DEFAULT_WORKER_RACE_CONCURRENCY = 16
 DEFAULT_DB_POOL_SIZE = 10
 DEFAULT_DB_MAX_OVERFLOW = 10
 DEFAULT_REQUEST_TIMEOUT_S = 600.0  # LiteLLM's default
@@ -65,6 +67,13 @@ class Settings(BaseSettings):
 
     worker_concurrency: int = Field(DEFAULT_WORKER_CONCURRENCY, ge=1, le=2_000)
     """Threads per worker process; each holds one in-flight provider call."""
+    worker_processes: int = Field(DEFAULT_WORKER_PROCESSES, ge=0, le=256)
+    """Worker processes ``batcher worker`` runs and supervises (``--processes``); 0 = one per core this process
+    may run on. One process is bound by its Celery consumer thread long before its threads are, so one per core
+    is the measured best on 2 cores (docs/benchmarks.md). 1 runs a single plain Celery worker, no supervisor."""
+    worker_race_concurrency: int = Field(DEFAULT_WORKER_RACE_CONCURRENCY, ge=0, le=500)
+    """Threads of the one extra process ``batcher worker`` runs for races only (``submit_fastest``), so a race
+    never waits behind a batch holding every thread; 0 = none. Not started with ``--processes 1``."""
     db_pool_size: int = Field(DEFAULT_DB_POOL_SIZE, ge=1, le=500)
     """Postgres connections a process keeps open. A thread holds one only for a statement (~1 ms),
     never across a provider call, so 100 threads share a few connections."""

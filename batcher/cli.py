@@ -325,28 +325,64 @@ def recover() -> None:
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.option("--concurrency", "-c", type=int, help="Threads (in-flight requests); default BATCHER_WORKER_CONCURRENCY.")
+@click.option(
+    "--processes",
+    "-p",
+    type=click.IntRange(min=0),
+    help="Worker processes; default BATCHER_WORKER_PROCESSES (0: one per core). 1: one plain Celery worker.",
+)
+@click.option(
+    "--concurrency", "-c", type=int, help="Threads (in-flight calls) per process; default BATCHER_WORKER_CONCURRENCY."
+)
 @click.option("--log-level", "--loglevel", "-l", "loglevel", default="INFO", show_default=True, help="Log level.")
+@click.option(
+    "--name",
+    default=None,
+    help="Worker names: NAME-1@host, NAME-2@host, ... and NAME-race@host (default batcher; NAME@host with -p 1).",
+)
 @click.pass_context
-def worker(ctx: click.Context, concurrency: int | None, loglevel: str) -> None:
-    """Start a Celery worker tuned for LLM calls (threads pool, both queues). Extra args go to Celery."""
+def worker(ctx: click.Context, processes: int | None, concurrency: int | None, loglevel: str, name: str | None) -> None:
+    """Start the workers, tuned for LLM calls: one Celery worker process per core (threads pool, both queues)
+    and one small process for races only, supervised (restarted if one dies; SIGTERM stops them warm).
+    Extra args go to Celery."""
     from batcher._mode import refuse_embedded_worker
 
     settings = get_settings()
     refuse_embedded_worker(settings)  # one line, before Celery joins a queue nobody sends to
 
-    from batcher._celery import worker_argv
     from batcher._migrate import ensure_schema
+    from batcher._supervisor import processes_for
 
     ensure_schema(settings)  # creates and migrates the database if it may (BATCHER_AUTO_MIGRATE), else one line
-    from workers.celery_app import app
+    count = processes_for(settings.worker_processes if processes is None else processes)
+    threads = concurrency or settings.worker_concurrency
+    if count == 1:  # the single worker of old, in this process: nothing to supervise
+        from batcher._celery import worker_argv
+        from workers.celery_app import app
 
-    argv = worker_argv(
-        concurrency=concurrency or settings.worker_concurrency,
-        queues=[settings.queue, settings.race_queue],
+        argv = worker_argv(
+            concurrency=threads,
+            queues=[settings.queue, settings.race_queue],
+            loglevel=loglevel,
+            hostname=f"{name}@%h" if name else None,
+        )
+        app.worker_main([*argv, *ctx.args])
+        return
+    from batcher._supervisor import Supervisor, worker_specs
+
+    specs = worker_specs(
+        processes=count,
+        concurrency=threads,
+        race_concurrency=settings.worker_race_concurrency,
+        queue=settings.queue,
+        race_queue=settings.race_queue,
         loglevel=loglevel,
+        name=name or "batcher",
+        extra=ctx.args,
     )
-    app.worker_main([*argv, *ctx.args])
+    race = f" + 1 for races ({settings.worker_race_concurrency} threads)" if len(specs) > count else ""
+    click.echo(f"batcher worker: {count} worker processes x {threads} threads{race}", err=True)
+    sys.exit(Supervisor(specs).run())
 
 
 @main.command()

@@ -302,7 +302,13 @@ def for_app(app: Any) -> Liveness | None:
     return _running.get(id(app))
 
 
-def start_for(app: Any, *, concurrency: int = 0, eval_tick: Callable[[], Any] | None = None) -> Liveness:
+def start_for(
+    app: Any,
+    *,
+    concurrency: int = 0,
+    eval_tick: Callable[[], Any] | None = None,
+    queues: list[str] | None = None,
+) -> Liveness:
     """Start (once per app and process) the heartbeat and leadership loops of a worker."""
     from workers._context import get_context
 
@@ -310,7 +316,7 @@ def start_for(app: Any, *, concurrency: int = 0, eval_tick: Callable[[], Any] | 
         liveness = _running.get(id(app))
         if liveness is None:
             ctx = get_context(app)
-            liveness = Liveness(ctx, concurrency=concurrency, eval_tick=eval_tick).start()
+            liveness = Liveness(ctx, concurrency=concurrency, eval_tick=eval_tick, queues=queues).start()
             _running[id(app)] = liveness
         return liveness
 
@@ -397,7 +403,10 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
 
         return tick(_get_runner(app))
 
-    start_for(app, concurrency=concurrency, eval_tick=eval_tick)
+    # The queues this worker consumes (``batcher worker``'s race process takes only the race queue), so the
+    # dispatcher and the "no worker" check see who consumes what; both of batcher's when Celery does not say.
+    consumed = getattr(getattr(app.amqp, "queues", None), "consume_from", None) or {}
+    start_for(app, concurrency=concurrency, eval_tick=eval_tick, queues=sorted(consumed) or None)
 
 
 def _on_worker_shutting_down(sender: Any = None, **_: Any) -> None:
