@@ -1,9 +1,10 @@
 """``batcher demo``: a real batch, end to end, on this machine.
 
-Starts the fake provider (real HTTP, the providers' wire formats) and one real Celery
-worker process, migrates the database, then runs the three batch functions' jobs through
-Redis and Postgres with a live progress bar. Uses queues of its own, so workers of another
-deployment on the same Redis never pick up its tasks.
+Starts the fake provider (real HTTP, the providers' wire formats) and ``batcher worker`` as the
+README starts it (one Celery worker process per core and one for races, supervised), migrates the
+database, then runs the three batch functions' jobs through Redis and Postgres with a live progress
+bar. Uses queues of its own, so workers of another deployment on the same Redis never pick up its
+tasks.
 """
 
 from __future__ import annotations
@@ -57,17 +58,18 @@ def _check_services(settings: Settings, console: Console) -> None:
 
 
 def _start_worker(env: dict[str, str], concurrency: int, log: Path) -> subprocess.Popen[bytes]:
-    from batcher._celery import worker_argv
-
-    argv = worker_argv(  # as `batcher worker` starts one
-        concurrency=concurrency,
-        queues=[env["BATCHER_QUEUE"], env["BATCHER_RACE_QUEUE"]],
-        loglevel="WARNING",
-        hostname=f"demo-{os.getpid()}@%h",
-    )
+    """``batcher worker`` (the default deployment), with ``concurrency`` threads per process."""
     handle = log.open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "workers", *argv],
+        [
+            sys.executable,
+            "-c",
+            "from batcher.cli import main; main()",
+            "worker",
+            f"--concurrency={concurrency}",
+            "--log-level=WARNING",
+            f"--name={_worker_name()}",
+        ],
         env=env,
         stdout=handle,
         stderr=subprocess.STDOUT,
@@ -75,6 +77,18 @@ def _start_worker(env: dict[str, str], concurrency: int, log: Path) -> subproces
     )
     handle.close()
     return proc
+
+
+def _worker_name() -> str:
+    return f"demo-{os.getpid()}"
+
+
+def _deployment(total: int) -> tuple[int, int]:
+    """(processes, threads per process) of ``batcher worker`` for ``total`` calls in flight."""
+    from batcher._supervisor import processes_for
+
+    processes = processes_for(Settings().worker_processes)
+    return processes, max(1, -(-total // processes))
 
 
 def run_demo(*, prompts: int, latency_ms: int, concurrency: int) -> None:
@@ -113,18 +127,21 @@ def run_demo(*, prompts: int, latency_ms: int, concurrency: int) -> None:
         saved = dict(os.environ)
         os.environ.update(env)
         worker: subprocess.Popen[bytes] | None = None
+        in_flight = concurrency
         try:
             if embedded:
                 console.print(f"fake provider on {fake.url}; in-process worker ({concurrency} threads)")
             else:
+                processes, threads = _deployment(concurrency)
+                in_flight = processes * threads
                 console.print(
-                    f"fake provider on {fake.url}; starting a worker ({concurrency} threads) "
-                    f"on a queue of its own ({env['BATCHER_QUEUE']})"
+                    f"fake provider on {fake.url}; starting `batcher worker` ({processes} processes x {threads} "
+                    f"threads, + 1 for races) on a queue of its own ({env['BATCHER_QUEUE']})"
                 )
                 log = Path(tmp) / "worker.log"
-                worker = _start_worker(env, concurrency, log)
-                _wait_ready(worker, log)
-            ok = _run_jobs(console, prompts, latency_ms, concurrency)
+                worker = _start_worker(env, threads, log)
+                _wait_ready(worker, log, processes + (1 if base.worker_race_concurrency else 0) if processes > 1 else 1)
+            ok = _run_jobs(console, prompts, latency_ms, in_flight)
         finally:
             os.environ.clear()
             os.environ.update(saved)
@@ -169,23 +186,24 @@ def _expire_demo_keys(redis_url: str, tag: str) -> int:
         client.close()
 
 
-def _wait_ready(worker: subprocess.Popen[bytes], log: Path) -> None:
+def _wait_ready(worker: subprocess.Popen[bytes], log: Path, expected: int) -> None:
     deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if worker.poll() is not None:
             raise SystemExit(f"the worker exited:\n{log.read_text()[-2000:]}")
-        # The worker logs at WARNING; ping it through the broker instead of reading "ready". Only its own
-        # answer counts: other workers on the same Redis answer pings too.
+        # The workers log at WARNING; ping them through the broker instead of reading "ready". Only their own
+        # answers count: other workers on the same Redis answer pings too.
         from batcher._celery import make_celery_app
 
         app = make_celery_app(Settings())
-        mine = f"demo-{os.getpid()}@"
+        mine = _worker_name()
         try:
-            if any(name.startswith(mine) for reply in app.control.ping(timeout=0.5) for name in reply):
-                return
+            answered = {name for reply in app.control.ping(timeout=0.5) for name in reply}
         finally:
             app.close()
-    raise SystemExit(f"the worker did not start in {WORKER_READY_TIMEOUT_S} s:\n{log.read_text()[-2000:]}")
+        if sum(1 for name in answered if name.split("@")[0] == mine or name.startswith(f"{mine}-")) >= expected:
+            return
+    raise SystemExit(f"the workers did not start in {WORKER_READY_TIMEOUT_S} s:\n{log.read_text()[-2000:]}")
 
 
 def _run_jobs(console: Console, prompts: int, latency_ms: int, concurrency: int) -> bool:

@@ -467,7 +467,9 @@ def secret_key() -> None:
 @main.command()
 @click.option("--prompts", "-n", default=1_000, show_default=True, help="Prompts in the demo batch.")
 @click.option("--latency-ms", default=100, show_default=True, help="Fake provider latency.")
-@click.option("--concurrency", "-c", default=50, show_default=True, help="Worker threads.")
+@click.option(
+    "--concurrency", "-c", default=50, show_default=True, help="Calls in flight, split over the worker processes."
+)
 def demo(prompts: int, latency_ms: int, concurrency: int) -> None:
     """Run a real batch end to end against a local fake provider, with progress."""
     from batcher._demo import run_demo
