@@ -180,3 +180,54 @@ def drop_database(url: str) -> None:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     finally:
         admin.dispose()
+
+
+class SupervisedWorkers:
+    """``batcher worker`` (the supervisor and its Celery workers) as a child process, logging to a file.
+
+    Ready when every worker it starts has logged ``ready.`` (``expected`` of them: the batch processes
+    and the race process); the workers are named ``{name}-1@host`` ... ``{name}-race@host``.
+    """
+
+    def __init__(self, env: dict[str, str], log_path: Path, *, args: tuple[str, ...] = (), name: str = "sup") -> None:
+        self.env = env
+        self.log_path = log_path
+        self.args = args
+        self.name = f"{name}-{os.getpid()}"
+        self._process = ManagedProcess("batcher worker", log_path, stop_timeout_s=60)
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes]:
+        assert self._process.proc is not None
+        return self._process.proc
+
+    def start(self, expected: int) -> SupervisedWorkers:
+        self._process.start(
+            [sys.executable, "-c", "from batcher.cli import main; main()", "worker", f"--name={self.name}", *self.args],
+            self.env,
+            lambda: self.ready_count() >= expected,
+            timeout_s=READY_TIMEOUT_S,
+        )
+        return self
+
+    def ready_count(self) -> int:
+        return self.log_path.read_bytes().count(b" ready.")
+
+    def children(self) -> dict[str, int]:
+        """Live workers by name (``{name}-1``, ..., ``{name}-race``) -> PID."""
+        import psutil
+
+        found: dict[str, int] = {}
+        for child in psutil.Process(self.proc.pid).children():
+            try:
+                hostname = next(a for a in child.cmdline() if a.startswith("--hostname="))
+            except (StopIteration, psutil.Error):
+                continue
+            found[hostname.removeprefix("--hostname=").split("@")[0]] = child.pid
+        return found
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        self._process.stop()

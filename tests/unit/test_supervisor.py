@@ -1,0 +1,113 @@
+"""The supervisor of ``batcher worker`` with stand-in children (tiny Python processes): how many it starts,
+restarts, gives up on, and how it stops them. tests/integration/test_supervisor.py runs it with Celery."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from batcher._supervisor import EXIT_GAVE_UP, EXIT_OK, ChildSpec, Supervisor, processes_for, worker_specs
+
+
+def test_zero_means_one_process_per_usable_core() -> None:
+    assert processes_for(0) == len(os.sched_getaffinity(0))
+    assert processes_for(3) == 3
+
+
+def test_specs_are_the_batch_workers_on_both_queues_and_one_race_only_worker() -> None:
+    specs = worker_specs(
+        processes=2, concurrency=7, race_concurrency=3, queue="q", race_queue="q.race", loglevel="INFO", extra=["-O"]
+    )
+    assert [s.name for s in specs] == ["batcher-1", "batcher-2", "batcher-race"]
+    assert "--queues=q,q.race" in specs[0].argv and "--concurrency=7" in specs[0].argv
+    assert "--hostname=batcher-2@%h" in specs[1].argv
+    assert "--queues=q.race" in specs[2].argv and "--concurrency=3" in specs[2].argv
+    assert all(s.argv[-1] == "-O" for s in specs)
+    no_race = worker_specs(
+        processes=2, concurrency=7, race_concurrency=0, queue="q", race_queue="q.race", loglevel="INFO"
+    )
+    assert [s.name for s in no_race] == ["batcher-1", "batcher-2"]
+
+
+def test_a_child_that_keeps_crashing_at_start_makes_it_give_up_and_stop_the_others(tmp_path: Path) -> None:
+    starts = tmp_path / "starts"
+    crash = f"open({str(starts)!r}, 'a').write('x'); raise SystemExit(3)"
+    healthy = "import time; time.sleep(600)"
+    supervisor = Supervisor(
+        [ChildSpec("bad", [sys.executable, "-c", crash]), ChildSpec("good", [sys.executable, "-c", healthy])],
+        backoff_initial_s=0.01,
+        backoff_max_s=0.05,
+        max_fast_crashes=4,
+    )
+    assert supervisor.run() == EXIT_GAVE_UP
+    assert starts.read_text() == "xxxx"  # started, then restarted three times
+    good = supervisor.children[1]
+    assert good.exit_codes == [-signal.SIGTERM]  # stopped by the supervisor, not left running
+
+
+def test_a_child_exiting_0_on_its_own_is_not_restarted(tmp_path: Path) -> None:
+    supervisor = Supervisor([ChildSpec("done", [sys.executable, "-c", "pass"])], backoff_initial_s=0.01)
+    assert supervisor.run() == EXIT_OK
+    assert supervisor.children[0].exit_codes == [0]
+
+
+SUPERVISE = textwrap.dedent(
+    """
+    import sys
+    from batcher._supervisor import ChildSpec, Supervisor
+
+    child = '''
+    import signal, sys, time
+    from pathlib import Path
+    out = Path(sys.argv[1])
+    def stop(signum, frame):
+        out.write_text(out.read_text() + f"{signum} ")
+        if signum == signal.SIGQUIT:
+            raise SystemExit(9)
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGQUIT, stop)
+    out.write_text("ready ")
+    while True:
+        time.sleep(1)
+    '''
+    specs = [ChildSpec(f"c{i}", [sys.executable, "-c", child, f"{sys.argv[1]}/c{i}"]) for i in range(2)]
+    sys.exit(Supervisor(specs).run())
+    """
+)
+
+
+@pytest.mark.parametrize("first", [signal.SIGTERM, signal.SIGINT])
+def test_first_stop_signal_is_forwarded_warm_the_second_cold(tmp_path: Path, first: signal.Signals) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", SUPERVISE, str(tmp_path)])
+    try:
+        outs = [tmp_path / "c0", tmp_path / "c1"]
+        _until(lambda: all(o.exists() and o.read_text().startswith("ready") for o in outs), proc)
+        proc.send_signal(first)
+        _until(lambda: all(f"{int(signal.SIGTERM)} " in o.read_text() for o in outs), proc)
+        assert proc.poll() is None  # the children handled SIGTERM without exiting: it waits for them
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == EXIT_OK
+        assert [o.read_text() for o in outs] == [f"ready {int(signal.SIGTERM)} {int(signal.SIGQUIT)} "] * 2
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _until(condition: object, proc: subprocess.Popen[bytes]) -> None:
+    import time
+
+    assert callable(condition)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        assert proc.poll() is None, "the supervisor exited"
+        time.sleep(0.02)
+    raise AssertionError("not within 30 s")
