@@ -22,6 +22,7 @@ DEFAULT_EMBEDDED_CONCURRENCY = 32
 DEFAULT_WORKER_CONCURRENCY = 100
 DEFAULT_WORKER_PROCESSES = 0  # one per core
 DEFAULT_WORKER_RACE_CONCURRENCY = 16
+DEFAULT_WORKER_BATCH_NICE = 0
 DEFAULT_DB_POOL_SIZE = 10
 DEFAULT_DB_MAX_OVERFLOW = 10
 DEFAULT_REQUEST_TIMEOUT_S = 600.0  # LiteLLM's default
@@ -74,6 +75,10 @@ class Settings(BaseSettings):
     worker_race_concurrency: int = Field(DEFAULT_WORKER_RACE_CONCURRENCY, ge=0, le=500)
     """Threads of the one extra process ``batcher worker`` runs for races only (``submit_fastest``), so a race
     never waits behind a batch holding every thread; 0 = none. Not started with ``--processes 1``."""
+    worker_batch_nice: int = Field(DEFAULT_WORKER_BATCH_NICE, ge=0, le=19)
+    """Niceness ``batcher worker`` adds to its batch processes (not the race process), so a race gets the CPU
+    first when batches keep every core busy; they still take all the CPU nothing else wants, but also yield to
+    everything else on the host. 0 (the default) = same priority. Only with a race process."""
     db_pool_size: int = Field(DEFAULT_DB_POOL_SIZE, ge=1, le=500)
     """Postgres connections a process keeps open. A thread holds one only for a statement (~1 ms),
     never across a provider call, so 100 threads share a few connections."""

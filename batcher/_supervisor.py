@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 import signal
@@ -76,6 +77,8 @@ class ChildSpec:
 
     name: str
     argv: list[str]
+    nice: int = 0
+    """Added to the process's niceness (``os.nice``): the batch workers yield the CPU to the race process."""
 
 
 @dataclass
@@ -89,9 +92,12 @@ class _Child:
     exit_codes: list[int] = field(default_factory=list)
 
 
-def _child_setup() -> None:  # pragma: no cover - runs in the forked child before exec
+def _child_setup(nice: int) -> None:  # pragma: no cover - runs in the forked child before exec
     # The supervisor blocks the signals it waits for; a Celery worker must receive them.
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    if nice:
+        with contextlib.suppress(OSError):
+            os.nice(nice)
     libc_name = ctypes.util.find_library("c")
     if sys.platform.startswith("linux") and libc_name:
         with contextlib.suppress(OSError, AttributeError):
@@ -160,7 +166,7 @@ class Supervisor:
                 child.spec.argv,
                 env=self.env,
                 cwd=self.cwd,
-                preexec_fn=_child_setup,  # the supervisor runs no threads: safe
+                preexec_fn=functools.partial(_child_setup, child.spec.nice),  # the supervisor runs no threads: safe
                 process_group=0,  # a terminal's Ctrl-C reaches the children once, through the supervisor
             )
         except OSError as exc:
@@ -256,6 +262,7 @@ def worker_specs(
     loglevel: str,
     name: str = "batcher",
     extra: Sequence[str] = (),
+    batch_nice: int = 0,
 ) -> list[ChildSpec]:
     """The children of ``batcher worker``: ``processes`` batch workers on both queues, plus a race-only one."""
     from batcher._celery import worker_argv
@@ -274,6 +281,7 @@ def worker_specs(
                 ),
                 *extra,
             ],
+            nice=batch_nice if race_concurrency > 0 else 0,
         )
         for i in range(1, processes + 1)
     ]

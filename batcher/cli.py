@@ -379,6 +379,7 @@ def worker(ctx: click.Context, processes: int | None, concurrency: int | None, l
         loglevel=loglevel,
         name=name or "batcher",
         extra=ctx.args,
+        batch_nice=settings.worker_batch_nice,
     )
     race = f" + 1 for races ({settings.worker_race_concurrency} threads)" if len(specs) > count else ""
     click.echo(f"batcher worker: {count} worker processes x {threads} threads{race}", err=True)

@@ -46,6 +46,13 @@ def _parser() -> argparse.ArgumentParser:
         default="",
         help="comma-separated what-ifs measured on W1 against the code as it is (see bench/_worker.py)",
     )
+    p.add_argument(
+        "--deployment",
+        choices=["default"],
+        help="instead of the workloads: W1 on `batcher worker` started as the README does (no flags) against the "
+        "bare-Celery ceiling and LiteLLM in one run, and W3 idle and during a large batch; writes the section "
+        "'Fast out of the box (issue #16)' of the output, keeping the rest",
+    )
     p.add_argument("--output", type=Path, help="default docs/benchmarks.md (a temporary file with --quick)")
     p.add_argument(
         "--merge",
@@ -109,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             litellm=litellm,
             say=say,
         )
+        if args.deployment:
+            return _deployment(bench, output, command, started, load_before, say)
         try:
             bench.start()
             steps = {
@@ -164,6 +173,44 @@ def main(argv: list[str] | None = None) -> int:
             say(f"stopped every process; dropped {bench.db.name}")
     if failures:
         print("BENCHMARK FAILED:\n  " + "\n  ".join(failures), file=sys.stderr)
+        return 1
+    return 0
+
+
+def _deployment(
+    bench: Bench, output: Path, command: str, started: str, load_before: tuple[float, float, float], say: Any
+) -> int:
+    """``--deployment default``: one run of ``Bench.deployment``, its subsection written into ``output``."""
+    from bench._report import deployment_lines, write_deployment
+
+    failure = ""
+    try:
+        bench.start()
+        bench.deployment()
+    except BenchCheckError as exc:
+        failure = f"deployment: {exc}"
+    except Exception as exc:
+        traceback.print_exc()
+        failure = f"deployment: the harness failed: {type(exc).__name__}: {str(exc)[:300]}"
+    finally:
+        load_after = os.getloadavg()
+        try:
+            if bench.runs:
+                session = {"command": command, "started": started, "load_before": list(load_before)}
+                session["load_after"] = list(load_after)
+                lines = deployment_lines(bench, session)
+                if failure:
+                    lines += ["", f"**Failed:** {failure}"]
+                output.parent.mkdir(parents=True, exist_ok=True)
+                write_deployment(output, lines)
+                for line in lines:
+                    say(line)
+                say(f"wrote {output}")
+        finally:
+            bench.close()
+            say(f"stopped every process; dropped {bench.db.name}")
+    if failure:
+        print(f"BENCHMARK FAILED:\n  {failure}", file=sys.stderr)
         return 1
     return 0
 

@@ -210,7 +210,110 @@ def read_results_copy(params: dict[str, Any]) -> Callable[[], dict[str, Any]]:
     return body
 
 
+CEILING_POLL_S = 0.02
+"""How often the ceiling's child reads the job counter (one indexed read: ~50 a second cost nothing)."""
+
+
+def ceiling(params: dict[str, Any]) -> Callable[[], dict[str, Any]]:
+    """The bare-Celery ceiling (``bench/_ceiling.py``): a job row, its N messages published by batcher's own
+    ``Publisher`` (as the dispatcher publishes), and the time until the workers bumped its counter N times."""
+    import uuid
+
+    from sqlalchemy import text
+
+    from batcher._publish import Publisher
+
+    client = _client()
+    n, queue = int(params["prompts"]), str(params["queue"])
+    job = str(uuid.uuid4())
+    with client.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO jobs (id, kind, state, total, succeeded, failed, cancelled, expired, params, created_at) "
+                "VALUES (:job, 'batch', 'running', :n, 0, 0, 0, 0, '{\"params\": {}}', now())"
+            ),
+            {"job": job, "n": n},
+        )
+    publisher = Publisher(client.celery)
+    read = text("SELECT succeeded FROM jobs WHERE id = :job")
+
+    def body() -> dict[str, Any]:
+        started = time.perf_counter()
+        publisher.publish_requests(job, range(n), queue)
+        published = time.perf_counter()
+        done = 0
+        deadline = started + float(params.get("timeout_s", 600))
+        while time.perf_counter() < deadline:
+            with client.engine.connect() as conn:
+                done = int(conn.execute(read, {"job": job}).scalar_one())
+            if done >= n:
+                break
+            time.sleep(CEILING_POLL_S)
+        return {
+            "job_id": job,
+            "prompts": n,
+            "ok": done,
+            "state": "completed" if done == n else "running",
+            "publish_s": published - started,
+            "wall_s": time.perf_counter() - started,
+        }
+
+    return body
+
+
+def race_during_batch(params: dict[str, Any]) -> Callable[[], dict[str, Any]]:
+    """W3 while a big batch runs: submit ``prompts`` to ``model``, wait until its requests are running, race
+    ``calls`` times one after another, note how far the batch got, then wait for the batch to finish."""
+    client = _client()
+    models = list(params["models"])
+    calls = int(params["calls"])
+    n, model = int(params["prompts"]), str(params["model"])
+    conversations = [[{"role": "user", "content": f"Busy {i}: what is {i} + {i}?"}] for i in range(n)]
+
+    def one(i: int) -> tuple[float, str, str]:
+        started = time.perf_counter()
+        job = client.submit_fastest(models=models, messages=[{"role": "user", "content": f"Busy race {i}: hi"}])
+        response = job.first_response(timeout=30)
+        return time.perf_counter() - started, str(response.model), str(job.id)
+
+    one(-1)  # warm-up, as in ``race``
+
+    def body() -> dict[str, Any]:
+        started = time.perf_counter()
+        batch = client.submit(model=model, messages=conversations)
+        while batch.status().succeeded == 0:  # every batch thread busy from here on
+            time.sleep(0.05)
+        before = batch.status().succeeded
+        times, winners, job_ids = [], [], []
+        for i in range(calls):
+            elapsed, winner, job_id = one(i)
+            times.append(elapsed)
+            winners.append(winner)
+            job_ids.append(job_id)
+        after = batch.status().succeeded
+        status = batch.wait(timeout=float(params.get("timeout_s", 3_600)))
+        ok = sum(1 for result in batch.results() if result.ok)
+        return {
+            "calls": calls,
+            "times_s": times,
+            "median_s": statistics.median(times),
+            "winners": sorted(set(winners)),
+            "job_ids": job_ids,
+            "job_id": str(batch.id),
+            "prompts": n,
+            "ok": ok,
+            "state": status.state.value,
+            "batch_done_before": before,
+            "batch_done_after": after,
+            "wall_s": time.perf_counter() - started,
+        }
+
+    return body
+
+
 WORKLOADS: dict[str, Callable[[dict[str, Any]], Callable[[], dict[str, Any]]]] = {
+    "ceiling": ceiling,
+    "race_during_batch": race_during_batch,
     "batch": batch,
     "race": race,
     "submit_file": submit_file,

@@ -79,6 +79,9 @@ class Sizes:
     rl_prompts: int = 2_000
     litellm_w2_workers: int = 500
     profile_prompts: int = 5_000
+    deploy_busy_prompts: int = 20_000
+    """``--deployment``: the batch W3's races run during."""
+    deploy_busy_reps: int = 1
     warm_up: bool = True
     """Run a small unmeasured batch on freshly started workers (pools, keep-alive, lazy imports)."""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -99,6 +102,7 @@ QUICK = replace(
     rl_prompts=120,
     litellm_w2_workers=100,
     profile_prompts=500,
+    deploy_busy_prompts=600,
     warm_up=False,
 )
 """Tiny sizes: proves the harness end to end in seconds (``--quick``, the smoke test)."""

@@ -184,6 +184,9 @@ class FakeProviderProcess:
 class Workers:
     """Real Celery worker processes (threads pool), as ``batcher worker`` / the tests start them."""
 
+    app_module = "workers"
+    name = "bench"
+
     def __init__(self, env: dict[str, str], workdir: Path, *, count: int, concurrency: int) -> None:
         self.env = {
             **env,
@@ -212,12 +215,12 @@ class Workers:
                             "-m",
                             "bench._worker",  # = python -m celery, plus the what-ifs (see there)
                             "-A",
-                            "workers",
+                            self.app_module,
                             *worker_argv(  # the flags of `batcher worker`
                                 concurrency=self.concurrency,
                                 queues=queues,
                                 loglevel="WARNING",
-                                hostname=f"bench{i}-{os.getpid()}@%h",
+                                hostname=f"{self.name}{i}-{os.getpid()}@%h",
                             ),
                         ],
                         env=self.env,
@@ -241,7 +244,7 @@ class Workers:
         )
         app = make_celery_app(settings)
         deadline = time.monotonic() + READY_TIMEOUT_S
-        names = {f"bench{i}-{os.getpid()}" for i in range(self.count)}
+        names = {f"{self.name}{i}-{os.getpid()}" for i in range(self.count)}
         try:
             while time.monotonic() < deadline:
                 for i, proc in enumerate(self.procs):
@@ -265,6 +268,64 @@ class Workers:
         for proc in self.procs:
             stop_process(proc)
         self.procs = []
+
+
+class DefaultDeployment:
+    """``batcher worker`` exactly as the README starts it (no flags): its supervisor and every worker process.
+
+    Ready when each of its workers has logged ``ready.`` (one per core and the race process); ``pids``
+    are the supervisor's and its children's, for the CPU and memory meter."""
+
+    def __init__(self, env: dict[str, str], workdir: Path, *, expected: int) -> None:
+        self.env = env
+        self.workdir = workdir
+        self.expected = expected
+        self.log = workdir / "deployment.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pids(self) -> list[int]:
+        import psutil
+
+        assert self.proc is not None
+        try:
+            return [self.proc.pid, *(c.pid for c in psutil.Process(self.proc.pid).children(recursive=True))]
+        except psutil.Error:
+            return [self.proc.pid]
+
+    def start(self) -> DefaultDeployment:
+        with self.log.open("ab") as handle:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", "from batcher.cli import main; main()", "worker"],
+                env=self.env,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                cwd=REPO_ROOT,
+            )
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"batcher worker exited:\n{self.log_tail()}")
+            if self.log.read_bytes().count(b" ready.") >= self.expected:
+                return self
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"batcher worker not ready in {READY_TIMEOUT_S} s:\n{self.log_tail()}")
+
+    def log_tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
+
+    def stop(self) -> None:
+        stop_process(self.proc, timeout=60)
+        self.proc = None
+
+
+class CeilingWorkers(Workers):
+    """The bare-Celery ceiling (``bench/_ceiling.py``): as many processes and threads as the default
+    deployment's batch workers, the flags of ``batcher worker``, a task that only bumps the job counter."""
+
+    app_module = "bench._ceiling"
+    name = "ceiling"
 
 
 _PING_SETTINGS = {"BATCHER_REDIS_URL", "BATCHER_QUEUE", "BATCHER_RACE_QUEUE", "BATCHER_DATABASE_URL"}

@@ -22,7 +22,7 @@ from sqlalchemy import create_engine, text
 from bench import _config as cfg
 from bench._cpu import CpuMeter, Usage, find_redis_server
 from bench._protocol import Child, ChildError, ChildSetupError
-from bench._services import BenchDatabase, BenchRedis, FakeProviderProcess, Workers
+from bench._services import BenchDatabase, BenchRedis, CeilingWorkers, DefaultDeployment, FakeProviderProcess, Workers
 
 SETUP_ATTEMPTS = 3
 
@@ -79,6 +79,7 @@ class Bench:
         self.fake = FakeProviderProcess(cfg.fake_provider_config(), workdir)
         self.queue = f"bench-{self.tag}"
         self.workers: Workers | None = None
+        self.fleets: list[DefaultDeployment | Workers] = []  # --deployment: started and stopped by ``deployment``
         self._workers_key: tuple[Any, ...] | None = None
         self.job_ids: list[str] = []
         self.redis_pids = find_redis_server()
@@ -95,6 +96,8 @@ class Bench:
 
     def close(self) -> None:
         self.stop_workers()
+        for fleet in self.fleets:
+            fleet.stop()
         self.fake.stop()
         try:
             self.redis.cleanup(self.job_ids)
@@ -154,13 +157,20 @@ class Bench:
     # --- running one child ----------------------------------------------------------------
 
     def run_child(
-        self, system: str, workload: str, params: dict[str, Any], *, env: dict[str, str] | None = None, timeout: float
+        self,
+        system: str,
+        workload: str,
+        params: dict[str, Any],
+        *,
+        env: dict[str, str] | None = None,
+        timeout: float,
+        worker_pids: list[int] | None = None,
     ) -> tuple[dict[str, Any], Usage]:
         # A child that cannot connect while it sets up (Postgres' max_connections is shared with
         # whatever else runs on this machine) is started again; nothing was measured yet.
         for attempt in range(1, SETUP_ATTEMPTS + 1):
             try:
-                return self._run_child(system, workload, params, env=env, timeout=timeout)
+                return self._run_child(system, workload, params, env=env, timeout=timeout, worker_pids=worker_pids)
             except ChildSetupError as exc:
                 if attempt == SETUP_ATTEMPTS:
                     raise
@@ -169,7 +179,14 @@ class Bench:
         raise AssertionError("unreachable")
 
     def _run_child(
-        self, system: str, workload: str, params: dict[str, Any], *, env: dict[str, str] | None, timeout: float
+        self,
+        system: str,
+        workload: str,
+        params: dict[str, Any],
+        *,
+        env: dict[str, str] | None,
+        timeout: float,
+        worker_pids: list[int] | None = None,
     ) -> tuple[dict[str, Any], Usage]:
         module = "bench._batcher_child" if system == "batcher" else "bench._litellm_child"
         child = Child(module, workload, params, env or self.env, self.workdir / f"{system}-{workload}.log")
@@ -179,7 +196,10 @@ class Bench:
             roles: dict[str, list[int]] = {"client": [child.pid], "fake": [self.fake.pid]}
             database: str | None = None
             if system == "batcher":  # LiteLLM uses neither workers, Redis nor Postgres
-                roles["workers"] = self.workers.pids if self.workers else []
+                if worker_pids is not None:
+                    roles["workers"] = worker_pids
+                else:
+                    roles["workers"] = self.workers.pids if self.workers else []
                 roles["redis"] = self.redis_pids
                 database = self.db.name
             meter = CpuMeter(roles, database).start()
@@ -244,9 +264,26 @@ class Bench:
         self, workload: str, model: str, n: int, concurrency: int, extra_env: dict[str, str] | None = None
     ) -> Run:
         self.ensure_workers(concurrency, extra_env)
+        return self.batch_run(workload, model, n)
+
+    def batch_run(
+        self,
+        workload: str,
+        model: str,
+        n: int,
+        *,
+        env: dict[str, str] | None = None,
+        worker_pids: list[int] | None = None,
+    ) -> Run:
+        """One batch of ``n`` prompts on the workers running now, checked."""
         try:
             result, usage = self.run_child(
-                "batcher", "batch", {"prompts": n, "model": model}, timeout=max(600.0, n * 0.2)
+                "batcher",
+                "batch",
+                {"prompts": n, "model": model},
+                env=env,
+                timeout=max(600.0, n * 0.2),
+                worker_pids=worker_pids,
             )
         except ChildError as exc:
             raise ChildError(f"{exc}\nrequests by state: {self.request_states()}") from None
@@ -341,6 +378,101 @@ class Bench:
                 run = self.batch(f"X:{name}", cfg.W1_MODEL, s.w1_prompts, s.w1_slots_per_worker, env)
                 run.extra["variant"] = label
                 self.say(f"what-if {name} #{rep + 1} {label}: {run.rate:.0f}/s, {sum(run.cpu_ms().values()):.2f} ms")
+
+    # --- --deployment default: batcher worker as the README starts it vs the bare-Celery ceiling (issue #16)
+
+    def deployment(self) -> None:
+        """In one run, alternating each repetition: W1 on ``batcher worker`` started with no flags, the
+        bare-Celery ceiling (same processes and threads, same broker, published by the same ``Publisher``)
+        and LiteLLM; then W3 on the deployment, idle and during a large batch."""
+        from batcher._config import DEFAULT_WORKER_CONCURRENCY
+        from batcher._supervisor import processes_for
+
+        s = self.sizes
+        self.stop_workers()
+        processes = processes_for(0)
+        # The README's environment: the run's services, nothing tuned (not even the bench's log level).
+        env = {k: v for k, v in self.env.items() if k != "BATCHER_LOG_LEVEL"}
+        self.say(f"starting `batcher worker` (no flags): {processes} processes + 1 for races")
+        deployed = DefaultDeployment(env, self.workdir, expected=processes + 1)
+        self.fleets.append(deployed)
+        deployed.start()
+        ceiling_queue = f"{self.queue}.ceiling"
+        ceiling_env = {**self.env, "BATCHER_QUEUE": ceiling_queue}
+        self.say(f"starting the ceiling: {processes} x {DEFAULT_WORKER_CONCURRENCY} threads of bench/_ceiling.py")
+        ceiling = CeilingWorkers(ceiling_env, self.workdir, count=processes, concurrency=DEFAULT_WORKER_CONCURRENCY)
+        self.fleets.append(ceiling)
+        ceiling.start()
+        if s.warm_up:  # pools, keep-alive and lazy imports, as a running deployment has them
+            slots = processes * DEFAULT_WORKER_CONCURRENCY
+            self.batch_run("D:warm-up", cfg.W1_MODEL, 2 * slots, env=env, worker_pids=deployed.pids)
+            self._ceiling_run(2 * slots, ceiling_env, ceiling, ceiling_queue)
+            self.runs = [r for r in self.runs if not r.workload.startswith("D:warm-up")]
+        for rep in range(s.reps):
+            run = self.batch_run("D:W1", cfg.W1_MODEL, s.w1_prompts, env=env, worker_pids=deployed.pids)
+            run.extra.update(processes=processes, threads=DEFAULT_WORKER_CONCURRENCY)
+            self.say(f"D:W1 batcher worker #{rep + 1}: {run.rate:.0f}/s, {_total_ms(run):.2f} CPU-ms {_timeline(run)}")
+            crun = self._ceiling_run(s.w1_prompts, ceiling_env, ceiling, ceiling_queue)
+            self.say(f"D:W1 ceiling #{rep + 1}: {crun.rate:.0f}/s, {_total_ms(crun):.2f} CPU-ms")
+            if self.litellm:
+                lrun = self.litellm_batch("D:W1", cfg.W1_MODEL, s.w1_prompts, 100)
+                self.say(f"D:W1 litellm #{rep + 1}: {lrun.rate:.0f}/s, {_total_ms(lrun):.2f} CPU-ms")
+        ceiling.stop()
+        fastest = cfg.model_name(cfg.RACE_MODELS[0])
+        for rep in range(s.reps):
+            result, usage = self.run_child(
+                "batcher",
+                "race",
+                {"models": list(cfg.RACE_MODELS), "calls": s.w3_calls},
+                env=env,
+                timeout=600,
+                worker_pids=deployed.pids,
+            )
+            check(result["winners"] == [fastest], f"D:W3: the winners were {result['winners']}, not only {fastest}")
+            run = Run("D:W3", "batcher", s.w3_calls, sum(result["times_s"]), result, usage)
+            run.extra["median_ms"] = 1000 * result["median_s"]
+            self.runs.append(run)
+            self.say(f"D:W3 idle #{rep + 1}: median {run.extra['median_ms']:.0f} ms")
+        for rep in range(s.deploy_busy_reps):
+            n = s.deploy_busy_prompts
+            result, usage = self.run_child(
+                "batcher",
+                "race_during_batch",
+                {"models": list(cfg.RACE_MODELS), "calls": s.w3_calls, "prompts": n, "model": cfg.W1_MODEL},
+                env=env,
+                timeout=max(900.0, n * 0.2),
+                worker_pids=deployed.pids,
+            )
+            check(
+                result["winners"] == [fastest], f"D:W3 busy: the winners were {result['winners']}, not only {fastest}"
+            )
+            check(
+                result["batch_done_after"] < n,
+                f"D:W3 busy: the {n}-prompt batch was over before the races were ({result['batch_done_after']} done)",
+            )
+            self.check_job(result, n, f"D:W3 busy (its {n}-prompt batch)")
+            run = Run("D:W3busy", "batcher", s.w3_calls, sum(result["times_s"]), result, usage)
+            run.extra.update(median_ms=1000 * result["median_s"], batch_prompts=n)
+            self.runs.append(run)
+            self.say(
+                f"D:W3 during a {n}-prompt batch #{rep + 1}: median {run.extra['median_ms']:.0f} ms "
+                f"(batch {result['batch_done_before']} -> {result['batch_done_after']} done meanwhile)"
+            )
+        deployed.stop()
+
+    def _ceiling_run(self, n: int, env: dict[str, str], ceiling: CeilingWorkers, queue: str) -> Run:
+        result, usage = self.run_child(
+            "batcher",
+            "ceiling",
+            {"prompts": n, "queue": queue},
+            env=env,
+            timeout=max(600.0, n * 0.2),
+            worker_pids=ceiling.pids,
+        )
+        check(result["ok"] == n, f"D:W1 ceiling: the counter reached {result['ok']} of {n}")
+        run = Run("D:W1", "ceiling", n, result["wall_s"], result, usage)
+        self.runs.append(run)
+        return run
 
     # --- W3: fastest of three models ---------------------------------------------------------
 
@@ -498,6 +630,11 @@ class Bench:
     def rl_floor_s(n: int) -> float:
         """The fastest any client can finish under a moving window: full windows, then the latency."""
         return (math.ceil(n / cfg.RL_LIMIT) - 1) * cfg.RL_WINDOW_S + cfg.RL_LATENCY_MS / 1000
+
+
+def _total_ms(run: Run) -> float:
+    """CPU-ms per completion over every process but the fake provider."""
+    return sum(v for k, v in run.cpu_ms().items() if k != "fake")
 
 
 def _timeline(run: Run) -> str:

@@ -90,9 +90,17 @@ class Liveness:
         if self.beats:
             self._beat()  # registered before the first claim
             self._spawn("batcher-heartbeat", self._heartbeat_loop)
-        self._spawn("batcher-leader", self._leader_loop)
-        self._spawn("batcher-dispatch", self._dispatch_loop)
+        if self.candidate:
+            self._spawn("batcher-leader", self._leader_loop)
+            self._spawn("batcher-dispatch", self._dispatch_loop)
         return self
+
+    @property
+    def candidate(self) -> bool:
+        """Whether this process stands for leadership: not a worker that takes only races (``batcher worker``'s
+        race process), whose threads and GIL are kept for races; the batch workers lead (the supervisor
+        keeps them running)."""
+        return not self.beats or self.settings.queue in self.queues
 
     def stop(self) -> None:
         """Stop the loops and give up leadership (the connection holding the lock closes)."""
