@@ -57,3 +57,31 @@ def test_quick_benchmark_runs_checks_and_cleans_up(tmp_path: Path, redis_url: st
     finally:
         admin.dispose()
     assert left is None
+
+
+def test_quick_deployment_benchmark_writes_its_section_and_keeps_the_rest(tmp_path: Path, redis_url: str) -> None:
+    """``--deployment default``: `batcher worker` as the README starts it, the ceiling and LiteLLM in one run."""
+    from bench._report import NOTES_MARKER
+
+    output = tmp_path / "benchmarks.md"
+    output.write_text(f"# Benchmarks\n\ngenerated\n\n{NOTES_MARKER}\n\n## Someone else's section\n\nkept\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BATCHER_", "OPENAI_", "ANTHROPIC_", "CO"))}
+    env["BATCHER_BENCH_PG_ADMIN_URL"] = PG_ADMIN_URL
+    env["BATCHER_BENCH_REDIS_URL"] = redis_url
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--deployment", "default", "--output", str(output)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    report = output.read_text()
+    assert "## Someone else's section\n\nkept" in report
+    section = report.split("## Fast out of the box (issue #16)", 1)[1]
+    assert "### Default deployment vs ceiling" in section
+    for row in ("| batcher (`batcher worker`) |", "| bare-Celery ceiling |", "| W3 fastest of 3"):
+        assert row in section, section
+    assert "stopped every process; dropped batcher_bench_" in log

@@ -135,3 +135,25 @@ def test_a_race_is_answered_while_a_batch_holds_every_batch_thread(
                 batch.cancel()
         finally:
             workers.stop()
+
+
+def test_the_setting_chooses_the_processes_and_one_is_the_plain_worker_of_old(
+    cluster_env: dict[str, str], tmp_path: Path
+) -> None:
+    with IsolatedCluster(
+        cluster_env, tmp_path, {**FAST, "BATCHER_WORKER_PROCESSES": "3"}, n_workers=0, own_database=True
+    ) as cluster:
+        workers = SupervisedWorkers(cluster.env, tmp_path / "three.log").start(expected=4)
+        try:
+            assert len(workers.children()) == 4  # 3 from BATCHER_WORKER_PROCESSES, + the race process
+        finally:
+            workers.stop()
+        # -p 1 wins over the setting: one Celery worker, in the command's own process, nothing supervised.
+        single = SupervisedWorkers(cluster.env, tmp_path / "one.log", args=("-p", "1")).start(expected=1)
+        try:
+            assert single.children() == {}
+            assert "supervisor" not in single.log()
+            assert f"{single.name}@" in single.log()  # --name with -p 1: NAME@host
+        finally:
+            single.stop()
+        assert single.proc.returncode == 0
