@@ -114,6 +114,7 @@ def race(params: dict[str, Any]) -> Callable[[], dict[str, Any]]:
             "times_s": times,
             "median_s": statistics.median(times),
             "winners": sorted(set(winners)),
+            "all_winners": winners,
             "job_ids": job_ids,
         }
 
@@ -298,6 +299,7 @@ def race_during_batch(params: dict[str, Any]) -> Callable[[], dict[str, Any]]:
             "times_s": times,
             "median_s": statistics.median(times),
             "winners": sorted(set(winners)),
+            "all_winners": winners,
             "job_ids": job_ids,
             "job_id": str(batch.id),
             "prompts": n,

