@@ -406,7 +406,7 @@ class Bench:
         if s.warm_up:  # pools, keep-alive and lazy imports, as a running deployment has them
             slots = processes * DEFAULT_WORKER_CONCURRENCY
             self.batch_run("D:warm-up", cfg.W1_MODEL, 2 * slots, env=env, worker_pids=deployed.pids)
-            self._ceiling_run(2 * slots, ceiling_env, ceiling, ceiling_queue)
+            self._ceiling_run(2 * slots, ceiling_env, ceiling, ceiling_queue, workload="D:warm-up")
             self.runs = [r for r in self.runs if not r.workload.startswith("D:warm-up")]
         for rep in range(s.reps):
             run = self.batch_run("D:W1", cfg.W1_MODEL, s.w1_prompts, env=env, worker_pids=deployed.pids)
@@ -459,7 +459,9 @@ class Bench:
             )
         deployed.stop()
 
-    def _ceiling_run(self, n: int, env: dict[str, str], ceiling: CeilingWorkers, queue: str) -> Run:
+    def _ceiling_run(
+        self, n: int, env: dict[str, str], ceiling: CeilingWorkers, queue: str, *, workload: str = "D:W1"
+    ) -> Run:
         result, usage = self.run_child(
             "batcher",
             "ceiling",
@@ -469,7 +471,7 @@ class Bench:
             worker_pids=ceiling.pids,
         )
         check(result["ok"] == n, f"D:W1 ceiling: the counter reached {result['ok']} of {n}")
-        run = Run("D:W1", "ceiling", n, result["wall_s"], result, usage)
+        run = Run(workload, "ceiling", n, result["wall_s"], result, usage)
         self.runs.append(run)
         return run
 
