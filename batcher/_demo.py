@@ -33,7 +33,8 @@ from batcher._mode import EMBEDDED, resolve_mode
 
 DEMO_MODELS = ("gpt-4o-mini", "claude-3-5-haiku-latest", "command-r")
 RACE_LATENCIES_MS = {"gpt-4o-mini": 50, "claude-3-5-haiku-latest": 200, "command-r": 500}
-WORKER_READY_TIMEOUT_S = 60.0
+WORKER_READY_TIMEOUT_S = 120.0
+"""The workers of `batcher worker` (one per core and the race process) start together; on a loaded machine slowly."""
 DEMO_KEY_TTL_S = 3_600
 """Redis keys of a demo's own queues expire an hour after it ends."""
 
