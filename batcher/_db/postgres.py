@@ -137,6 +137,8 @@ margin: it only matters when no live worker holds the request (see ``batcher._db
 A worker may claim again a request it holds itself: its first claim committed but the answer
 was lost with the connection (a database restart), and the task is being retried."""
 
+_ROW_DONE = "j.succeeded + j.failed + j.cancelled + j.expired"
+
 _COUNT_AND_REPORT = """
     , counted AS (
         UPDATE job_counters AS c SET {counter} = c.{counter} + 1
@@ -146,12 +148,20 @@ _COUNT_AND_REPORT = """
         UPDATE jobs AS j SET open_shards = j.open_shards - 1
           FROM counted
          WHERE j.id = counted.job_id AND counted.settles
-        RETURNING j.open_shards
+        RETURNING j.open_shards = 0 AS complete
+    ), unsharded AS (
+        UPDATE jobs AS j SET {counter} = j.{counter} + 1
+         WHERE j.id = (SELECT job_id FROM upd) AND NOT EXISTS (SELECT 1 FROM counted)
+        RETURNING j.open_shards = 0 AND {row_done} >= j.total AS complete
     )
-    SELECT EXISTS (SELECT 1 FROM settled WHERE open_shards = 0) AS complete FROM upd
-""".replace("{shards}", str(JOB_COUNTER_SHARDS))
+    SELECT COALESCE((SELECT complete FROM settled), (SELECT complete FROM unsharded), false) AS complete FROM upd
+""".replace("{shards}", str(JOB_COUNTER_SHARDS)).replace("{row_done}", _ROW_DONE)
 """Count the request ``upd`` moved (one row: ``job_id``, ``idx``) in its shard. The job row is written only
-by the statement that settles a shard (its count reaches its total): ``min(total, 16)`` times per job."""
+by the statement that settles a shard (its count reaches its total): ``min(total, 16)`` times per job.
+
+``unsharded``: a job with no shard row for the request (stored by a version before migration 0009 during a
+rolling upgrade, so no shards were made for it) is counted on its row, as before, and is complete when
+the row's count reaches its total (exact: the row lock orders those stores)."""
 
 _COUNT_ENDS = """
     , ends AS (
@@ -160,23 +170,33 @@ _COUNT_ENDS = """
         UPDATE job_counters AS c SET {counter} = c.{counter} + ends.n
           FROM ends
          WHERE c.job_id = ends.job_id AND c.shard = ends.shard
-        RETURNING c.job_id, c.succeeded + c.failed + c.cancelled + c.expired AS done, c.total, ends.n
+        RETURNING c.job_id, c.shard, c.succeeded + c.failed + c.cancelled + c.expired AS done, c.total, ends.n
     ), closing AS (
-        SELECT job_id, count(*) AS n FROM counted WHERE done >= total AND done - n < total GROUP BY job_id
+        SELECT e.job_id,
+               count(*) FILTER (WHERE c.done >= c.total AND c.done - c.n < c.total) AS settled,
+               COALESCE(sum(e.n) FILTER (WHERE c.job_id IS NULL), 0) AS unsharded
+          FROM ends AS e LEFT JOIN counted AS c ON c.job_id = e.job_id AND c.shard = e.shard
+         GROUP BY e.job_id
     )
 """.replace("{shards}", str(JOB_COUNTER_SHARDS))
-"""``_COUNT_AND_REPORT`` for many requests (``upd``: ``job_id``, ``idx``; of one job or several): ``closing`` is,
-per job, how many shards this statement settled, for the caller's one ``UPDATE`` of the job row (a
+"""``_COUNT_AND_REPORT`` for many requests (``upd``: ``job_id``, ``idx``; of one job or several). ``closing``
+is, per job, how many shards this statement settled and how many requests had no shard row to count in
+(``unsharded``: counted on the job row instead), for the caller's one ``UPDATE`` of the job row (a
 statement may not update a row twice)."""
+
+_CLOSING_COMPLETE = f"j.open_shards = 0 AND (closing.settled > 0 OR (closing.unsharded > 0 AND {_ROW_DONE} >= j.total))"
+"""In the ``RETURNING`` of an ``UPDATE jobs AS j ... FROM closing``: this statement counted the job's last open
+request."""
 
 _SETTLE = """
     , settled AS (
-        UPDATE jobs AS j SET open_shards = j.open_shards - closing.n
+        UPDATE jobs AS j SET open_shards = j.open_shards - closing.settled,
+                             {counter} = j.{counter} + closing.unsharded
           FROM closing
          WHERE j.id = closing.job_id
-        RETURNING j.id, j.open_shards
+        RETURNING j.id, {complete} AS complete
     )
-"""
+""".replace("{complete}", _CLOSING_COMPLETE)
 
 _RECORD_SUCCESS = """
     WITH upd AS (
@@ -318,9 +338,9 @@ _SKIP_UNSENT = text(
     )
     """
     + _COUNT_ENDS.format(counter="cancelled")
-    + _SETTLE
+    + _SETTLE.format(counter="cancelled")
     + """
-    SELECT EXISTS (SELECT 1 FROM settled WHERE open_shards = 0) AS complete FROM jobs WHERE id = :id
+    SELECT EXISTS (SELECT 1 FROM settled WHERE complete) AS complete FROM jobs WHERE id = :id
     """
 )
 
@@ -363,7 +383,9 @@ _CANCEL_JOB = text(
         RETURNING job_id, idx
     )
     {_COUNT_ENDS.format(counter="cancelled")}
-    UPDATE jobs SET state = 'cancelling', open_shards = open_shards - COALESCE((SELECT sum(n) FROM closing), 0)
+    UPDATE jobs SET state = 'cancelling',
+                    open_shards = open_shards - COALESCE((SELECT sum(settled) FROM closing), 0),
+                    cancelled = cancelled + COALESCE((SELECT sum(unsharded) FROM closing), 0)
      WHERE id = :id AND state IN ({_ACTIVE})
     RETURNING (SELECT count(*) FROM upd) AS n
     """
@@ -424,7 +446,7 @@ _EXPIRE_OVERDUE = text(
         RETURNING job_id, idx
     )
     {_COUNT_ENDS.format(counter="expired")}
-    {_SETTLE}
+    {_SETTLE.format(counter="expired")}
     SELECT DISTINCT job_id AS id FROM upd
     """
 )
@@ -438,9 +460,9 @@ _COUNT_IDXS = {
     WITH upd AS (SELECT CAST(%(job_id)s AS uuid) AS job_id, unnest(CAST(%(idxs)s AS integer[])) AS idx)
     """
     + _COUNT_ENDS.format(counter=counter)
-    + _SETTLE
+    + _SETTLE.format(counter=counter)
     + """
-    SELECT EXISTS (SELECT 1 FROM settled WHERE open_shards = 0) AS complete
+    SELECT EXISTS (SELECT 1 FROM settled WHERE complete) AS complete
     """
     for counter in set(FINAL_STATE_COUNTER.values())
 }

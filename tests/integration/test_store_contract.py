@@ -20,12 +20,12 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, insert, make_url, select, update
+from sqlalchemy import Engine, create_engine, delete, insert, make_url, select, update
 
 from batcher._config import Settings
 from batcher._db.contract import FINAL_STATE_COUNTER, JobStore, store_for
 from batcher._db.engine import _sqlite_engine
-from batcher._db.models import ApiKey, Job, Request, Response
+from batcher._db.models import ApiKey, Job, JobCounter, Request, Response
 from batcher._db.postgres import PostgresStore
 from batcher._db.rows import Answer, ClaimedRequest, Failure, NewJob, NewRequest, Progress
 from batcher._db.sqlite import SqliteStore
@@ -622,6 +622,24 @@ def test_concurrent_stores_count_exactly_and_exactly_one_completes_the_job(engin
         row = conn.execute(select(J.succeeded, J.failed, J.cancelled, J.expired).where(J.id == job_id)).one()
     assert tuple(row) == (72, 24, 0, 0)
     assert _counters(engine, store, job_id) == (n, 72, 24, 0, 0)
+
+
+def test_a_job_stored_without_counter_shards_counts_on_its_row(engine: Engine, store: JobStore) -> None:
+    """A job stored by a version before the shards (a submitter not yet upgraded in a rolling upgrade): its
+    requests count on the ``jobs`` row, as before, and the last one still completes it, once."""
+    job_id = _job(engine, store, 4)
+    with engine.begin() as conn:
+        conn.execute(delete(JobCounter).where(JobCounter.__table__.c.job_id == job_id))
+        conn.execute(update(Job).where(J.id == job_id).values(open_shards=0))
+    claimed = [_claimed(engine, store, job_id, idx) for idx in range(4)]
+    assert _succeed(engine, store, claimed[0], {"i": 0}) == Progress(complete=False)
+    assert _end(engine, store, claimed[1], RequestState.FAILED) == Progress(complete=False)
+    with engine.begin() as conn:
+        conn.execute(update(Request).where(R.job_id == job_id, R.idx == 2).values(state="failed"))
+        assert store.count_ends(conn, job_id, "failed", [2]) == Progress(complete=False)
+    assert _succeed(engine, store, claimed[3], {"i": 3}) == Progress(complete=True)
+    assert _counters(engine, store, job_id) == (4, 2, 2, 0, 0)
+    assert _finalize(engine, store, job_id) == "completed"
 
 
 def test_requests_ended_by_the_caller_count_once_and_can_complete_the_job(engine: Engine, store: JobStore) -> None:
