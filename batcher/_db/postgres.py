@@ -68,6 +68,20 @@ SHARD_SUMS = """
 to add to ``j.succeeded`` ... (see the module's docstring). The API's key quotas and batches read a job's
 counts through it too."""
 
+SHARD_COLUMNS = (
+    "s.succeeded AS shard_succeeded, s.failed AS shard_failed, s.cancelled AS shard_cancelled, "
+    "s.expired AS shard_expired"
+)
+"""Select them with ``j.*`` (``SHARD_SUMS`` joined) and pass each row to ``fold_shards``."""
+
+
+def fold_shards(row: dict[str, Any]) -> dict[str, Any]:
+    """A ``jobs`` row read with ``SHARD_COLUMNS``, with its shards' sums added to its counters (and dropped)."""
+    for counter in ("succeeded", "failed", "cancelled", "expired"):
+        row[counter] += int(row.pop(f"shard_{counter}"))
+    return row
+
+
 SHARDED_DONE = "(j.succeeded + j.failed + j.cancelled + j.expired + s.succeeded + s.failed + s.cancelled + s.expired)"
 """The job's requests in a final state, with ``SHARD_SUMS`` joined."""
 
@@ -393,8 +407,7 @@ _CANCEL_JOB = text(
 
 _JOB_ROW = text(
     f"""
-    SELECT j.*, s.succeeded AS shard_succeeded, s.failed AS shard_failed, s.cancelled AS shard_cancelled,
-           s.expired AS shard_expired
+    SELECT j.*, {SHARD_COLUMNS}
       FROM jobs AS j {SHARD_SUMS}
      WHERE j.id = :id
     """
@@ -638,12 +651,7 @@ class PostgresStore(JobStore):
 
     def job_row(self, conn: Connection, job_id: UUID) -> dict[str, Any] | None:
         row = conn.execute(_JOB_ROW, {"id": job_id}).mappings().first()
-        if row is None:
-            return None
-        data = dict(row)
-        for counter in ("succeeded", "failed", "cancelled", "expired"):
-            data[counter] += int(data.pop(f"shard_{counter}"))
-        return data
+        return fold_shards(dict(row)) if row else None
 
     def stream_results(self, engine: Engine, job_id: UUID, *, page_size: int = 1_000) -> Iterator[dict[str, Any]]:
         """Through a server-side cursor."""
