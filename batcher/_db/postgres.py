@@ -160,8 +160,7 @@ _COUNT_AND_REPORT = """
         RETURNING c.job_id, c.succeeded + c.failed + c.cancelled + c.expired = c.total AS settles
     ), settled AS (
         UPDATE jobs AS j SET open_shards = j.open_shards - 1
-          FROM counted
-         WHERE j.id = counted.job_id AND counted.settles
+         WHERE j.id = (SELECT job_id FROM counted WHERE settles)  -- by primary key, never a join
         RETURNING j.open_shards = 0 AS complete
     ), unsharded AS (
         UPDATE jobs AS j SET {counter} = j.{counter} + 1
