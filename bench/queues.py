@@ -50,6 +50,7 @@ import redis
 
 from batcher import Client, Job, JobState, RequestSpec, WaitTimeoutError
 from batcher._config import DEFAULT_WORKER_CONCURRENCY
+from batcher._db.postgres import SHARD_SUMS
 from batcher.testing.servers import RedisServer, free_port
 from bench._faults_procs import API_KEY, READY_TIMEOUT_S, Child, Cluster, cluster, prompts, until
 
@@ -572,7 +573,8 @@ def after_cancel(run: Run) -> Outcome:
 def _progress(c: Cluster, ids: Sequence[str]) -> dict[str, tuple[int, int, bool]]:
     """Each job's (completed, total, final) now, in one statement."""
     rows = c.rows(
-        "SELECT id::text AS id, succeeded + failed AS done, total, state FROM jobs WHERE id::text = ANY(:ids)",
+        f"SELECT j.id::text AS id, j.succeeded + j.failed + s.succeeded + s.failed AS done, j.total, j.state "
+        f"FROM jobs AS j {SHARD_SUMS} WHERE j.id::text = ANY(:ids)",  # the row plus its counter shards
         ids=list(ids),
     )
     return {r["id"]: (int(r["done"]), int(r["total"]), JobState(r["state"]).is_final) for r in rows}

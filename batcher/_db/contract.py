@@ -17,8 +17,10 @@ What every statement promises:
   on, changes nothing: a redelivered task, a re-run after a lost lease, a recovery re-enqueue and a
   duplicate finalizer are all harmless.
 * **Counted once.** A job's counters (``succeeded``, ``failed``, ``cancelled``, ``expired``) move in
-  the same statement as the request rows they count, guarded the same way; ``done == total`` is
-  seen by exactly one caller.
+  the same statement as the request rows they count, guarded the same way; ``Progress.complete``
+  (the job's last open request was counted) is seen by exactly one caller. On Postgres the counters
+  of an active job are split over ``JOB_COUNTER_SHARDS`` rows of ``job_counters`` (folded into the
+  ``jobs`` row when the job is finalized); ``job_row`` and every reader add them up.
 * **Stored once.** A response is inserted only by the statement that moves its request to
   ``succeeded`` (its primary key is the request id): at most one response per request, ever.
 * **Fenced by attempt.** Failures, retries and deferrals name the attempt (``ClaimedRequest.attempts``)
@@ -62,6 +64,11 @@ FINAL_STATE_COUNTER = {
     RequestState.EXPIRED: "expired",
 }
 """The job counter each final non-success state of a request moves (``succeeded`` has its own statement)."""
+
+JOB_COUNTER_SHARDS = 16
+"""On Postgres, an active job's counters live in this many rows of ``job_counters``: request ``idx`` counts
+in shard ``idx % JOB_COUNTER_SHARDS``, so the stores of a wave of completions update 16 rows instead of
+queueing on one. Fixed by migration 0009 (every process must agree on it while a job is active)."""
 
 SKIPPED_ERROR = "skipped: another model answered first"
 CANCELLED_ERROR = "cancelled before it was sent"
@@ -194,6 +201,18 @@ class JobStore(abc.ABC):
         and count it, once.
 
         Fenced by ``attempt``: ``None``, changing nothing, if the request is no longer running this attempt."""
+
+    def count_ends(self, conn: Connection, job_id: UUID, counter: str, idxs: list[int]) -> Progress:
+        """Count the requests ``idxs`` of the job, moved to a final state by the caller itself (the recovery
+        sweep's reaping), on ``counter`` (a value of ``FINAL_STATE_COUNTER``)."""
+        n = len(idxs)
+        conn.execute(update(_JOBS).where(_JOBS.c.id == job_id).values({counter: _JOBS.c[counter] + n}))
+        row = conn.execute(
+            select(_JOBS.c.total, (_JOBS.c.succeeded + _JOBS.c.failed + _JOBS.c.cancelled + _JOBS.c.expired)).where(
+                _JOBS.c.id == job_id
+            )
+        ).one()
+        return Progress(n > 0 and row[1] >= row[0])
 
     @abc.abstractmethod
     def record_retry(

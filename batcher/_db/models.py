@@ -114,6 +114,28 @@ class Job(Base):
     # migration 0007
     priority: Mapped[int] = mapped_column(SmallInteger, default=5, server_default="5")
     """0-9, higher first: the dispatcher serves a higher priority's backlog before any lower one's."""
+    # migration 0009
+    open_shards: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Postgres: how many of its ``job_counters`` rows still count open requests; the statement that takes it
+    to 0 counted the job's last open request (see ``batcher._db.postgres``). Unused on SQLite."""
+
+
+class JobCounter(Base):
+    """One shard of an active job's counters on Postgres (migration 0009): request ``idx`` counts in shard
+    ``idx % JOB_COUNTER_SHARDS``, so a wave of completions updates 16 rows, not one. The job's counts are its
+    ``jobs`` columns plus its shards' sums; finalizing folds the shards into the ``jobs`` row and deletes
+    them. SQLite (one writer at a time) keeps its counters on the ``jobs`` row and leaves this table empty."""
+
+    __tablename__ = "job_counters"
+
+    job_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    total: Mapped[int] = mapped_column(Integer)
+    """The requests this shard counts (for a job active when migration 0009 ran: those still open then)."""
+    succeeded: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    failed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    cancelled: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    expired: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Request(Base):

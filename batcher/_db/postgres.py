@@ -3,8 +3,21 @@
 Implements ``batcher._db.contract.JobStore`` (the promises are documented there). Every state
 change is guarded by the state it expects (``WHERE state = 'running'``) and a response is inserted
 with ``ON CONFLICT DO NOTHING``; counters change in the same data-modifying CTE as the request row
-they count, so Postgres holds no lock across round trips on the hot job row. The two statements
-run for every completion, the claim and the store, go straight through psycopg (``_hot``).
+they count, so Postgres holds no lock across round trips. The two statements run for every
+completion, the claim and the store, go straight through psycopg (``_hot``).
+
+Sharded counters (migration 0009). An active job's counters live in ``JOB_COUNTER_SHARDS`` rows of
+``job_counters``, request ``idx`` in shard ``idx % JOB_COUNTER_SHARDS``: the 500 stores of a wave of
+completions update 16 rows (~30 each) instead of queueing on the job row's lock. A job's count is its
+``jobs`` columns plus the sum of its shards (``SHARD_SUMS``); finalizing folds the shards into the
+``jobs`` row and deletes them, so a final job's ``jobs`` columns are exact on their own.
+
+Completion stays exact without a job-wide read: each shard row holds its own ``total`` (the requests
+it counts), and the statement that makes a shard's count reach its total (exactly one: the row lock
+orders the shard's statements and ``RETURNING`` gives the new values) decrements the job's
+``open_shards``; the one that takes it to 0 counted the job's last open request (``Progress.complete``).
+So the job row is written only ``min(total, 16)`` times in a job's life, and two last stores in two
+shards still report completion once.
 """
 
 from __future__ import annotations
@@ -25,6 +38,7 @@ from batcher._db.contract import (
     CANCELLED_ERROR,
     EXPIRED_ERROR,
     FINAL_STATE_COUNTER,
+    JOB_COUNTER_SHARDS,
     SKIPPED_ERROR,
     JobStore,
 )
@@ -42,6 +56,34 @@ from batcher._db.rows import (
 from batcher._states import RequestState
 
 _ACTIVE = ", ".join(f"'{s}'" for s in ACTIVE_STATES)
+
+SHARD_SUMS = """
+    LEFT JOIN LATERAL (
+        SELECT COALESCE(sum(c.succeeded), 0) AS succeeded, COALESCE(sum(c.failed), 0) AS failed,
+               COALESCE(sum(c.cancelled), 0) AS cancelled, COALESCE(sum(c.expired), 0) AS expired
+          FROM job_counters AS c
+         WHERE c.job_id = j.id
+    ) AS s ON true"""
+"""Join it after ``jobs AS j``: ``s.succeeded`` ... are the sums of the job's shards (0 once it is finalized),
+to add to ``j.succeeded`` ... (see the module's docstring). The API's key quotas and batches read a job's
+counts through it too."""
+
+SHARD_COLUMNS = (
+    "s.succeeded AS shard_succeeded, s.failed AS shard_failed, s.cancelled AS shard_cancelled, "
+    "s.expired AS shard_expired"
+)
+"""Select them with ``j.*`` (``SHARD_SUMS`` joined) and pass each row to ``fold_shards``."""
+
+
+def fold_shards(row: dict[str, Any]) -> dict[str, Any]:
+    """A ``jobs`` row read with ``SHARD_COLUMNS``, with its shards' sums added to its counters (and dropped)."""
+    for counter in ("succeeded", "failed", "cancelled", "expired"):
+        row[counter] += int(row.pop(f"shard_{counter}"))
+    return row
+
+
+SHARDED_DONE = "(j.succeeded + j.failed + j.cancelled + j.expired + s.succeeded + s.failed + s.cancelled + s.expired)"
+"""The job's requests in a final state, with ``SHARD_SUMS`` joined."""
 
 
 def _hot(conn: Connection, sql: str, params: dict[str, Any]) -> dict[str, Any] | None:
@@ -109,11 +151,65 @@ margin: it only matters when no live worker holds the request (see ``batcher._db
 A worker may claim again a request it holds itself: its first claim committed but the answer
 was lost with the connection (a database restart), and the task is being retried."""
 
+_ROW_DONE = "j.succeeded + j.failed + j.cancelled + j.expired"
+
 _COUNT_AND_REPORT = """
-    UPDATE jobs SET {counter} = {counter} + 1
-     WHERE id = (SELECT job_id FROM upd)
-    RETURNING total, succeeded + failed + cancelled + expired AS done
-"""
+    , counted AS (
+        UPDATE job_counters AS c SET {counter} = c.{counter} + 1
+         WHERE c.job_id = (SELECT job_id FROM upd) AND c.shard = (SELECT mod(idx, {shards}) FROM upd)
+        RETURNING c.job_id, c.succeeded + c.failed + c.cancelled + c.expired = c.total AS settles
+    ), settled AS (
+        UPDATE jobs AS j SET open_shards = j.open_shards - 1
+         WHERE j.id = (SELECT job_id FROM counted WHERE settles)  -- by primary key, never a join
+        RETURNING j.open_shards = 0 AS complete
+    ), unsharded AS (
+        UPDATE jobs AS j SET {counter} = j.{counter} + 1
+         WHERE j.id = (SELECT job_id FROM upd) AND NOT EXISTS (SELECT 1 FROM counted)
+        RETURNING j.open_shards = 0 AND {row_done} >= j.total AS complete
+    )
+    SELECT COALESCE((SELECT complete FROM settled), (SELECT complete FROM unsharded), false) AS complete FROM upd
+""".replace("{shards}", str(JOB_COUNTER_SHARDS)).replace("{row_done}", _ROW_DONE)
+"""Count the request ``upd`` moved (one row: ``job_id``, ``idx``) in its shard. The job row is written only
+by the statement that settles a shard (its count reaches its total): ``min(total, 16)`` times per job.
+
+``unsharded``: a job with no shard row for the request (stored by a version before migration 0009 during a
+rolling upgrade, so no shards were made for it) is counted on its row, as before, and is complete when
+the row's count reaches its total (exact: the row lock orders those stores)."""
+
+_COUNT_ENDS = """
+    , ends AS (
+        SELECT job_id, mod(idx, {shards}) AS shard, count(*) AS n FROM upd GROUP BY 1, 2
+    ), counted AS (
+        UPDATE job_counters AS c SET {counter} = c.{counter} + ends.n
+          FROM ends
+         WHERE c.job_id = ends.job_id AND c.shard = ends.shard
+        RETURNING c.job_id, c.shard, c.succeeded + c.failed + c.cancelled + c.expired AS done, c.total, ends.n
+    ), closing AS (
+        SELECT e.job_id,
+               count(*) FILTER (WHERE c.done >= c.total AND c.done - c.n < c.total) AS settled,
+               COALESCE(sum(e.n) FILTER (WHERE c.job_id IS NULL), 0) AS unsharded
+          FROM ends AS e LEFT JOIN counted AS c ON c.job_id = e.job_id AND c.shard = e.shard
+         GROUP BY e.job_id
+    )
+""".replace("{shards}", str(JOB_COUNTER_SHARDS))
+"""``_COUNT_AND_REPORT`` for many requests (``upd``: ``job_id``, ``idx``; of one job or several). ``closing``
+is, per job, how many shards this statement settled and how many requests had no shard row to count in
+(``unsharded``: counted on the job row instead), for the caller's one ``UPDATE`` of the job row (a
+statement may not update a row twice)."""
+
+_CLOSING_COMPLETE = f"j.open_shards = 0 AND (closing.settled > 0 OR (closing.unsharded > 0 AND {_ROW_DONE} >= j.total))"
+"""In the ``RETURNING`` of an ``UPDATE jobs AS j ... FROM closing``: this statement counted the job's last open
+request."""
+
+_SETTLE = """
+    , settled AS (
+        UPDATE jobs AS j SET open_shards = j.open_shards - closing.settled,
+                             {counter} = j.{counter} + closing.unsharded
+          FROM closing
+         WHERE j.id = closing.job_id
+        RETURNING j.id, {complete} AS complete
+    )
+""".replace("{complete}", _CLOSING_COMPLETE)
 
 _RECORD_SUCCESS = """
     WITH upd AS (
@@ -121,7 +217,7 @@ _RECORD_SUCCESS = """
                             lease_until = NULL, worker_id = NULL, error_type = NULL, error = NULL,
                             error_body = NULL, status_code = 200
          WHERE id = %(request_id)s AND state IN ('running', 'queued', 'retrying')
-        RETURNING job_id
+        RETURNING job_id, idx
     ), ins AS (
         INSERT INTO responses (request_id, job_id, idx, provider, model, body,
                                prompt_tokens, completion_tokens, total_tokens, latency_ms)
@@ -136,7 +232,8 @@ _RECORD_SUCCESS = """
 Any attempt whose answer arrives while the request is not yet final stores it: a paid answer is
 kept even when its worker was presumed dead and the request handed to another (whose later answer
 then finds it ``succeeded`` and is dropped). The row lock taken by the ``UPDATE`` orders two such
-attempts, so exactly one response is stored and counted."""
+attempts, so exactly one response is stored and counted. No row if nothing was stored, else
+``complete`` (``_COUNT_AND_REPORT``)."""
 
 _RECORD_END = {
     state: text(
@@ -147,7 +244,7 @@ _RECORD_END = {
                                 status_code = :status_code, error_body = CAST(:error_body AS jsonb),
                                 latency_ms = COALESCE(:latency_ms, latency_ms)
              WHERE id = :request_id AND state = 'running' AND attempts = :attempt
-            RETURNING job_id
+            RETURNING job_id, idx
         )
         """
         + _COUNT_AND_REPORT.format(counter=counter)
@@ -187,12 +284,12 @@ _RELEASE = """
 lowest indices first without a sort; ``SKIP LOCKED`` lets two releasers (a deposed leader, a race's
 submitter) pass each other instead of taking a request twice or waiting."""
 
-_BACKLOG = """
+_BACKLOG = f"""
     SELECT j.id, j.kind, j.queue, j.owner_id, j.priority, j.deadline_at, j.created_at, j.total,
-           j.succeeded + j.failed + j.cancelled + j.expired AS done,
+           {SHARDED_DONE} AS done,
            COALESCE(k.weight, 1.0) AS weight, k.max_concurrent_requests,
            b.provider, b.model, b.n, b.tokens
-      FROM jobs AS j
+      FROM jobs AS j {SHARD_SUMS}
       LEFT JOIN api_keys AS k ON k.id = j.owner_id
       LEFT JOIN LATERAL (
             SELECT s.provider, s.model, count(*) AS n, sum(COALESCE(s.est_tokens, 1)) AS tokens
@@ -208,6 +305,24 @@ _BACKLOG = """
 """One round trip per tick whatever the number of jobs; per job, at most ``cap`` rows of its backlog are read
 (through ``ix_requests_backlog``): the cost is O(jobs x window), flat in job size. Idle: the ``ix_jobs_active``
 index answers with no row."""
+
+_SET_TOTAL = text(
+    f"""
+    WITH job AS (
+        UPDATE jobs SET total = :total, open_shards = LEAST(:total, {JOB_COUNTER_SHARDS})
+         WHERE id = :id
+        RETURNING id
+    ), gone AS (
+        DELETE FROM job_counters WHERE job_id = :id AND shard >= LEAST(:total, {JOB_COUNTER_SHARDS})
+    )
+    INSERT INTO job_counters (job_id, shard, total)
+    SELECT job.id, s, (CAST(:total AS integer) - 1 - s) / {JOB_COUNTER_SHARDS} + 1
+      FROM job, generate_series(0, LEAST(CAST(:total AS integer), {JOB_COUNTER_SHARDS}) - 1) AS s
+    ON CONFLICT (job_id, shard) DO UPDATE SET total = EXCLUDED.total
+    """
+)
+"""The job's shard rows, one per shard that has requests, all open. Indices are ``0 .. total - 1``, so shard
+``s`` counts ``ceil((total - s) / JOB_COUNTER_SHARDS)`` of them."""
 
 _MARK_ENQUEUED = text("UPDATE jobs SET enqueued_at = now() WHERE id = :id")
 
@@ -232,43 +347,70 @@ _SKIP_UNSENT = text(
         UPDATE requests SET state = 'skipped', finished_at = now(),
                             error_type = 'RequestCancelledError', error = :error
          WHERE job_id = :id AND state IN ('queued', 'retrying')
-        RETURNING job_id
+        RETURNING job_id, idx
     )
-    UPDATE jobs SET cancelled = cancelled + (SELECT count(*) FROM upd)
-     WHERE id = :id
-    RETURNING total, succeeded + failed + cancelled + expired AS done
+    """
+    + _COUNT_ENDS.format(counter="cancelled")
+    + _SETTLE.format(counter="cancelled")
+    + """
+    SELECT EXISTS (SELECT 1 FROM settled WHERE complete) AS complete FROM jobs WHERE id = :id
     """
 )
 
 _FINALIZE_JOB = text(
     f"""
-    UPDATE jobs SET finished_at = now(), state = CASE
-            WHEN state = 'cancelling' THEN 'cancelled'
-            WHEN expired > 0 THEN 'expired'
-            WHEN kind = 'fastest' AND succeeded = 0 THEN 'failed'
-            ELSE 'completed' END
-     WHERE id = :id AND state IN ({_ACTIVE})
-       AND succeeded + failed + cancelled + expired >= total
-    RETURNING state
+    WITH s AS (
+        SELECT COALESCE(sum(succeeded), 0) AS succeeded, COALESCE(sum(failed), 0) AS failed,
+               COALESCE(sum(cancelled), 0) AS cancelled, COALESCE(sum(expired), 0) AS expired
+          FROM job_counters WHERE job_id = :id
+    ), fin AS (
+        UPDATE jobs AS j SET finished_at = now(), open_shards = 0,
+               succeeded = j.succeeded + s.succeeded, failed = j.failed + s.failed,
+               cancelled = j.cancelled + s.cancelled, expired = j.expired + s.expired,
+               state = CASE
+                WHEN j.state = 'cancelling' THEN 'cancelled'
+                WHEN j.expired + s.expired > 0 THEN 'expired'
+                WHEN j.kind = 'fastest' AND j.succeeded + s.succeeded = 0 THEN 'failed'
+                ELSE 'completed' END
+          FROM s
+         WHERE j.id = :id AND j.state IN ({_ACTIVE})
+           AND {SHARDED_DONE} >= j.total
+        RETURNING j.state
+    ), folded AS (
+        DELETE FROM job_counters WHERE job_id = :id AND EXISTS (SELECT 1 FROM fin)
+    )
+    SELECT state FROM fin
     """
 )
+"""Folds the shards into the job row, and deletes them, in the statement that makes the job final: once every
+request is counted no statement writes a shard again, and a second finalizer, queued on the job row's
+lock, finds the job final and changes nothing."""
 
 _CANCEL_JOB = text(
     f"""
-    WITH cancelled AS (
+    WITH upd AS (
         UPDATE requests SET state = 'cancelled', finished_at = now(), lease_until = NULL,
                             error_type = 'RequestCancelledError', error = :error
          WHERE job_id = :id AND state IN ('queued', 'retrying')
            AND EXISTS (SELECT 1 FROM jobs WHERE id = :id AND state IN ({_ACTIVE}))
-        RETURNING 1
+        RETURNING job_id, idx
     )
-    UPDATE jobs SET state = 'cancelling', cancelled = cancelled + (SELECT count(*) FROM cancelled)
+    {_COUNT_ENDS.format(counter="cancelled")}
+    UPDATE jobs SET state = 'cancelling',
+                    open_shards = open_shards - COALESCE((SELECT sum(settled) FROM closing), 0),
+                    cancelled = cancelled + COALESCE((SELECT sum(unsharded) FROM closing), 0)
      WHERE id = :id AND state IN ({_ACTIVE})
-    RETURNING (SELECT count(*) FROM cancelled) AS n
+    RETURNING (SELECT count(*) FROM upd) AS n
     """
 )
 
-_JOB_ROW = text("SELECT * FROM jobs WHERE id = :id")
+_JOB_ROW = text(
+    f"""
+    SELECT j.*, {SHARD_COLUMNS}
+      FROM jobs AS j {SHARD_SUMS}
+     WHERE j.id = :id
+    """
+)
 
 _RESULTS = text(
     """
@@ -313,18 +455,30 @@ _EXPIRE_OVERDUE = text(
         UPDATE requests SET state = 'expired', finished_at = now(),
                             error_type = 'RequestExpiredError', error = :error
          WHERE job_id IN (SELECT id FROM overdue) AND state IN ('queued', 'retrying')
-        RETURNING job_id
-    ), counts AS (
-        SELECT job_id, count(*) AS n FROM upd GROUP BY job_id
+        RETURNING job_id, idx
     )
-    UPDATE jobs SET expired = expired + counts.n FROM counts WHERE jobs.id = counts.job_id
-    RETURNING jobs.id
+    {_COUNT_ENDS.format(counter="expired")}
+    {_SETTLE.format(counter="expired")}
+    SELECT DISTINCT job_id AS id FROM upd
     """
 )
 
 _JOBS_DUE_FOR_FINALIZE = text(
-    f"SELECT id FROM jobs WHERE state IN ({_ACTIVE}) AND succeeded + failed + cancelled + expired >= total"
+    f"SELECT j.id FROM jobs AS j {SHARD_SUMS} WHERE j.state IN ({_ACTIVE}) AND {SHARDED_DONE} >= j.total"
 )
+
+_COUNT_IDXS = {
+    counter: """
+    WITH upd AS (SELECT CAST(%(job_id)s AS uuid) AS job_id, unnest(CAST(%(idxs)s AS integer[])) AS idx)
+    """
+    + _COUNT_ENDS.format(counter=counter)
+    + _SETTLE.format(counter=counter)
+    + """
+    SELECT EXISTS (SELECT 1 FROM settled WHERE complete) AS complete
+    """
+    for counter in set(FINAL_STATE_COUNTER.values())
+}
+"""Through psycopg (``_rows``): ``count_ends``."""
 
 
 def _failure(failure: Failure, **values: Any) -> dict[str, Any]:
@@ -345,7 +499,10 @@ class PostgresStore(JobStore):
         values = dataclasses.asdict(job)
         values["params"] = json.dumps(job.params)
         values["user_metadata"] = json.dumps(job.user_metadata) if job.user_metadata is not None else None
-        return bool(conn.execute(_INSERT_JOB, values).rowcount)
+        inserted = bool(conn.execute(_INSERT_JOB, values).rowcount)
+        if inserted and job.total:
+            self.set_total(conn, job.id, job.total)
+        return inserted
 
     def copy_requests(self, conn: Connection, job_id: UUID, requests: Iterable[NewRequest]) -> int:
         """``COPY`` (one stream, not one round trip per row)."""
@@ -370,6 +527,10 @@ class PostgresStore(JobStore):
                 )
                 count += 1
         return count
+
+    def set_total(self, conn: Connection, job_id: UUID, total: int) -> None:
+        """The total and the job's counter shards (``_SET_TOTAL``)."""
+        conn.execute(_SET_TOTAL, {"id": job_id, "total": total})
 
     def mark_enqueued(self, conn: Connection, job_id: UUID) -> None:
         conn.execute(_MARK_ENQUEUED, {"id": job_id})
@@ -447,13 +608,17 @@ class PostgresStore(JobStore):
                 "latency_ms": answer.latency_ms,
             },
         )
-        return Progress(row["total"], row["done"]) if row else None
+        return Progress(row["complete"]) if row else None
 
     def record_end(
         self, conn: Connection, request_id: int, state: RequestState, *, attempt: int, failure: Failure
     ) -> Progress | None:
         row = conn.execute(_RECORD_END[state], _failure(failure, request_id=request_id, attempt=attempt)).first()
-        return Progress(row.total, row.done) if row else None
+        return Progress(row.complete) if row else None
+
+    def count_ends(self, conn: Connection, job_id: UUID, counter: str, idxs: list[int]) -> Progress:
+        rows = _rows(conn, _COUNT_IDXS[counter], {"job_id": job_id, "idxs": idxs})
+        return Progress(bool(rows and rows[0]["complete"]))
 
     def record_retry(
         self, conn: Connection, request_id: int, *, attempt: int, delay_s: float, failure: Failure
@@ -470,7 +635,7 @@ class PostgresStore(JobStore):
 
     def skip_unsent(self, conn: Connection, job_id: UUID) -> Progress | None:
         row = conn.execute(_SKIP_UNSENT, {"id": job_id, "error": SKIPPED_ERROR}).first()
-        return Progress(row.total, row.done) if row else None
+        return Progress(row.complete) if row else None
 
     def finalize_job(self, conn: Connection, job_id: UUID) -> str | None:
         row = conn.execute(_FINALIZE_JOB, {"id": job_id}).first()
@@ -485,7 +650,7 @@ class PostgresStore(JobStore):
 
     def job_row(self, conn: Connection, job_id: UUID) -> dict[str, Any] | None:
         row = conn.execute(_JOB_ROW, {"id": job_id}).mappings().first()
-        return dict(row) if row else None
+        return fold_shards(dict(row)) if row else None
 
     def stream_results(self, engine: Engine, job_id: UUID, *, page_size: int = 1_000) -> Iterator[dict[str, Any]]:
         """Through a server-side cursor."""

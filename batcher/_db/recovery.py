@@ -32,6 +32,7 @@ from sqlalchemy import (
     update,
 )
 
+from batcher._db.contract import store_for
 from batcher._db.models import Job, Request, Worker
 from batcher._states import JobState, RequestState
 
@@ -236,7 +237,7 @@ def reap_lost(conn: Connection, *, lapse_s: float, default_max_attempts: int, st
         return []
     now = _now(conn)
     out: list[Reaped] = []
-    counts: dict[uuid.UUID, dict[str, int]] = {}
+    counts: dict[tuple[uuid.UUID, str], list[int]] = {}
     for row in rows:
         params = row.job_params or {}
         budget = int(params.get("max_attempts") or default_max_attempts)
@@ -264,12 +265,12 @@ def reap_lost(conn: Connection, *, lapse_s: float, default_max_attempts: int, st
         changes["state"] = state
         if counter:
             changes["finished_at"] = now
-            per_job = counts.setdefault(row.job_id, {})
-            per_job[counter] = per_job.get(counter, 0) + 1
+            counts.setdefault((row.job_id, counter), []).append(row.idx)
         conn.execute(update(R).where(R.c.id == row.id, R.c.state == RequestState.RUNNING.value).values(**changes))
         out.append(Reaped(row.job_id, row.idx, row.kind, state, row.queue, lost))
-    for job_id, per_job in counts.items():
-        conn.execute(update(J).where(J.c.id == job_id).values({k: J.c[k] + n for k, n in per_job.items()}))
+    store = store_for(conn)
+    for (job_id, counter), idxs in counts.items():
+        store.count_ends(conn, job_id, counter, idxs)
     return out
 
 

@@ -96,14 +96,13 @@ class ClaimedRequest:
 
 @dataclass(frozen=True, slots=True)
 class Progress:
-    """The job row's counters after a request reached a final state."""
+    """What a statement that counted requests learned about its job.
 
-    total: int
-    done: int
+    ``complete``: this statement counted the job's last open request. Exactly one statement per job
+    sees it (on Postgres, the one that settles the last of the job's counter shards; see
+    ``batcher._db.postgres``), so exactly one caller enqueues the finalizer."""
 
-    @property
-    def complete(self) -> bool:
-        return self.done >= self.total
+    complete: bool
 
 
 @dataclass(frozen=True, slots=True)

@@ -110,18 +110,18 @@ def _park(conn: Connection, request_id: int, *, attempt: int, delay_s: float, **
     )
 
 
-def _progress(conn: Connection, job_id: UUID) -> Progress | None:
+def _bump(conn: Connection, job_id: UUID, counter: str, n: int = 1) -> Progress | None:
+    """Count ``n`` requests on the job row. SQLite has one writer at a time (``BEGIN IMMEDIATE``): there is
+    no queue of writers on the row to shard away, so the counters stay on it (Postgres shards them). The
+    write lock also makes the read exact: the bump that reaches ``total`` is the only one that sees it."""
+    if n:
+        conn.execute(update(J).where(J.c.id == job_id).values({counter: J.c[counter] + n}))
     row = conn.execute(
         select(J.c.total, (J.c.succeeded + J.c.failed + J.c.cancelled + J.c.expired).label("done")).where(
             J.c.id == job_id
         )
     ).first()
-    return Progress(row.total, row.done) if row else None
-
-
-def _bump(conn: Connection, job_id: UUID, counter: str, n: int = 1) -> Progress | None:
-    conn.execute(update(J).where(J.c.id == job_id).values({counter: J.c[counter] + n}))
-    return _progress(conn, job_id)
+    return Progress(n > 0 and row.done >= row.total) if row else None
 
 
 def _end_unsent(conn: Connection, job_id: UUID, state: RequestState, error_type: str, error: str) -> int:

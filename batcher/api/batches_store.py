@@ -15,15 +15,17 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
+from batcher._db.postgres import SHARD_SUMS
 from batcher._scheduling import DEFAULT_PRIORITY
 from batcher._validation import text_problem
 
-_LOAD = """
-    SELECT b.*, j.state AS job_state, j.total AS job_total, j.succeeded AS job_succeeded,
-           j.failed AS job_failed, j.cancelled AS job_cancelled, j.expired AS job_expired,
-           j.finished_at AS job_finished_at
-      FROM batches AS b LEFT JOIN jobs AS j ON j.id = b.job_id
+_LOAD = f"""
+    SELECT b.*, j.state AS job_state, j.total AS job_total, j.succeeded + s.succeeded AS job_succeeded,
+           j.failed + s.failed AS job_failed, j.cancelled + s.cancelled AS job_cancelled,
+           j.expired + s.expired AS job_expired, j.finished_at AS job_finished_at
+      FROM batches AS b LEFT JOIN jobs AS j ON j.id = b.job_id {SHARD_SUMS}
 """
+"""A job's counts are its row's plus its counter shards' (``batcher._db.postgres``)."""
 
 _TERMINAL_SQL = "('completed', 'failed', 'expired', 'cancelled')"
 

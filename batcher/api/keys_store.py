@@ -10,6 +10,8 @@ from typing import Any
 
 from sqlalchemy import Connection, RowMapping, text
 
+from batcher._db.postgres import SHARD_SUMS, SHARDED_DONE
+
 LIMIT_COLUMNS = ("weight", "max_concurrent_requests", "max_queued_prompts")
 """A key's share and quotas (migration 0007): what ``batcher keys create`` and ``keys set`` change."""
 
@@ -87,20 +89,23 @@ def lock_queued_prompts(conn: Connection, key_id: uuid.UUID) -> None:
     )
 
 
+_UNFINISHED = text(
+    f"""
+    SELECT COALESCE(sum(j.total - {SHARDED_DONE}), 0) AS unfinished,
+           COALESCE(sum({SHARDED_DONE} / GREATEST(EXTRACT(EPOCH FROM now() - j.started_at), 1.0))
+                    FILTER (WHERE j.started_at IS NOT NULL), 0) AS rate
+      FROM jobs AS j {SHARD_SUMS}
+     WHERE j.owner_id = :id AND j.state IN ('queued', 'running', 'cancelling')
+    """
+)
+"""A job's counts are its row's plus its counter shards' (``batcher._db.postgres``)."""
+
+
 def unfinished_prompts(conn: Connection, key_id: uuid.UUID) -> tuple[int, float]:
     """The key's requests not final yet (queued, running, retrying) over its active jobs, from the jobs'
     counters (one row per active job, not one per request), and the rate at which its started jobs have
     been finishing requests (per second, since each started; 0 when none has)."""
-    row = conn.execute(
-        text(
-            "SELECT COALESCE(sum(total - succeeded - failed - cancelled - expired), 0) AS unfinished, "
-            "COALESCE(sum((succeeded + failed + cancelled + expired) "
-            "/ GREATEST(EXTRACT(EPOCH FROM now() - started_at), 1.0)) FILTER (WHERE started_at IS NOT NULL), 0) "
-            "AS rate "
-            "FROM jobs WHERE owner_id = :id AND state IN ('queued', 'running', 'cancelling')"
-        ),
-        {"id": key_id},
-    ).one()
+    row = conn.execute(_UNFINISHED, {"id": key_id}).one()
     return int(row.unfinished), float(row.rate)
 
 

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from sqlalchemy import Connection, text
 
+from batcher._db.postgres import SHARD_COLUMNS, SHARD_SUMS, fold_shards
 from batcher.api.auth import Principal
 from batcher.api.errors import ApiError
 
@@ -45,10 +46,12 @@ def page(
         conditions.append(f"(created_at, id) {'<' if order == 'desc' else '>'} (:after_at, :after_id)")
         bind.update(after_at=cursor.created_at, after_id=cursor.id)
     direction = "DESC" if order == "desc" else "ASC"
+    # A job's counts are its row's plus its counter shards' (``batcher._db.postgres``).
+    columns, source = ("j.*, " + SHARD_COLUMNS, f"jobs AS j {SHARD_SUMS}") if table == "jobs" else ("*", table)
     rows = (
         conn.execute(
             text(
-                f"SELECT * FROM {table} WHERE {' AND '.join(conditions)} "
+                f"SELECT {columns} FROM {source} WHERE {' AND '.join(conditions)} "
                 f"ORDER BY created_at {direction}, id {direction} LIMIT :limit"
             ),
             bind,
@@ -56,7 +59,8 @@ def page(
         .mappings()
         .all()
     )
-    return [dict(r) for r in rows[:limit]], len(rows) > limit
+    found = [dict(r) for r in rows[:limit]]
+    return [fold_shards(r) for r in found] if table == "jobs" else found, len(rows) > limit
 
 
 def _owner_filter(principal: Principal) -> tuple[str, dict[str, Any]]:

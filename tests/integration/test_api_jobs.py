@@ -34,7 +34,9 @@ from batcher import (
     batch_completion_models_all_responses,
 )
 from batcher._config import Settings
+from batcher._db.contract import store_for
 from batcher._db.engine import get_engine
+from batcher._db.rows import Answer, NewJob, NewRequest
 from batcher._transport_http import HttpTransport
 from batcher.api.auth import create_key, hash_key
 from batcher.cli import main
@@ -245,6 +247,29 @@ def test_jobs_list_pages_by_cursor(api: ApiServer, settings: Settings) -> None:
                 break
             after = page["last_id"]
     assert seen == [str(j) for j in reversed(made)]
+
+
+def test_a_running_job_s_answers_are_counted_in_the_list_and_its_status(api: ApiServer, settings: Settings) -> None:
+    """While a job runs its counts are in its counter shards (``batcher._db.postgres``): both views add them."""
+    engine = get_engine(settings)
+    created, key = create_key(engine, "counted")
+    key_id = created.id
+    store = store_for(engine)
+    job_id = uuid.uuid4()
+    with engine.begin() as conn:
+        store.insert_job(conn, NewJob(id=job_id, kind="batch", params={"params": {}}, owner_id=key_id, queue="none"))
+        requests = (NewRequest(idx=i, model="m", provider="openai", messages=HI) for i in range(3))
+        store.set_total(conn, job_id, store.copy_requests(conn, job_id, requests))
+    with engine.begin() as conn:
+        claimed = store.claim_request(conn, job_id, 1, timeout_s=600, margin_s=30, worker_id="test")
+        assert claimed is not None
+    with engine.begin() as conn:
+        assert store.record_success(conn, claimed, Answer({"id": "x"}, "openai", "m", None, 1.0)) is not None
+    with httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {key}"}) as http:
+        listed = http.get("/v1/jobs").json()["data"]
+        one = http.get(f"/v1/jobs/{job_id}").json()
+    assert [(j["id"], j["state"], j["succeeded"], j["done"]) for j in listed] == [(str(job_id), "running", 1, 1)]
+    assert (one["state"], one["succeeded"], one["done"], one["total"]) == ("running", 1, 1, 3)
 
 
 def test_another_key_gets_404_and_admin_sees_all(

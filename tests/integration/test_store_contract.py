@@ -11,19 +11,21 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, insert, make_url, select, update
+from sqlalchemy import Engine, create_engine, delete, insert, make_url, select, update
 
 from batcher._config import Settings
 from batcher._db.contract import FINAL_STATE_COUNTER, JobStore, store_for
 from batcher._db.engine import _sqlite_engine
-from batcher._db.models import ApiKey, Request, Response
+from batcher._db.models import ApiKey, Job, JobCounter, Request, Response
 from batcher._db.postgres import PostgresStore
 from batcher._db.rows import Answer, ClaimedRequest, Failure, NewJob, NewRequest, Progress
 from batcher._db.sqlite import SqliteStore
@@ -31,6 +33,7 @@ from batcher._exceptions import ConfigurationError
 from batcher._migrate import upgrade
 from batcher._states import RequestState
 
+J = Job.__table__.c
 R = Request.__table__.c
 RESP = Response.__table__.c
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -363,7 +366,7 @@ def test_a_success_is_stored_and_counted_exactly_once(engine: Engine, store: Job
     job_id = _job(engine, store, 2)
     claimed = _claimed(engine, store, job_id, 0)
     progress = _succeed(engine, store, claimed, {"id": "first"})
-    assert progress == Progress(total=2, done=1) and not progress.complete
+    assert progress == Progress(complete=False)
     assert _succeed(engine, store, claimed, {"id": "second"}) is None  # a redelivered task's answer
     (response,) = _responses(engine, job_id)
     assert response["body"] == {"id": "first"} and response["idx"] == 0
@@ -381,7 +384,7 @@ def test_a_success_is_stored_and_counted_exactly_once(engine: Engine, store: Job
         assert store.response_body(conn, job_id, 0) == {"id": "first"}
         assert store.response_body(conn, job_id, 1) is None
     last = _succeed(engine, store, _claimed(engine, store, job_id, 1), {"id": "other"})
-    assert last == Progress(total=2, done=2) and last.complete
+    assert last == Progress(complete=True)
 
 
 def test_a_paid_answer_is_kept_whichever_attempt_brings_it(engine: Engine, store: JobStore) -> None:
@@ -393,7 +396,7 @@ def test_a_paid_answer_is_kept_whichever_attempt_brings_it(engine: Engine, store
         assert store.record_retry(
             conn, stale.request_id, attempt=stale.attempts, delay_s=60, failure=Failure("ProviderTimeoutError", "t")
         )
-    assert _succeed(engine, store, stale, {"id": "late"}) == Progress(total=1, done=1)
+    assert _succeed(engine, store, stale, {"id": "late"}) == Progress(complete=True)
     assert _claim(engine, store, job_id, 0, "w2") is None
     assert [r["body"] for r in _responses(engine, job_id)] == [{"id": "late"}]
 
@@ -404,7 +407,7 @@ def test_an_end_is_fenced_by_its_attempt_and_counted_once(engine: Engine, store:
     claimed = _claimed(engine, store, job_id, 0)
     assert _end(engine, store, claimed, state, attempt=claimed.attempts + 1) is None  # another attempt's
     assert _request(engine, job_id, 0)["state"] == "running"
-    assert _end(engine, store, claimed, state) == Progress(total=2, done=1)
+    assert _end(engine, store, claimed, state) == Progress(complete=False)
     assert _end(engine, store, claimed, state) is None  # twice: no longer running
     row = _request(engine, job_id, 0)
     assert (row["state"], row["error_type"], row["error"], row["status_code"]) == (
@@ -486,7 +489,7 @@ def test_a_race_keeps_its_first_winner_and_skips_what_was_not_sent(engine: Engin
         store.set_race_winner(conn, job_id, 0)
         store.set_race_winner(conn, job_id, 1)  # later: changes nothing
         progress = store.skip_unsent(conn, job_id)
-    assert progress == Progress(total=4, done=3)
+    assert progress == Progress(complete=False)  # one still in flight
     assert _job_row(engine, store, job_id)["winner_index"] == 0
     assert _states(engine, job_id) == ["succeeded", "running", "skipped", "skipped"]
     skipped = _request(engine, job_id, 3)
@@ -496,7 +499,7 @@ def test_a_race_keeps_its_first_winner_and_skips_what_was_not_sent(engine: Engin
     )
     assert _counters(engine, store, job_id) == (4, 1, 0, 2, 0)
     with engine.begin() as conn:
-        assert store.skip_unsent(conn, job_id) == Progress(total=4, done=3)  # again: nothing more
+        assert store.skip_unsent(conn, job_id) == Progress(complete=False)  # again: nothing more
         assert store.skip_unsent(conn, uuid.uuid4()) is None
     assert _finalize(engine, store, job_id) is None  # one still in flight
     _succeed(engine, store, in_flight, {"id": "slower"})  # a call already in flight is stored
@@ -549,7 +552,7 @@ def test_cancel_takes_what_was_not_sent_and_in_flight_answers_still_count(engine
     assert _counters(engine, store, job_id) == (4, 1, 0, 2, 0)
     with engine.begin() as conn:
         assert store.cancel_job(conn, job_id) == 0  # again: nothing left to cancel
-    assert _succeed(engine, store, in_flight, {"id": "in flight"}) == Progress(total=4, done=4)
+    assert _succeed(engine, store, in_flight, {"id": "in flight"}) == Progress(complete=True)
     assert _finalize(engine, store, job_id) == "cancelled"
     with engine.begin() as conn:
         assert store.cancel_job(conn, job_id) == 0  # final: unchanged
@@ -583,8 +586,84 @@ def test_a_deadline_expires_what_was_not_sent_once(engine: Engine, store: JobSto
     with engine.begin() as conn:
         assert job_id not in store.expire_overdue(conn)  # nothing new to expire
     assert _counters(engine, store, job_id) == (3, 0, 0, 0, 2)
-    _succeed(engine, store, running, {"id": "late but paid"})
+    assert _succeed(engine, store, running, {"id": "late but paid"}) == Progress(complete=True)
     assert _finalize(engine, store, job_id) == "expired"  # with its partial results
+
+
+# --- counting under concurrency -----------------------------------------------------------------
+
+
+def test_concurrent_stores_count_exactly_and_exactly_one_completes_the_job(engine: Engine, store: JobStore) -> None:
+    """A wave of completions at once (16 counter shards on Postgres, one writer at a time on SQLite): exact
+    counts, and exactly one store learns that the job is complete, however the last ones interleave."""
+    n, threads = 96, 8
+    job_id = _job(engine, store, n)
+    claimed = [_claimed(engine, store, job_id, idx) for idx in range(n)]
+    barrier = threading.Barrier(threads)
+
+    def store_all(part: list[ClaimedRequest]) -> list[Progress | None]:
+        barrier.wait()
+        return [
+            _end(engine, store, c, RequestState.FAILED) if c.idx % 4 == 3 else _succeed(engine, store, c, {"i": c.idx})
+            for c in part
+        ]
+
+    with ThreadPoolExecutor(threads) as pool:
+        parts = pool.map(store_all, [claimed[i::threads] for i in range(threads)])
+        results = [progress for part in parts for progress in part]
+    assert len(results) == n and all(progress is not None for progress in results)
+    assert sum(progress.complete for progress in results if progress is not None) == 1
+    assert _counters(engine, store, job_id) == (n, 72, 24, 0, 0)
+    with engine.connect() as conn:
+        assert job_id in store.jobs_due_for_finalize(conn)
+    assert _finalize(engine, store, job_id) == "completed"
+    # Final: the job row holds the exact counts by itself (Postgres folded its shards into it).
+    with engine.connect() as conn:
+        row = conn.execute(select(J.succeeded, J.failed, J.cancelled, J.expired).where(J.id == job_id)).one()
+    assert tuple(row) == (72, 24, 0, 0)
+    assert _counters(engine, store, job_id) == (n, 72, 24, 0, 0)
+
+
+def test_a_job_stored_without_counter_shards_counts_on_its_row(engine: Engine, store: JobStore) -> None:
+    """A job stored by a version before the shards (a submitter not yet upgraded in a rolling upgrade): its
+    requests count on the ``jobs`` row, as before, and the last one still completes it, once."""
+    job_id = _job(engine, store, 4)
+    with engine.begin() as conn:
+        conn.execute(delete(JobCounter).where(JobCounter.__table__.c.job_id == job_id))
+        conn.execute(update(Job).where(J.id == job_id).values(open_shards=0))
+    claimed = [_claimed(engine, store, job_id, idx) for idx in range(4)]
+    assert _succeed(engine, store, claimed[0], {"i": 0}) == Progress(complete=False)
+    assert _end(engine, store, claimed[1], RequestState.FAILED) == Progress(complete=False)
+    with engine.begin() as conn:
+        conn.execute(update(Request).where(R.job_id == job_id, R.idx == 2).values(state="failed"))
+        assert store.count_ends(conn, job_id, "failed", [2]) == Progress(complete=False)
+    assert _succeed(engine, store, claimed[3], {"i": 3}) == Progress(complete=True)
+    assert _counters(engine, store, job_id) == (4, 2, 2, 0, 0)
+    assert _finalize(engine, store, job_id) == "completed"
+
+
+def test_requests_ended_by_the_caller_count_once_and_can_complete_the_job(engine: Engine, store: JobStore) -> None:
+    """``count_ends``: the recovery sweep moves requests of lost workers itself, then counts them."""
+    job_id = _job(engine, store, 20)
+    for idx in range(18):
+        _succeed(engine, store, _claimed(engine, store, job_id, idx), {"i": idx})
+    with engine.begin() as conn:
+        conn.execute(update(Request).where(R.job_id == job_id, R.idx >= 18).values(state="failed"))
+        assert store.count_ends(conn, job_id, "failed", [18]) == Progress(complete=False)
+        assert store.count_ends(conn, job_id, "failed", [19]) == Progress(complete=True)
+    assert _counters(engine, store, job_id) == (20, 18, 2, 0, 0)
+    assert _finalize(engine, store, job_id) == "completed"
+
+
+def test_a_cancel_that_ends_the_last_open_requests_leaves_the_job_due(engine: Engine, store: JobStore) -> None:
+    job_id = _job(engine, store, 40)
+    for idx in range(39):
+        _succeed(engine, store, _claimed(engine, store, job_id, idx), {"i": idx})
+    with engine.begin() as conn:
+        assert store.cancel_job(conn, job_id) == 1
+        assert job_id in store.jobs_due_for_finalize(conn)
+        assert store.finalize_job(conn, job_id) == "cancelled"
+    assert _counters(engine, store, job_id) == (40, 39, 0, 1, 0)
 
 
 # --- reading results ----------------------------------------------------------------------------
