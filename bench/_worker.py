@@ -16,6 +16,7 @@ EXPERIMENTS = {
     "prefetch-4": "worker_prefetch_multiplier=4: a freed thread finds its next message already fetched",
     "loop-http": "provider calls on one asyncio event-loop thread per worker (httpx.AsyncClient over aiohttp)",
     "switch-1ms": "sys.setswitchinterval(0.001): a thread waiting for the GIL gets it sooner",
+    "store-one-by-one": "each answer stored in a round trip of its own (no group commit, as before issue #16)",
 }
 _chosen = {e for e in os.environ.get("BATCHER_BENCH_EXPERIMENTS", "").split(",") if e}
 
@@ -72,6 +73,10 @@ if _chosen:
         sys.setswitchinterval(0.001)
     if "loop-http" in _chosen:
         _loop_http()
+    if "store-one-by-one" in _chosen:
+        from workers import _execute
+
+        _execute.GROUP_STORES = False
 
 if __name__ == "__main__":
     from celery.__main__ import main

@@ -19,6 +19,7 @@ import secrets
 import socket
 import ssl
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -27,11 +28,14 @@ import redis
 from celery import Celery
 from celery.signals import worker_shutdown
 from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
 
 from batcher._config import Settings
 from batcher._db.contract import JobStore, store_for
 from batcher._db.engine import get_engine
+from batcher._db.rows import Answer, ClaimedRequest, Progress
 from batcher._egress import EgressPolicy, EgressTransport
+from batcher._group import GroupRunner
 from batcher._ratelimit import RateLimiter
 from batcher._retry import RetryPolicy
 
@@ -101,6 +105,31 @@ class WorkerContext:
         if self.engine.dialect.name == "sqlite":
             return self.engine
         return self.engine.execution_options(isolation_level="AUTOCOMMIT")
+
+    @cached_property
+    def success_writer(self) -> GroupRunner[tuple[ClaimedRequest, Answer], Progress | None]:
+        """Group commit of answers: the stores the threads queue, run in one round trip (``batcher._group``)."""
+        return GroupRunner(self._store_successes, name="batcher-store")
+
+    def _store_successes(self, items: Sequence[tuple[ClaimedRequest, Answer]]) -> list[Progress | BaseException | None]:
+        """One write for the batch; if it fails for a reason other than the database being away (which
+        every item's thread retries), each item alone, so only the item at fault gets the error."""
+        try:
+            with self.db.begin() as conn:
+                return list(self.store.record_successes(conn, list(items)))
+        except OperationalError:
+            raise
+        except Exception:
+            if len(items) == 1:
+                raise
+        outcomes: list[Progress | BaseException | None] = []
+        for claimed, answer in items:
+            try:
+                with self.db.begin() as conn:
+                    outcomes.append(self.store.record_success(conn, claimed, answer))
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes
 
     @cached_property
     def redis(self) -> redis.Redis[bytes]:
@@ -192,7 +221,7 @@ def get_context(app: Celery) -> WorkerContext:
                 # Touch the cached properties now, under the lock, so threads never race to build them.
                 _ = (ctx.engine, ctx.store, ctx.db, ctx.redis, ctx.limiter, ctx.retry_policy, ctx.egress)
                 _ = (ctx._ssl_context, ctx._threads, ctx._http_clients)
-                _ = (ctx.worker_id, ctx._in_flight, ctx._idle)
+                _ = (ctx.worker_id, ctx._in_flight, ctx._idle, ctx.success_writer)
                 _contexts[id(app)] = ctx
     return ctx
 

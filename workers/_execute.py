@@ -54,6 +54,10 @@ _limiter_warned = [0.0]
 
 T = TypeVar("T")
 
+GROUP_STORES = True
+"""Answers are stored through the worker's group commit (``_store_answer``); the benchmark's what-if
+``store-one-by-one`` turns it off to measure what it saves."""
+
 
 def run_request(ctx: WorkerContext, job_id: str, idx: int) -> str:
     """Run one attempt; returns what happened (for logs and tests)."""
@@ -172,7 +176,7 @@ def _run_claimed(ctx: WorkerContext, job: uuid.UUID, claimed: ClaimedRequest) ->
     # and the re-run finds the race key naming it, so it runs again and stores its answer.
     won = claimed.kind == JobKind.FASTEST.value and _wake_race_caller(ctx, claimed, body)
     answer = Answer(body, claimed.provider, response.model or claimed.model, usage, latency_ms)
-    progress = _write(ctx, lambda conn: ctx.store.record_success(conn, claimed, answer))
+    progress = _store_answer(ctx, claimed, answer)
     if won:
         _record_race_winner(ctx, claimed)
     _after_final(ctx, job, progress)
@@ -192,7 +196,25 @@ def _mocked(options: dict[str, Any], claimed: ClaimedRequest) -> ModelResponse:
     return response
 
 
+def _store_answer(ctx: WorkerContext, claimed: ClaimedRequest, answer: Answer) -> Progress | None:
+    """Store a paid answer: through the worker's group commit (``ctx.success_writer``: the answers of
+    many threads in one round trip) on a cluster store, in a statement of its own otherwise."""
+    if GROUP_STORES and ctx.store.cluster:
+        return _retrying(ctx, lambda: ctx.success_writer.submit((claimed, answer)))
+    return _write(ctx, lambda conn: ctx.store.record_success(conn, claimed, answer))
+
+
 def _write(ctx: WorkerContext, statement: Callable[[Connection], T]) -> T:
+    """Run a write whose outcome was already paid for, riding out a database outage (``_retrying``)."""
+
+    def run() -> T:
+        with ctx.db.begin() as conn:
+            return statement(conn)
+
+    return _retrying(ctx, run)
+
+
+def _retrying(ctx: WorkerContext, write: Callable[[], T]) -> T:
     """Run a write whose outcome was already paid for, riding out a database outage.
 
     Retried in place for up to ``BATCHER_STORE_RETRY_WINDOW_S`` (15 min): re-running the task
@@ -204,8 +226,7 @@ def _write(ctx: WorkerContext, statement: Callable[[Connection], T]) -> T:
     while True:
         attempt += 1
         try:
-            with ctx.db.begin() as conn:
-                return statement(conn)
+            return write()
         except OperationalError:
             if time.monotonic() >= deadline:
                 raise

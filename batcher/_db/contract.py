@@ -186,6 +186,12 @@ class JobStore(abc.ABC):
         request handed to another. ``None`` if the request is final already (another attempt's
         answer was stored, or it ended otherwise): nothing is written."""
 
+    def record_successes(self, conn: Connection, items: list[tuple[ClaimedRequest, Answer]]) -> list[Progress | None]:
+        """``record_success`` of each item, as one all-or-nothing write (a group commit: one round trip
+        where the store can). On an error nothing is written; the caller runs the items one by one to
+        find the item it belongs to. This default runs them in turn in ``conn``'s transaction."""
+        return [self.record_success(conn, claimed, answer) for claimed, answer in items]
+
     @abc.abstractmethod
     def record_end(
         self, conn: Connection, request_id: int, state: RequestState, *, attempt: int, failure: Failure

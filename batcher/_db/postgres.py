@@ -77,6 +77,33 @@ def _rows(conn: Connection, sql: str, params: dict[str, Any]) -> list[dict[str, 
         ) from exc
 
 
+def _hot_many(conn: Connection, sql: str, many: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
+    """``_hot`` of one statement for each of ``many`` parameter sets, in one round trip (psycopg's pipeline
+    mode): sent together, answered together, and committed together (the statements between two syncs of
+    a pipeline form one implicit transaction), so an error writes none of them."""
+    if not conn.in_transaction():
+        conn.begin()
+    dbapi = cast(psycopg.Connection[Any], conn.connection.driver_connection)
+    try:
+        with dbapi.pipeline():
+            cursors = []
+            for params in many:
+                cursor = dbapi.cursor(row_factory=dict_row)
+                cursor.execute(sql, params)
+                cursors.append(cursor)
+            rows = [cursor.fetchone() for cursor in cursors]  # the first fetch syncs: one round trip
+        for cursor in cursors:
+            cursor.close()
+        return rows
+    except psycopg.Error as exc:
+        invalidated = conn.dialect.is_disconnect(exc, conn.connection.dbapi_connection, None)  # type: ignore[arg-type]
+        if invalidated:
+            conn.invalidate(exc)
+        raise DBAPIError.instance(
+            sql, many, exc, psycopg.Error, connection_invalidated=invalidated, dialect=conn.dialect
+        ) from exc
+
+
 _CLAIM = f"""
     WITH claimed AS (
         UPDATE requests AS r
@@ -333,6 +360,22 @@ def _failure(failure: Failure, **values: Any) -> dict[str, Any]:
     return row
 
 
+def _success_params(claimed: ClaimedRequest, answer: Answer) -> dict[str, Any]:
+    usage = answer.usage or {}
+    return {
+        "request_id": claimed.request_id,
+        "job_id": claimed.job_id,
+        "idx": claimed.idx,
+        "provider": answer.provider,
+        "model": answer.model,
+        "body": json.dumps(answer.body, separators=(",", ":")),
+        "prompt_tokens": usage.get("prompt_tokens"),
+        "completion_tokens": usage.get("completion_tokens"),
+        "total_tokens": usage.get("total_tokens"),
+        "latency_ms": answer.latency_ms,
+    }
+
+
 class PostgresStore(JobStore):
     """``JobStore`` on Postgres: data-modifying CTEs, ``COPY`` in and out, psycopg on the hot path."""
 
@@ -430,24 +473,20 @@ class PostgresStore(JobStore):
         return ClaimedRequest.from_row(row, job_id, idx, attempts=row["attempts"], deadline_at=row["deadline_at"])
 
     def record_success(self, conn: Connection, claimed: ClaimedRequest, answer: Answer) -> Progress | None:
-        usage = answer.usage or {}
-        row = _hot(
-            conn,
-            _RECORD_SUCCESS,
-            {
-                "request_id": claimed.request_id,
-                "job_id": claimed.job_id,
-                "idx": claimed.idx,
-                "provider": answer.provider,
-                "model": answer.model,
-                "body": json.dumps(answer.body, separators=(",", ":")),
-                "prompt_tokens": usage.get("prompt_tokens"),
-                "completion_tokens": usage.get("completion_tokens"),
-                "total_tokens": usage.get("total_tokens"),
-                "latency_ms": answer.latency_ms,
-            },
-        )
+        row = _hot(conn, _RECORD_SUCCESS, _success_params(claimed, answer))
         return Progress(row["total"], row["done"]) if row else None
+
+    def record_successes(self, conn: Connection, items: list[tuple[ClaimedRequest, Answer]]) -> list[Progress | None]:
+        """The stores of many threads in one round trip (``_hot_many``), in the order of their jobs: two
+        batches that both count in the same jobs lock those rows in the same order."""
+        if len(items) == 1:  # alone: a plain statement (no pipeline to enter and leave)
+            return [self.record_success(conn, *items[0])]
+        order = sorted(range(len(items)), key=lambda i: str(items[i][0].job_id))
+        rows = _hot_many(conn, _RECORD_SUCCESS, [_success_params(*items[i]) for i in order])
+        progress: list[Progress | None] = [None] * len(items)
+        for i, row in zip(order, rows, strict=True):
+            progress[i] = Progress(row["total"], row["done"]) if row else None
+        return progress
 
     def record_end(
         self, conn: Connection, request_id: int, state: RequestState, *, attempt: int, failure: Failure

@@ -384,6 +384,26 @@ def test_a_success_is_stored_and_counted_exactly_once(engine: Engine, store: Job
     assert last == Progress(total=2, done=2) and last.complete
 
 
+def test_a_group_of_successes_is_stored_and_counted_once_each_in_the_callers_order(
+    engine: Engine, store: JobStore
+) -> None:
+    """``record_successes`` (a worker's group commit): each item as ``record_success`` alone would do it."""
+    first, second = _job(engine, store, 2), _job(engine, store, 1)
+    a, b, c = _claimed(engine, store, first, 0), _claimed(engine, store, second, 0), _claimed(engine, store, first, 1)
+    _succeed(engine, store, c, {"id": "earlier"})  # already final: its item writes nothing
+    usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+    items = [(x, Answer({"id": name}, x.provider, x.model, usage, 1.0)) for x, name in ((a, "a"), (c, "c"), (b, "b"))]
+    with engine.begin() as conn:
+        progress = store.record_successes(conn, items)
+    assert progress == [Progress(total=2, done=2), None, Progress(total=1, done=1)]
+    assert [r["body"] for r in sorted(_responses(engine, first), key=lambda r: r["idx"])] == [
+        {"id": "a"},
+        {"id": "earlier"},
+    ]
+    assert [r["body"] for r in _responses(engine, second)] == [{"id": "b"}]
+    assert _counters(engine, store, first)[:2] == (2, 2) and _counters(engine, store, second)[:2] == (1, 1)
+
+
 def test_a_paid_answer_is_kept_whichever_attempt_brings_it(engine: Engine, store: JobStore) -> None:
     """Not fenced: an attempt presumed dead whose request is queued again still stores its answer, and the
     re-run's answer then finds the request final."""
