@@ -198,6 +198,8 @@ class WorkerContext:
             initial_concurrency=s.adaptive_initial_concurrency,
             max_concurrency=s.adaptive_max_concurrency,
             lease_margin_s=s.lease_margin_s,
+            # A real Redis takes the threads' scripts together (embedded mode's in-process server: alone).
+            grouped=self.app.conf.get("batcher_coordination") is None,
         )
 
     @cached_property
