@@ -33,7 +33,7 @@ from sqlalchemy.exc import OperationalError
 from batcher._config import Settings
 from batcher._db.contract import JobStore, store_for
 from batcher._db.engine import get_engine
-from batcher._db.rows import Answer, ClaimedRequest, Progress
+from batcher._db.rows import Answer, Claim, ClaimedRequest, Progress
 from batcher._egress import EgressPolicy, EgressTransport
 from batcher._group import GroupRunner
 from batcher._ratelimit import RateLimiter
@@ -132,6 +132,30 @@ class WorkerContext:
         return outcomes
 
     @cached_property
+    def claimer(self) -> GroupRunner[Claim, ClaimedRequest | None]:
+        """Claims the threads queue, taken in one round trip (``batcher._group``)."""
+        return GroupRunner(self._claim_many, name="batcher-claim")
+
+    def _claim_many(self, claims: Sequence[Claim]) -> list[ClaimedRequest | BaseException | None]:
+        """As ``_store_successes``: one write for the batch, else each claim alone."""
+        try:
+            with self.db.begin() as conn:
+                return list(self.store.claim_requests(conn, list(claims)))
+        except OperationalError:
+            raise
+        except Exception:
+            if len(claims) == 1:
+                raise
+        outcomes: list[ClaimedRequest | BaseException | None] = []
+        for claim in claims:
+            try:
+                with self.db.begin() as conn:
+                    outcomes.extend(self.store.claim_requests(conn, [claim]))
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    @cached_property
     def redis(self) -> redis.Redis[bytes]:
         override = self.app.conf.get("batcher_coordination")
         if override is not None:  # embedded mode's in-process server
@@ -223,7 +247,7 @@ def get_context(app: Celery) -> WorkerContext:
                 # Touch the cached properties now, under the lock, so threads never race to build them.
                 _ = (ctx.engine, ctx.store, ctx.db, ctx.redis, ctx.limiter, ctx.retry_policy, ctx.egress)
                 _ = (ctx._ssl_context, ctx._threads, ctx._http_clients)
-                _ = (ctx.worker_id, ctx._in_flight, ctx._idle, ctx.success_writer)
+                _ = (ctx.worker_id, ctx._in_flight, ctx._idle, ctx.success_writer, ctx.claimer)
                 _contexts[id(app)] = ctx
     return ctx
 

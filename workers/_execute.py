@@ -24,7 +24,7 @@ from sqlalchemy.exc import OperationalError
 
 from batcher import _keys, _logging, _metrics, _providers, _wakeup
 from batcher._db import recovery
-from batcher._db.rows import Answer, ClaimedRequest, Failure, Progress
+from batcher._db.rows import Answer, Claim, ClaimedRequest, Failure, Progress
 from batcher._dispatch import queue_for
 from batcher._exceptions import (
     AuthenticationError,
@@ -57,6 +57,8 @@ T = TypeVar("T")
 GROUP_STORES = True
 """Answers are stored through the worker's group commit (``_store_answer``); the benchmark's what-if
 ``store-one-by-one`` turns it off to measure what it saves."""
+GROUP_CLAIMS = True
+"""Claims go through the worker's group runner (``ctx.claimer``); what-if ``claim-one-by-one`` turns it off."""
 
 
 def run_request(ctx: WorkerContext, job_id: str, idx: int) -> str:
@@ -67,15 +69,12 @@ def run_request(ctx: WorkerContext, job_id: str, idx: int) -> str:
     if not ctx.started(key):
         return "running-here"  # a duplicate message while another thread of this worker runs it
     try:
-        with ctx.db.begin() as conn:
-            claimed = ctx.store.claim_request(
-                conn,
-                job,
-                idx,
-                timeout_s=settings.request_timeout_s,
-                margin_s=settings.lease_margin_s,
-                worker_id=ctx.worker_id,
-            )
+        claim = Claim(job, idx, settings.request_timeout_s, settings.lease_margin_s, ctx.worker_id)
+        if GROUP_CLAIMS and ctx.store.cluster:
+            claimed = ctx.claimer.submit(claim)  # with the other threads' claims: one round trip
+        else:
+            with ctx.db.begin() as conn:
+                (claimed,) = ctx.store.claim_requests(conn, [claim])
         if claimed is None:
             return "not-claimable"
         try:

@@ -41,6 +41,7 @@ from batcher._db.models import Job, Request, Response
 from batcher._db.rows import (
     ActiveJob,
     Answer,
+    Claim,
     ClaimedRequest,
     Failure,
     InWindow,
@@ -161,6 +162,15 @@ class JobStore(abc.ABC):
         nothing left in its backlog is listed with an empty ``backlog``. Nothing active: one cheap read."""
 
     # --- execution (workers) ----------------------------------------------------------------------
+
+    def claim_requests(self, conn: Connection, claims: list[Claim]) -> list[ClaimedRequest | None]:
+        """``claim_request`` of each claim, as one all-or-nothing write (one round trip where the store can:
+        a worker's threads claim together). On an error nothing is written; the caller runs the claims one
+        by one to find the claim it belongs to. This default runs them in turn in ``conn``'s transaction."""
+        return [
+            self.claim_request(conn, c.job_id, c.idx, timeout_s=c.timeout_s, margin_s=c.margin_s, worker_id=c.worker_id)
+            for c in claims
+        ]
 
     @abc.abstractmethod
     def claim_request(

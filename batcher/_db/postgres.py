@@ -32,6 +32,7 @@ from batcher._db.rows import (
     ActiveJob,
     Answer,
     BacklogPart,
+    Claim,
     ClaimedRequest,
     Failure,
     NewJob,
@@ -471,6 +472,39 @@ class PostgresStore(JobStore):
         if row is None:
             return None
         return ClaimedRequest.from_row(row, job_id, idx, attempts=row["attempts"], deadline_at=row["deadline_at"])
+
+    def claim_requests(self, conn: Connection, claims: list[Claim]) -> list[ClaimedRequest | None]:
+        """Many threads' claims in one round trip (``_hot_many``), in the order of their requests."""
+        if len(claims) == 1:
+            c = claims[0]
+            return [
+                self.claim_request(
+                    conn, c.job_id, c.idx, timeout_s=c.timeout_s, margin_s=c.margin_s, worker_id=c.worker_id
+                )
+            ]
+        order = sorted(range(len(claims)), key=lambda i: (str(claims[i].job_id), claims[i].idx))
+        rows = _hot_many(
+            conn,
+            _CLAIM,
+            [
+                {
+                    "job_id": claims[i].job_id,
+                    "idx": claims[i].idx,
+                    "timeout_s": claims[i].timeout_s,
+                    "margin_s": claims[i].margin_s,
+                    "worker_id": claims[i].worker_id,
+                }
+                for i in order
+            ],
+        )
+        claimed: list[ClaimedRequest | None] = [None] * len(claims)
+        for i, row in zip(order, rows, strict=True):
+            if row is not None:
+                c = claims[i]
+                claimed[i] = ClaimedRequest.from_row(
+                    row, c.job_id, c.idx, attempts=row["attempts"], deadline_at=row["deadline_at"]
+                )
+        return claimed
 
     def record_success(self, conn: Connection, claimed: ClaimedRequest, answer: Answer) -> Progress | None:
         row = _hot(conn, _RECORD_SUCCESS, _success_params(claimed, answer))

@@ -25,7 +25,7 @@ from batcher._db.contract import FINAL_STATE_COUNTER, JobStore, store_for
 from batcher._db.engine import _sqlite_engine
 from batcher._db.models import ApiKey, Request, Response
 from batcher._db.postgres import PostgresStore
-from batcher._db.rows import Answer, ClaimedRequest, Failure, NewJob, NewRequest, Progress
+from batcher._db.rows import Answer, Claim, ClaimedRequest, Failure, NewJob, NewRequest, Progress
 from batcher._db.sqlite import SqliteStore
 from batcher._exceptions import ConfigurationError
 from batcher._migrate import upgrade
@@ -382,6 +382,22 @@ def test_a_success_is_stored_and_counted_exactly_once(engine: Engine, store: Job
         assert store.response_body(conn, job_id, 1) is None
     last = _succeed(engine, store, _claimed(engine, store, job_id, 1), {"id": "other"})
     assert last == Progress(total=2, done=2) and last.complete
+
+
+def test_a_group_of_claims_takes_each_request_as_a_claim_alone_would(engine: Engine, store: JobStore) -> None:
+    """``claim_requests`` (a worker's threads claim together): the first claim of the group starts the job,
+    a request that is not claimable is ``None`` in its place, and each claimed request is the caller's."""
+    job_id = _job(engine, store, 3)
+    done = _claimed(engine, store, job_id, 2)
+    _succeed(engine, store, done, {"id": "done"})
+    claims = [Claim(job_id, i, TIMEOUT_S, MARGIN_S, "w") for i in (1, 2, 0)]
+    with engine.begin() as conn:
+        claimed = store.claim_requests(conn, claims)
+    assert [c.idx if c else None for c in claimed] == [1, None, 0]
+    assert all(c.attempts == 1 for c in claimed if c)
+    assert _states(engine, job_id) == ["running", "running", "succeeded"]
+    with engine.begin() as conn:  # claimed already, under another worker's live lease: nobody else's
+        assert store.claim_requests(conn, [Claim(job_id, 0, TIMEOUT_S, MARGIN_S, "other")]) == [None]
 
 
 def test_a_group_of_successes_is_stored_and_counted_once_each_in_the_callers_order(
