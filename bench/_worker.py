@@ -18,6 +18,7 @@ EXPERIMENTS = {
     "switch-1ms": "sys.setswitchinterval(0.001): a thread waiting for the GIL gets it sooner",
     "store-one-by-one": "each answer stored in a round trip of its own (no group commit, as before issue #16)",
     "claim-one-by-one": "each claim in a round trip of its own (no grouped claims, as before issue #16)",
+    "ack-one-by-one": "each broker acknowledgement in a round trip of its own (kombu's way, as before issue #16)",
     "limiter-one-by-one": "each adaptive-limiter script (take, release) in a round trip of its own (as before #16)",
 }
 _chosen = {e for e in os.environ.get("BATCHER_BENCH_EXPERIMENTS", "").split(",") if e}
@@ -79,6 +80,10 @@ if _chosen:
         from workers import _execute
 
         _execute.GROUP_STORES = False
+    if "ack-one-by-one" in _chosen:
+        from workers import _broker
+
+        _broker.GROUP_ACKS = False
     if "claim-one-by-one" in _chosen:
         from workers import _execute
 
