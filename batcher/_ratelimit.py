@@ -65,7 +65,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from redis.exceptions import NoScriptError
 
+from batcher._group import GroupRunner
 from batcher._keys import RATE_LIMIT_PREFIX, adaptive_key
 
 if TYPE_CHECKING:
@@ -382,6 +384,9 @@ class Slot:
         return self.deployment[:8]
 
 
+_ScriptCall = tuple[Any, list[str], list[Any]]
+"""A script (``register_script``'s), its keys and its arguments."""
+
 Outcome = str
 """``ok`` (grow), ``loss`` (shrink: 429, 5xx, timeout) or ``none`` (neither: a 400, a bad key...)."""
 
@@ -432,6 +437,7 @@ class RateLimiter:
         initial_concurrency: int = DEFAULT_ADAPTIVE_INITIAL_CONCURRENCY,
         max_concurrency: int = DEFAULT_ADAPTIVE_MAX_CONCURRENCY,
         lease_margin_s: float = 30.0,
+        grouped: bool = False,
     ) -> None:
         self.limits = limits
         self.adaptive = adaptive
@@ -443,6 +449,35 @@ class RateLimiter:
         self._penalize = redis_client.register_script(_PENALIZE_LUA)
         self._take = redis_client.register_script(_TAKE_LUA)
         self._release = redis_client.register_script(_RELEASE_LUA)
+        self._group: GroupRunner[_ScriptCall, Any] | None = None
+        if grouped:  # a worker's threads: their scripts go to Redis together (one pipelined round trip)
+            self._group = GroupRunner(self._run_scripts, name="batcher-limiter")
+
+    def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """Run one of the scripts: alone, or with the other threads' queued calls (``grouped``)."""
+        if self._group is None:
+            return script(keys=keys, args=args)
+        return self._group.submit((script, keys, args))
+
+    def _run_scripts(self, calls: Sequence[_ScriptCall]) -> list[Any]:
+        """The calls queued by many threads in one pipeline (no MULTI: each script is atomic on its own);
+        each call's answer or error is its own. A script Redis does not hold (restarted empty) is loaded
+        and run again by that call alone."""
+        if len(calls) == 1:
+            script, keys, args = calls[0]
+            return [script(keys=keys, args=args)]
+        pipe = self._redis.pipeline(transaction=False)
+        for script, keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        outcomes: list[Any] = []
+        for (script, keys, args), answer in zip(calls, pipe.execute(raise_on_error=False), strict=True):
+            if isinstance(answer, NoScriptError):
+                try:
+                    answer = script(keys=keys, args=args)
+                except Exception as exc:
+                    answer = exc
+            outcomes.append(answer)
+        return outcomes
 
     @property
     def active(self) -> bool:
@@ -493,7 +528,7 @@ class RateLimiter:
             keys += [f"{bucket.key}:r", f"{bucket.key}:t"]
             spec = bucket.spec
             args += [spec.rpm or 0, spec.tpm or 0, spec.window_s + WINDOW_SAFETY_MARGIN_S]
-        answer = self._take(keys=keys, args=args)
+        answer = self._call(self._take, keys, args)
         wait = float(_text(answer[0]))
         if wait > 0 or _text(answer[1]) == "concurrency":
             why = _text(answer[1])
@@ -534,9 +569,10 @@ class RateLimiter:
             tpm = info.tokens_limit or 0
         latency = time.perf_counter() - grant.started if outcome == "ok" and grant.started else -1.0
         key = slot.key
-        answer = self._release(
-            keys=[f"{key}:s", f"{key}:l", _published_hash(slot), adaptive_key(slot.provider, slot.published_model)],
-            args=[
+        answer = self._call(
+            self._release,
+            [f"{key}:s", f"{key}:l", _published_hash(slot), adaptive_key(slot.provider, slot.published_model)],
+            [
                 at,
                 grant.member,
                 grant.acquired_at,

@@ -16,6 +16,10 @@ EXPERIMENTS = {
     "prefetch-4": "worker_prefetch_multiplier=4: a freed thread finds its next message already fetched",
     "loop-http": "provider calls on one asyncio event-loop thread per worker (httpx.AsyncClient over aiohttp)",
     "switch-1ms": "sys.setswitchinterval(0.001): a thread waiting for the GIL gets it sooner",
+    "store-one-by-one": "each answer stored in a round trip of its own (no group commit, as before issue #16)",
+    "claim-one-by-one": "each claim in a round trip of its own (no grouped claims, as before issue #16)",
+    "ack-one-by-one": "each broker acknowledgement in a round trip of its own (kombu's way, as before issue #16)",
+    "limiter-one-by-one": "each adaptive-limiter script (take, release) in a round trip of its own (as before #16)",
 }
 _chosen = {e for e in os.environ.get("BATCHER_BENCH_EXPERIMENTS", "").split(",") if e}
 
@@ -72,6 +76,22 @@ if _chosen:
         sys.setswitchinterval(0.001)
     if "loop-http" in _chosen:
         _loop_http()
+    if "store-one-by-one" in _chosen:
+        from workers import _execute
+
+        _execute.GROUP_STORES = False
+    if "ack-one-by-one" in _chosen:
+        from workers import _broker
+
+        _broker.GROUP_ACKS = False
+    if "claim-one-by-one" in _chosen:
+        from workers import _execute
+
+        _execute.GROUP_CLAIMS = False
+    if "limiter-one-by-one" in _chosen:
+        from batcher._ratelimit import RateLimiter
+
+        RateLimiter._call = lambda self, script, keys, args: script(keys=keys, args=args)  # type: ignore[method-assign]
 
 if __name__ == "__main__":
     from celery.__main__ import main

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -35,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from kombu.asynchronous import get_event_loop
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from redis.exceptions import OutOfMemoryError  # type: ignore[attr-defined]  # types-redis lags redis-py
@@ -82,6 +84,12 @@ return 1
 """
 
 
+GROUP_ACKS = True
+"""Acknowledgements ready on the event loop together go to Redis together (``OomTolerantQoS.ack``); the
+benchmark's what-if ``ack-one-by-one`` turns it off."""
+_acks_lock = threading.Lock()
+
+
 class OomTolerantQoS(kombu_redis.QoS):  # type: ignore[misc]
     """kombu's QoS, minus the ways a full Redis kills a worker or stops it from freeing memory."""
 
@@ -125,11 +133,41 @@ class OomTolerantQoS(kombu_redis.QoS):  # type: ignore[misc]
         super().restore_unacked(client)  # type: ignore[no-untyped-call]
 
     def ack(self, delivery_tag: Any) -> None:
+        """Acknowledgements are grouped: Celery runs them on the worker's event loop (``call_soon``), a pass
+        of the loop runs every one that is ready, and the first of them schedules ``_flush_acks`` for the
+        next pass, which removes them all from this worker's unacknowledged set in one pipeline (a round
+        trip per pass instead of one per message). A worker killed in between leaves those messages in
+        its set: recovery moves them back, and their claims, the requests being final, do nothing."""
         if self._detached():
             log.info("message %s finished after its broker connection was lost: not acknowledged", delivery_tag)
             virtual.QoS.ack(self, delivery_tag)  # type: ignore[no-untyped-call]
             return
-        super().ack(delivery_tag)  # type: ignore[no-untyped-call]
+        loop = get_event_loop()
+        if loop is None or not GROUP_ACKS:
+            super().ack(delivery_tag)  # type: ignore[no-untyped-call]
+            return
+        with _acks_lock:
+            pending = self.__dict__.setdefault("_pending_acks", [])
+            pending.append(delivery_tag)
+            first = len(pending) == 1
+        if first:
+            loop.call_soon(self._flush_acks)  # type: ignore[no-untyped-call]
+
+    def _flush_acks(self) -> None:
+        with _acks_lock:
+            tags: list[Any] = self.__dict__.get("_pending_acks", [])
+            self._pending_acks: list[Any] = []
+        if not tags:
+            return
+        if self._detached():
+            log.info("%d messages finished after their broker connection was lost: not acknowledged", len(tags))
+        else:
+            with self.pipe_or_acquire() as pipe:
+                for tag in tags:
+                    self._remove_from_indices(tag, pipe)  # type: ignore[no-untyped-call]
+                pipe.execute()
+        for tag in tags:
+            virtual.QoS.ack(self, tag)  # type: ignore[no-untyped-call]
 
     def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
         if self._detached():

@@ -19,6 +19,7 @@ import secrets
 import socket
 import ssl
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -27,11 +28,14 @@ import redis
 from celery import Celery
 from celery.signals import worker_shutdown
 from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
 
 from batcher._config import Settings
 from batcher._db.contract import JobStore, store_for
 from batcher._db.engine import get_engine
+from batcher._db.rows import Answer, Claim, ClaimedRequest, Progress
 from batcher._egress import EgressPolicy, EgressTransport
+from batcher._group import GroupRunner
 from batcher._ratelimit import RateLimiter
 from batcher._retry import RetryPolicy
 
@@ -103,6 +107,55 @@ class WorkerContext:
         return self.engine.execution_options(isolation_level="AUTOCOMMIT")
 
     @cached_property
+    def success_writer(self) -> GroupRunner[tuple[ClaimedRequest, Answer], Progress | None]:
+        """Group commit of answers: the stores the threads queue, run in one round trip (``batcher._group``)."""
+        return GroupRunner(self._store_successes, name="batcher-store")
+
+    def _store_successes(self, items: Sequence[tuple[ClaimedRequest, Answer]]) -> list[Progress | BaseException | None]:
+        """One write for the batch; if it fails for a reason other than the database being away (which
+        every item's thread retries), each item alone, so only the item at fault gets the error."""
+        try:
+            with self.db.begin() as conn:
+                return list(self.store.record_successes(conn, list(items)))
+        except OperationalError:
+            raise
+        except Exception:
+            if len(items) == 1:
+                raise
+        outcomes: list[Progress | BaseException | None] = []
+        for claimed, answer in items:
+            try:
+                with self.db.begin() as conn:
+                    outcomes.append(self.store.record_success(conn, claimed, answer))
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    @cached_property
+    def claimer(self) -> GroupRunner[Claim, ClaimedRequest | None]:
+        """Claims the threads queue, taken in one round trip (``batcher._group``)."""
+        return GroupRunner(self._claim_many, name="batcher-claim")
+
+    def _claim_many(self, claims: Sequence[Claim]) -> list[ClaimedRequest | BaseException | None]:
+        """As ``_store_successes``: one write for the batch, else each claim alone."""
+        try:
+            with self.db.begin() as conn:
+                return list(self.store.claim_requests(conn, list(claims)))
+        except OperationalError:
+            raise
+        except Exception:
+            if len(claims) == 1:
+                raise
+        outcomes: list[ClaimedRequest | BaseException | None] = []
+        for claim in claims:
+            try:
+                with self.db.begin() as conn:
+                    outcomes.extend(self.store.claim_requests(conn, [claim]))
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    @cached_property
     def redis(self) -> redis.Redis[bytes]:
         override = self.app.conf.get("batcher_coordination")
         if override is not None:  # embedded mode's in-process server
@@ -169,6 +222,8 @@ class WorkerContext:
             initial_concurrency=s.adaptive_initial_concurrency,
             max_concurrency=s.adaptive_max_concurrency,
             lease_margin_s=s.lease_margin_s,
+            # A real Redis takes the threads' scripts together (embedded mode's in-process server: alone).
+            grouped=self.app.conf.get("batcher_coordination") is None,
         )
 
     @cached_property
@@ -192,7 +247,7 @@ def get_context(app: Celery) -> WorkerContext:
                 # Touch the cached properties now, under the lock, so threads never race to build them.
                 _ = (ctx.engine, ctx.store, ctx.db, ctx.redis, ctx.limiter, ctx.retry_policy, ctx.egress)
                 _ = (ctx._ssl_context, ctx._threads, ctx._http_clients)
-                _ = (ctx.worker_id, ctx._in_flight, ctx._idle)
+                _ = (ctx.worker_id, ctx._in_flight, ctx._idle, ctx.success_writer, ctx.claimer)
                 _contexts[id(app)] = ctx
     return ctx
 

@@ -24,7 +24,7 @@ from sqlalchemy.exc import OperationalError
 
 from batcher import _keys, _logging, _metrics, _providers, _wakeup
 from batcher._db import recovery
-from batcher._db.rows import Answer, ClaimedRequest, Failure, Progress
+from batcher._db.rows import Answer, Claim, ClaimedRequest, Failure, Progress
 from batcher._dispatch import queue_for
 from batcher._exceptions import (
     AuthenticationError,
@@ -54,6 +54,12 @@ _limiter_warned = [0.0]
 
 T = TypeVar("T")
 
+GROUP_STORES = True
+"""Answers are stored through the worker's group commit (``_store_answer``); the benchmark's what-if
+``store-one-by-one`` turns it off to measure what it saves."""
+GROUP_CLAIMS = True
+"""Claims go through the worker's group runner (``ctx.claimer``); what-if ``claim-one-by-one`` turns it off."""
+
 
 def run_request(ctx: WorkerContext, job_id: str, idx: int) -> str:
     """Run one attempt; returns what happened (for logs and tests)."""
@@ -63,15 +69,12 @@ def run_request(ctx: WorkerContext, job_id: str, idx: int) -> str:
     if not ctx.started(key):
         return "running-here"  # a duplicate message while another thread of this worker runs it
     try:
-        with ctx.db.begin() as conn:
-            claimed = ctx.store.claim_request(
-                conn,
-                job,
-                idx,
-                timeout_s=settings.request_timeout_s,
-                margin_s=settings.lease_margin_s,
-                worker_id=ctx.worker_id,
-            )
+        claim = Claim(job, idx, settings.request_timeout_s, settings.lease_margin_s, ctx.worker_id)
+        if GROUP_CLAIMS and ctx.store.cluster:
+            claimed = ctx.claimer.submit(claim)  # with the other threads' claims: one round trip
+        else:
+            with ctx.db.begin() as conn:
+                (claimed,) = ctx.store.claim_requests(conn, [claim])
         if claimed is None:
             return "not-claimable"
         try:
@@ -172,7 +175,7 @@ def _run_claimed(ctx: WorkerContext, job: uuid.UUID, claimed: ClaimedRequest) ->
     # and the re-run finds the race key naming it, so it runs again and stores its answer.
     won = claimed.kind == JobKind.FASTEST.value and _wake_race_caller(ctx, claimed, body)
     answer = Answer(body, claimed.provider, response.model or claimed.model, usage, latency_ms)
-    progress = _write(ctx, lambda conn: ctx.store.record_success(conn, claimed, answer))
+    progress = _store_answer(ctx, claimed, answer)
     if won:
         _record_race_winner(ctx, claimed)
     _after_final(ctx, job, progress)
@@ -192,7 +195,25 @@ def _mocked(options: dict[str, Any], claimed: ClaimedRequest) -> ModelResponse:
     return response
 
 
+def _store_answer(ctx: WorkerContext, claimed: ClaimedRequest, answer: Answer) -> Progress | None:
+    """Store a paid answer: through the worker's group commit (``ctx.success_writer``: the answers of
+    many threads in one round trip) on a cluster store, in a statement of its own otherwise."""
+    if GROUP_STORES and ctx.store.cluster:
+        return _retrying(ctx, lambda: ctx.success_writer.submit((claimed, answer)))
+    return _write(ctx, lambda conn: ctx.store.record_success(conn, claimed, answer))
+
+
 def _write(ctx: WorkerContext, statement: Callable[[Connection], T]) -> T:
+    """Run a write whose outcome was already paid for, riding out a database outage (``_retrying``)."""
+
+    def run() -> T:
+        with ctx.db.begin() as conn:
+            return statement(conn)
+
+    return _retrying(ctx, run)
+
+
+def _retrying(ctx: WorkerContext, write: Callable[[], T]) -> T:
     """Run a write whose outcome was already paid for, riding out a database outage.
 
     Retried in place for up to ``BATCHER_STORE_RETRY_WINDOW_S`` (15 min): re-running the task
@@ -204,8 +225,7 @@ def _write(ctx: WorkerContext, statement: Callable[[Connection], T]) -> T:
     while True:
         attempt += 1
         try:
-            with ctx.db.begin() as conn:
-                return statement(conn)
+            return write()
         except OperationalError:
             if time.monotonic() >= deadline:
                 raise

@@ -43,6 +43,7 @@ from batcher._db.models import Job, Request, Response
 from batcher._db.rows import (
     ActiveJob,
     Answer,
+    Claim,
     ClaimedRequest,
     Failure,
     InWindow,
@@ -169,6 +170,15 @@ class JobStore(abc.ABC):
 
     # --- execution (workers) ----------------------------------------------------------------------
 
+    def claim_requests(self, conn: Connection, claims: list[Claim]) -> list[ClaimedRequest | None]:
+        """``claim_request`` of each claim, as one all-or-nothing write (one round trip where the store can:
+        a worker's threads claim together). On an error nothing is written; the caller runs the claims one
+        by one to find the claim it belongs to. This default runs them in turn in ``conn``'s transaction."""
+        return [
+            self.claim_request(conn, c.job_id, c.idx, timeout_s=c.timeout_s, margin_s=c.margin_s, worker_id=c.worker_id)
+            for c in claims
+        ]
+
     @abc.abstractmethod
     def claim_request(
         self, conn: Connection, job_id: UUID, idx: int, *, timeout_s: float, margin_s: float, worker_id: str | None
@@ -192,6 +202,12 @@ class JobStore(abc.ABC):
         ``retrying``): a paid answer is stored even when its worker was presumed dead and the
         request handed to another. ``None`` if the request is final already (another attempt's
         answer was stored, or it ended otherwise): nothing is written."""
+
+    def record_successes(self, conn: Connection, items: list[tuple[ClaimedRequest, Answer]]) -> list[Progress | None]:
+        """``record_success`` of each item, as one all-or-nothing write (a group commit: one round trip
+        where the store can). On an error nothing is written; the caller runs the items one by one to
+        find the item it belongs to. This default runs them in turn in ``conn``'s transaction."""
+        return [self.record_success(conn, claimed, answer) for claimed, answer in items]
 
     @abc.abstractmethod
     def record_end(

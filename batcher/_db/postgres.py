@@ -46,6 +46,7 @@ from batcher._db.rows import (
     ActiveJob,
     Answer,
     BacklogPart,
+    Claim,
     ClaimedRequest,
     Failure,
     NewJob,
@@ -119,6 +120,38 @@ def _rows(conn: Connection, sql: str, params: dict[str, Any]) -> list[dict[str, 
         ) from exc
 
 
+def _hot_many(conn: Connection, statements: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any] | None]:
+    """``_hot`` of many statements (SQL, parameters) in one round trip (psycopg's pipeline mode): sent
+    together, answered together, and committed together (the statements between two syncs of a pipeline
+    form one implicit transaction), so an error writes none of them. The first row of each, in order."""
+    if not conn.in_transaction():
+        conn.begin()
+    dbapi = cast(psycopg.Connection[Any], conn.connection.driver_connection)
+    try:
+        with dbapi.pipeline():
+            cursors = []
+            for sql, params in statements:
+                cursor = dbapi.cursor(row_factory=dict_row)
+                cursor.execute(sql, params)
+                cursors.append(cursor)
+            rows = [cursor.fetchone() if cursor.description is not None else None for cursor in cursors]
+        for cursor in cursors:
+            cursor.close()
+        return rows
+    except psycopg.Error as exc:
+        invalidated = conn.dialect.is_disconnect(exc, conn.connection.dbapi_connection, None)  # type: ignore[arg-type]
+        if invalidated:
+            conn.invalidate(exc)
+        raise DBAPIError.instance(
+            statements[0][0],
+            [p for _, p in statements],
+            exc,
+            psycopg.Error,
+            connection_invalidated=invalidated,
+            dialect=conn.dialect,
+        ) from exc
+
+
 _CLAIM = f"""
     WITH claimed AS (
         UPDATE requests AS r
@@ -176,6 +209,38 @@ by the statement that settles a shard (its count reaches its total): ``min(total
 rolling upgrade, so no shards were made for it) is counted on its row, as before, and is complete when
 the row's count reaches its total (exact: the row lock orders those stores)."""
 
+_COUNT_IN_GROUP = """
+    , counted AS (
+        UPDATE job_counters AS c SET {counter} = c.{counter} + 1
+         WHERE c.job_id = (SELECT job_id FROM upd) AND c.shard = (SELECT mod(idx, {shards}) FROM upd)
+        RETURNING c.job_id
+    ), unsharded AS (
+        UPDATE jobs AS j SET {counter} = j.{counter} + 1
+         WHERE j.id = (SELECT job_id FROM upd) AND NOT EXISTS (SELECT 1 FROM counted)
+        RETURNING j.open_shards = 0 AND {row_done} >= j.total AS complete
+    )
+    SELECT COALESCE((SELECT complete FROM unsharded), false) AS complete FROM upd
+""".replace("{shards}", str(JOB_COUNTER_SHARDS)).replace("{row_done}", _ROW_DONE)
+"""``_COUNT_AND_REPORT`` for a store in a group (``record_successes``): the shard is counted, but the job row
+is left to ``_SETTLE_GROUP``, which the group runs after every store. A group is one transaction that holds
+its shard rows' locks to its commit; settling a job in the middle of it would lock the job row between two
+shard locks, and two groups could then wait on each other (the job row and a shard, each held by the other).
+With every shard taken in (job, shard) order first and every job row after them, in job order, no cycle
+can form."""
+
+_SETTLE_GROUP = """
+    UPDATE jobs AS j SET open_shards = j.open_shards - s.n
+      FROM (SELECT count(*) AS n FROM job_counters AS c
+             WHERE c.job_id = %(job_id)s AND c.xmin = pg_current_xact_id()::xid
+               AND c.succeeded + c.failed + c.cancelled + c.expired = c.total) AS s
+     WHERE j.id = %(job_id)s AND s.n > 0
+    RETURNING j.open_shards = 0 AS complete
+"""
+"""After a group's stores (same transaction): the job's shards this transaction brought to their total
+(the row versions it wrote, ``xmin``, that are full) are settled. Exactly one transaction brings a shard to
+its total (the shard's row lock orders them), so each shard is settled once, and the one ``UPDATE`` that
+takes ``open_shards`` to 0 completes the job."""
+
 _COUNT_ENDS = """
     , ends AS (
         SELECT job_id, mod(idx, {shards}) AS shard, count(*) AS n FROM upd GROUP BY 1, 2
@@ -211,7 +276,7 @@ _SETTLE = """
     )
 """.replace("{complete}", _CLOSING_COMPLETE)
 
-_RECORD_SUCCESS = """
+_RECORD_SUCCESS_HEAD = """
     WITH upd AS (
         UPDATE requests SET state = 'succeeded', finished_at = now(), latency_ms = %(latency_ms)s,
                             lease_until = NULL, worker_id = NULL, error_type = NULL, error = NULL,
@@ -226,7 +291,8 @@ _RECORD_SUCCESS = """
          WHERE EXISTS (SELECT 1 FROM upd)
         ON CONFLICT (request_id) DO NOTHING
     )
-    """ + _COUNT_AND_REPORT.format(counter="succeeded")
+    """
+_RECORD_SUCCESS = _RECORD_SUCCESS_HEAD + _COUNT_AND_REPORT.format(counter="succeeded")
 """Run through psycopg directly (``_hot``).
 
 Any attempt whose answer arrives while the request is not yet final stores it: a paid answer is
@@ -234,6 +300,9 @@ kept even when its worker was presumed dead and the request handed to another (w
 then finds it ``succeeded`` and is dropped). The row lock taken by the ``UPDATE`` orders two such
 attempts, so exactly one response is stored and counted. No row if nothing was stored, else
 ``complete`` (``_COUNT_AND_REPORT``)."""
+
+_RECORD_SUCCESS_IN_GROUP = _RECORD_SUCCESS_HEAD + _COUNT_IN_GROUP.format(counter="succeeded")
+"""``_RECORD_SUCCESS`` in a group (``record_successes``), settled by ``_SETTLE_GROUP``."""
 
 _RECORD_END = {
     state: text(
@@ -487,6 +556,22 @@ def _failure(failure: Failure, **values: Any) -> dict[str, Any]:
     return row
 
 
+def _success_params(claimed: ClaimedRequest, answer: Answer) -> dict[str, Any]:
+    usage = answer.usage or {}
+    return {
+        "request_id": claimed.request_id,
+        "job_id": claimed.job_id,
+        "idx": claimed.idx,
+        "provider": answer.provider,
+        "model": answer.model,
+        "body": json.dumps(answer.body, separators=(",", ":")),
+        "prompt_tokens": usage.get("prompt_tokens"),
+        "completion_tokens": usage.get("completion_tokens"),
+        "total_tokens": usage.get("total_tokens"),
+        "latency_ms": answer.latency_ms,
+    }
+
+
 class PostgresStore(JobStore):
     """``JobStore`` on Postgres: data-modifying CTEs, ``COPY`` in and out, psycopg on the hot path."""
 
@@ -590,25 +675,74 @@ class PostgresStore(JobStore):
             return None
         return ClaimedRequest.from_row(row, job_id, idx, attempts=row["attempts"], deadline_at=row["deadline_at"])
 
-    def record_success(self, conn: Connection, claimed: ClaimedRequest, answer: Answer) -> Progress | None:
-        usage = answer.usage or {}
-        row = _hot(
+    def claim_requests(self, conn: Connection, claims: list[Claim]) -> list[ClaimedRequest | None]:
+        """Many threads' claims in one round trip (``_hot_many``), in the order of their requests."""
+        if len(claims) == 1:
+            c = claims[0]
+            return [
+                self.claim_request(
+                    conn, c.job_id, c.idx, timeout_s=c.timeout_s, margin_s=c.margin_s, worker_id=c.worker_id
+                )
+            ]
+        order = sorted(range(len(claims)), key=lambda i: (str(claims[i].job_id), claims[i].idx))
+        rows = _hot_many(
             conn,
-            _RECORD_SUCCESS,
-            {
-                "request_id": claimed.request_id,
-                "job_id": claimed.job_id,
-                "idx": claimed.idx,
-                "provider": answer.provider,
-                "model": answer.model,
-                "body": json.dumps(answer.body, separators=(",", ":")),
-                "prompt_tokens": usage.get("prompt_tokens"),
-                "completion_tokens": usage.get("completion_tokens"),
-                "total_tokens": usage.get("total_tokens"),
-                "latency_ms": answer.latency_ms,
-            },
+            [
+                (
+                    _CLAIM,
+                    {
+                        "job_id": claims[i].job_id,
+                        "idx": claims[i].idx,
+                        "timeout_s": claims[i].timeout_s,
+                        "margin_s": claims[i].margin_s,
+                        "worker_id": claims[i].worker_id,
+                    },
+                )
+                for i in order
+            ],
         )
+        claimed: list[ClaimedRequest | None] = [None] * len(claims)
+        for i, row in zip(order, rows, strict=True):
+            if row is not None:
+                c = claims[i]
+                claimed[i] = ClaimedRequest.from_row(
+                    row, c.job_id, c.idx, attempts=row["attempts"], deadline_at=row["deadline_at"]
+                )
+        return claimed
+
+    def record_success(self, conn: Connection, claimed: ClaimedRequest, answer: Answer) -> Progress | None:
+        row = _hot(conn, _RECORD_SUCCESS, _success_params(claimed, answer))
         return Progress(row["complete"]) if row else None
+
+    def record_successes(self, conn: Connection, items: list[tuple[ClaimedRequest, Answer]]) -> list[Progress | None]:
+        """The stores of many threads in one round trip (``_hot_many``) and one transaction: every store in
+        (job, shard, index) order, then each job's settling (``_SETTLE_GROUP``) in job order, so two groups
+        take the rows they share in the same order (see ``_COUNT_IN_GROUP``)."""
+        if len(items) == 1:  # alone: a plain statement (no pipeline to enter and leave)
+            return [self.record_success(conn, *items[0])]
+
+        def key(i: int) -> tuple[str, int, int]:
+            idx = items[i][0].idx
+            return str(items[i][0].job_id), idx % JOB_COUNTER_SHARDS, idx
+
+        order = sorted(range(len(items)), key=key)
+        jobs = sorted({str(claimed.job_id) for claimed, _ in items})
+        rows = _hot_many(
+            conn,
+            [(_RECORD_SUCCESS_IN_GROUP, _success_params(*items[i])) for i in order]
+            + [(_SETTLE_GROUP, {"job_id": job}) for job in jobs],
+        )
+        stored, settled = rows[: len(order)], rows[len(order) :]
+        completed = {job for job, row in zip(jobs, settled, strict=True) if row is not None and row["complete"]}
+        progress: list[Progress | None] = [None] * len(items)
+        for i, row in zip(order, stored, strict=True):
+            if row is None:
+                continue  # nothing stored: an answer that came too late
+            job = str(items[i][0].job_id)
+            complete = bool(row["complete"]) or job in completed
+            completed.discard(job)  # one item per job carries the job's completion
+            progress[i] = Progress(complete)
+        return progress
 
     def record_end(
         self, conn: Connection, request_id: int, state: RequestState, *, attempt: int, failure: Failure

@@ -182,3 +182,14 @@ class ActiveJob:
     weight: float = 1.0
     max_concurrent: int | None = None
     backlog: tuple[BacklogPart, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The arguments of one ``JobStore.claim_request`` (a worker's threads queue them: ``claim_requests``)."""
+
+    job_id: uuid.UUID
+    idx: int
+    timeout_s: float
+    margin_s: float
+    worker_id: str | None

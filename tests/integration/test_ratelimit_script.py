@@ -76,3 +76,34 @@ def test_bucket_matching_and_deployments() -> None:
 
 def test_token_estimate_counts_prompt_and_budget() -> None:
     assert estimate_tokens([{"role": "user", "content": "x" * 400}], {"max_tokens": 50}) == 150
+
+
+def test_a_workers_threads_take_and_release_together_each_with_its_own_answer(r: redis.Redis) -> None:  # type: ignore[type-arg]
+    """``grouped``: the threads' scripts share pipelined round trips; each call gets its own answer, the
+    slot counts every lease exactly once, and a script Redis lost (restarted empty) is loaded again."""
+    import threading
+
+    limiter = RateLimiter(r, {}, adaptive=True, initial_concurrency=8, grouped=True)
+    slot = limiter.slot("openai", f"grp-{uuid.uuid4().hex[:6]}", deployment_id("http://h/v1", "k"), "m", [])
+    r.script_flush()
+    start = threading.Barrier(20)
+    grants = []
+    lock = threading.Lock()
+
+    def take() -> None:
+        start.wait(30)
+        grant = limiter.take(slot, [], 1, lease_s=60)
+        with lock:
+            grants.append(grant)
+
+    threads = [threading.Thread(target=take) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    taken = [g for g in grants if g.wait_s == 0]
+    assert len(grants) == 20 and len(taken) == 8  # the initial limit, whatever the grouping
+    assert sorted(g.in_flight for g in taken) == list(range(1, 9))
+    released = [limiter.release(g, None) for g in taken]
+    assert all(rel is not None for rel in released)
+    assert r.zcard(f"{slot.key}:l") == 0

@@ -27,7 +27,7 @@ from batcher._db.contract import FINAL_STATE_COUNTER, JobStore, store_for
 from batcher._db.engine import _sqlite_engine
 from batcher._db.models import ApiKey, Job, JobCounter, Request, Response
 from batcher._db.postgres import PostgresStore
-from batcher._db.rows import Answer, ClaimedRequest, Failure, NewJob, NewRequest, Progress
+from batcher._db.rows import Answer, Claim, ClaimedRequest, Failure, NewJob, NewRequest, Progress
 from batcher._db.sqlite import SqliteStore
 from batcher._exceptions import ConfigurationError
 from batcher._migrate import upgrade
@@ -385,6 +385,42 @@ def test_a_success_is_stored_and_counted_exactly_once(engine: Engine, store: Job
         assert store.response_body(conn, job_id, 1) is None
     last = _succeed(engine, store, _claimed(engine, store, job_id, 1), {"id": "other"})
     assert last == Progress(complete=True)
+
+
+def test_a_group_of_claims_takes_each_request_as_a_claim_alone_would(engine: Engine, store: JobStore) -> None:
+    """``claim_requests`` (a worker's threads claim together): the first claim of the group starts the job,
+    a request that is not claimable is ``None`` in its place, and each claimed request is the caller's."""
+    job_id = _job(engine, store, 3)
+    done = _claimed(engine, store, job_id, 2)
+    _succeed(engine, store, done, {"id": "done"})
+    claims = [Claim(job_id, i, TIMEOUT_S, MARGIN_S, "w") for i in (1, 2, 0)]
+    with engine.begin() as conn:
+        claimed = store.claim_requests(conn, claims)
+    assert [c.idx if c else None for c in claimed] == [1, None, 0]
+    assert all(c.attempts == 1 for c in claimed if c)
+    assert _states(engine, job_id) == ["running", "running", "succeeded"]
+    with engine.begin() as conn:  # claimed already, under another worker's live lease: nobody else's
+        assert store.claim_requests(conn, [Claim(job_id, 0, TIMEOUT_S, MARGIN_S, "other")]) == [None]
+
+
+def test_a_group_of_successes_is_stored_and_counted_once_each_in_the_callers_order(
+    engine: Engine, store: JobStore
+) -> None:
+    """``record_successes`` (a worker's group commit): each item as ``record_success`` alone would do it."""
+    first, second = _job(engine, store, 2), _job(engine, store, 1)
+    a, b, c = _claimed(engine, store, first, 0), _claimed(engine, store, second, 0), _claimed(engine, store, first, 1)
+    _succeed(engine, store, c, {"id": "earlier"})  # already final: its item writes nothing
+    usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+    items = [(x, Answer({"id": name}, x.provider, x.model, usage, 1.0)) for x, name in ((a, "a"), (c, "c"), (b, "b"))]
+    with engine.begin() as conn:
+        progress = store.record_successes(conn, items)
+    assert progress == [Progress(total=2, done=2), None, Progress(total=1, done=1)]
+    assert [r["body"] for r in sorted(_responses(engine, first), key=lambda r: r["idx"])] == [
+        {"id": "a"},
+        {"id": "earlier"},
+    ]
+    assert [r["body"] for r in _responses(engine, second)] == [{"id": "b"}]
+    assert _counters(engine, store, first)[:2] == (2, 2) and _counters(engine, store, second)[:2] == (1, 1)
 
 
 def test_a_paid_answer_is_kept_whichever_attempt_brings_it(engine: Engine, store: JobStore) -> None:

@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 from sqlalchemy import create_engine, text
-from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.exc import DataError, OperationalError, ProgrammingError
 
 from batcher._db import postgres
 
@@ -54,5 +54,58 @@ def test_a_statement_error_is_sqlalchemys_and_leaves_the_connection_usable(datab
             assert not conn.invalidated
             conn.rollback()
             assert conn.execute(text("SELECT 1")).scalar_one() == 1
+    finally:
+        engine.dispose()
+
+
+def test_a_group_of_statements_is_one_round_trip_answered_in_order(database_url: str) -> None:
+    engine = create_engine(database_url, pool_size=1, max_overflow=0)
+    try:
+        with engine.connect() as conn:
+            rows = postgres._hot_many(
+                conn, "SELECT %(x)s::int AS x WHERE %(x)s::int > 0", [{"x": 2}, {"x": 0}, {"x": 1}]
+            )
+            assert rows == [{"x": 2}, None, {"x": 1}]
+    finally:
+        engine.dispose()
+
+
+def test_a_group_with_a_failing_statement_writes_nothing_and_is_sqlalchemys_error(database_url: str) -> None:
+    """The statements of a group commit together: one error, and none of them is written."""
+    engine = create_engine(database_url, pool_size=1, max_overflow=0).execution_options(isolation_level="AUTOCOMMIT")
+    table = f"t_{uuid.uuid4().hex[:8]}"
+    try:
+        with engine.connect() as conn:
+            conn.execute(text(f"CREATE TABLE {table} (n int)"))
+            insert = f"INSERT INTO {table} VALUES (10 / %(d)s::int) RETURNING n"
+            with pytest.raises(DataError):
+                postgres._hot_many(conn, insert, [{"d": 1}, {"d": 0}, {"d": 2}])
+            assert not conn.invalidated
+            assert conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one() == 0
+            assert postgres._hot_many(conn, insert, [{"d": 1}, {"d": 2}]) == [{"n": 10}, {"n": 5}]
+            assert conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one() == 2
+            conn.execute(text(f"DROP TABLE {table}"))
+    finally:
+        engine.dispose()
+
+
+def test_a_group_on_a_lost_server_is_an_operational_error_and_the_connection_is_discarded(database_url: str) -> None:
+    engine = create_engine(database_url, pool_size=1, max_overflow=0)
+    try:
+        conn = engine.connect()
+        conn.begin()
+        pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        killer = create_engine(database_url)
+        with killer.connect() as admin:
+            admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        killer.dispose()
+        with pytest.raises(OperationalError) as caught:
+            postgres._hot_many(conn, "SELECT %(x)s::int AS x", [{"x": 1}, {"x": 2}])
+        assert caught.value.connection_invalidated and conn.invalidated
+        conn.rollback()
+        conn.close()
+        with engine.begin() as conn:
+            assert conn.execute(text("SELECT pg_backend_pid()")).scalar_one() != pid
+            assert postgres._hot_many(conn, "SELECT %(x)s::int AS x", [{"x": 1}, {"x": 2}]) == [{"x": 1}, {"x": 2}]
     finally:
         engine.dispose()
