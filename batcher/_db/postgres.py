@@ -134,7 +134,7 @@ def _hot_many(conn: Connection, statements: list[tuple[str, dict[str, Any]]]) ->
                 cursor = dbapi.cursor(row_factory=dict_row)
                 cursor.execute(sql, params)
                 cursors.append(cursor)
-            rows = [cursor.fetchone() if cursor.description is not None else None for cursor in cursors]
+            rows = [cursor.fetchone() for cursor in cursors]  # the first fetch syncs: one round trip
         for cursor in cursors:
             cursor.close()
         return rows

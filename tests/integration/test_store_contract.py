@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import random
 import threading
 import uuid
 from collections.abc import Iterator
@@ -414,7 +415,7 @@ def test_a_group_of_successes_is_stored_and_counted_once_each_in_the_callers_ord
     items = [(x, Answer({"id": name}, x.provider, x.model, usage, 1.0)) for x, name in ((a, "a"), (c, "c"), (b, "b"))]
     with engine.begin() as conn:
         progress = store.record_successes(conn, items)
-    assert progress == [Progress(total=2, done=2), None, Progress(total=1, done=1)]
+    assert progress == [Progress(complete=True), None, Progress(complete=True)]
     assert [r["body"] for r in sorted(_responses(engine, first), key=lambda r: r["idx"])] == [
         {"id": "a"},
         {"id": "earlier"},
@@ -658,6 +659,35 @@ def test_concurrent_stores_count_exactly_and_exactly_one_completes_the_job(engin
         row = conn.execute(select(J.succeeded, J.failed, J.cancelled, J.expired).where(J.id == job_id)).one()
     assert tuple(row) == (72, 24, 0, 0)
     assert _counters(engine, store, job_id) == (n, 72, 24, 0, 0)
+
+
+def test_concurrent_groups_of_stores_count_exactly_and_one_completes_the_job(engine: Engine, store: JobStore) -> None:
+    """Two workers' group commits at once, their groups spanning the same counter shards in different orders
+    (each a transaction holding its shards to its commit): no group waits forever on another, counts are
+    exact, and exactly one item of all the groups learns that the job is complete."""
+    n, writers, group = 192, 4, 12
+    job_id = _job(engine, store, n)
+    claimed = [_claimed(engine, store, job_id, idx) for idx in range(n)]
+    usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+    barrier = threading.Barrier(writers)
+
+    def write(part: list[ClaimedRequest]) -> list[Progress | None]:
+        barrier.wait()
+        out: list[Progress | None] = []
+        for start in range(0, len(part), group):
+            items = [(c, Answer({"i": c.idx}, c.provider, c.model, usage, 1.0)) for c in part[start : start + group]]
+            with engine.begin() as conn:
+                out.extend(store.record_successes(conn, list(reversed(items))))
+        return out
+
+    shuffled = random.Random(16).sample(claimed, n)  # each group over many shards, the last ones settling together
+    with ThreadPoolExecutor(writers) as pool:
+        parts = pool.map(write, [shuffled[i::writers] for i in range(writers)])
+        results = [progress for part in parts for progress in part]
+    assert len(results) == n and all(progress is not None for progress in results)
+    assert sum(progress.complete for progress in results if progress is not None) == 1
+    assert _counters(engine, store, job_id) == (n, n, 0, 0, 0)
+    assert _finalize(engine, store, job_id) == "completed"
 
 
 def test_a_job_stored_without_counter_shards_counts_on_its_row(engine: Engine, store: JobStore) -> None:

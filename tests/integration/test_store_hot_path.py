@@ -62,10 +62,9 @@ def test_a_group_of_statements_is_one_round_trip_answered_in_order(database_url:
     engine = create_engine(database_url, pool_size=1, max_overflow=0)
     try:
         with engine.connect() as conn:
-            rows = postgres._hot_many(
-                conn, "SELECT %(x)s::int AS x WHERE %(x)s::int > 0", [{"x": 2}, {"x": 0}, {"x": 1}]
-            )
-            assert rows == [{"x": 2}, None, {"x": 1}]
+            sql = "SELECT %(x)s::int AS x WHERE %(x)s::int > 0"
+            rows = postgres._hot_many(conn, [(sql, {"x": 2}), ("SELECT %(y)s::text AS y", {"y": "b"}), (sql, {"x": 0})])
+            assert rows == [{"x": 2}, {"y": "b"}, None]
     finally:
         engine.dispose()
 
@@ -79,10 +78,10 @@ def test_a_group_with_a_failing_statement_writes_nothing_and_is_sqlalchemys_erro
             conn.execute(text(f"CREATE TABLE {table} (n int)"))
             insert = f"INSERT INTO {table} VALUES (10 / %(d)s::int) RETURNING n"
             with pytest.raises(DataError):
-                postgres._hot_many(conn, insert, [{"d": 1}, {"d": 0}, {"d": 2}])
+                postgres._hot_many(conn, [(insert, {"d": 1}), (insert, {"d": 0}), (insert, {"d": 2})])
             assert not conn.invalidated
             assert conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one() == 0
-            assert postgres._hot_many(conn, insert, [{"d": 1}, {"d": 2}]) == [{"n": 10}, {"n": 5}]
+            assert postgres._hot_many(conn, [(insert, {"d": 1}), (insert, {"d": 2})]) == [{"n": 10}, {"n": 5}]
             assert conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one() == 2
             conn.execute(text(f"DROP TABLE {table}"))
     finally:
@@ -100,12 +99,14 @@ def test_a_group_on_a_lost_server_is_an_operational_error_and_the_connection_is_
             admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
         killer.dispose()
         with pytest.raises(OperationalError) as caught:
-            postgres._hot_many(conn, "SELECT %(x)s::int AS x", [{"x": 1}, {"x": 2}])
+            postgres._hot_many(conn, [("SELECT %(x)s::int AS x", {"x": 1}), ("SELECT %(x)s::int AS x", {"x": 2})])
         assert caught.value.connection_invalidated and conn.invalidated
         conn.rollback()
         conn.close()
         with engine.begin() as conn:
             assert conn.execute(text("SELECT pg_backend_pid()")).scalar_one() != pid
-            assert postgres._hot_many(conn, "SELECT %(x)s::int AS x", [{"x": 1}, {"x": 2}]) == [{"x": 1}, {"x": 2}]
+            assert postgres._hot_many(
+                conn, [("SELECT %(x)s::int AS x", {"x": 1}), ("SELECT %(x)s::int AS x", {"x": 2})]
+            ) == [{"x": 1}, {"x": 2}]
     finally:
         engine.dispose()
