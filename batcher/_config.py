@@ -146,7 +146,8 @@ class Settings(BaseSettings):
     """Adapt the calls in flight per deployment of a model (AIMD, shared by the cluster) and learn its real
     rate limits from the providers' headers; false: only ``rate_limits`` apply (``batcher._ratelimit``)."""
     adaptive_initial_concurrency: int = Field(DEFAULT_ADAPTIVE_INITIAL_CONCURRENCY, ge=1, le=100_000)
-    """Calls in flight a deployment starts with (then slow start: one more per success until the first loss)."""
+    """Calls in flight a deployment starts with (default: the ceiling, as a plain client sends; headers and losses
+    bring it down, AIMD); lower starts cautiously, with slow start (one more per success until the first loss)."""
     adaptive_max_concurrency: int = Field(DEFAULT_ADAPTIVE_MAX_CONCURRENCY, ge=1, le=100_000)
     """The most calls in flight the adaptive limit allows one deployment of a model, whatever it learns."""
 

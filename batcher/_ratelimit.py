@@ -82,10 +82,15 @@ ADAPTIVE_MEMORY_S = 300
 """After this long without a 429, a bucket's learned reduction is forgotten."""
 DEFER_JITTER_S = 0.05
 
-DEFAULT_ADAPTIVE_INITIAL_CONCURRENCY = 32
-"""A deployment nobody has heard from yet starts with this many calls in flight (then slow start)."""
 DEFAULT_ADAPTIVE_MAX_CONCURRENCY = 1_000
 """The adaptive limit never grows past this (``BATCHER_ADAPTIVE_MAX_CONCURRENCY``)."""
+DEFAULT_ADAPTIVE_INITIAL_CONCURRENCY = DEFAULT_ADAPTIVE_MAX_CONCURRENCY
+"""A deployment nobody has heard from yet may have this many calls in flight: as many as the workers have
+slots, as a plain client sends (issue #16). Its first answers' rate-limit headers bound it at once, a 429's
+``retry-after`` pauses it cluster-wide, and each loss halves the limit (once per round trip: from 1,000, a
+provider with neither header that refuses 200 calls in flight is held to them after three round trips of
+losses). A lower value starts cautiously and ramps by slow start, which costs about log2(slots / value)
+round trips of the provider: 32 held W2 (2 s calls, 500 slots) at ~1.36 times its ideal time."""
 CONCURRENCY_DECREASE = 0.5
 """A loss (429, 5xx, timeout) multiplies the concurrency limit by this (AIMD's multiplicative decrease)."""
 ADAPTIVE_UTILISATION = 0.5
