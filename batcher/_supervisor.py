@@ -55,6 +55,8 @@ MAX_FAST_CRASHES = 5
 RESTART_BACKOFF_INITIAL_S = 1.0
 """Wait before the first restart of a crashed child; doubles with each fast crash in a row."""
 RESTART_BACKOFF_MAX_S = 30.0
+SUPERVISOR_POLL_S = 1.0
+"""The supervisor looks at its children at least this often, whether or not a SIGCHLD reached it."""
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _WATCHED = {signal.SIGCHLD, *STOP_SIGNALS}
 _PR_SET_PDEATHSIG = 1
@@ -140,8 +142,10 @@ class Supervisor:
             if self.gave_up:
                 self._stop_all(signal.SIGTERM)
             while not all(child.done for child in self.children):
-                timeout = self._next_timeout()
-                info = signal.sigtimedwait(_WATCHED, timeout) if timeout is not None else signal.sigwaitinfo(_WATCHED)
+                # Bounded: a SIGCHLD taken by another thread of this process (an embedding program's) must
+                # not leave a dead child unseen; ``_reap`` polls every child anyway.
+                due = self._next_timeout()
+                info = signal.sigtimedwait(_WATCHED, SUPERVISOR_POLL_S if due is None else min(due, SUPERVISOR_POLL_S))
                 if info is not None and info.si_signo in STOP_SIGNALS:
                     self._on_stop_signal()
                 self._reap()
