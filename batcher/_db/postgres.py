@@ -244,9 +244,13 @@ takes ``open_shards`` to 0 completes the job."""
 _COUNT_ENDS = """
     , ends AS (
         SELECT job_id, mod(idx, {shards}) AS shard, count(*) AS n FROM upd GROUP BY 1, 2
+    ), locked AS MATERIALIZED (
+        SELECT c.job_id, c.shard FROM job_counters AS c JOIN ends AS e ON c.job_id = e.job_id AND c.shard = e.shard
+         ORDER BY c.job_id, c.shard
+           FOR UPDATE OF c
     ), counted AS (
         UPDATE job_counters AS c SET {counter} = c.{counter} + ends.n
-          FROM ends
+          FROM ends JOIN locked ON locked.job_id = ends.job_id AND locked.shard = ends.shard
          WHERE c.job_id = ends.job_id AND c.shard = ends.shard
         RETURNING c.job_id, c.shard, c.succeeded + c.failed + c.cancelled + c.expired AS done, c.total, ends.n
     ), closing AS (
@@ -260,7 +264,9 @@ _COUNT_ENDS = """
 """``_COUNT_AND_REPORT`` for many requests (``upd``: ``job_id``, ``idx``; of one job or several). ``closing``
 is, per job, how many shards this statement settled and how many requests had no shard row to count in
 (``unsharded``: counted on the job row instead), for the caller's one ``UPDATE`` of the job row (a
-statement may not update a row twice)."""
+statement may not update a row twice). ``locked`` takes the shard rows in (job, shard) order before any is
+written, as a group of stores does (``_COUNT_IN_GROUP``), and the job row after them: a cancel, an expiry or
+a skip counting many shards at once cannot hold one shard while waiting for another that a group holds."""
 
 _CLOSING_COMPLETE = f"j.open_shards = 0 AND (closing.settled > 0 OR (closing.unsharded > 0 AND {_ROW_DONE} >= j.total))"
 """In the ``RETURNING`` of an ``UPDATE jobs AS j ... FROM closing``: this statement counted the job's last open

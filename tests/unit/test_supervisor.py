@@ -3,6 +3,7 @@ restarts, gives up on, and how it stops them. tests/integration/test_supervisor.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from batcher._supervisor import EXIT_GAVE_UP, EXIT_OK, ChildSpec, Supervisor, processes_for, worker_specs
+from batcher._supervisor import EXIT_GAVE_UP, EXIT_OK, processes_for, worker_specs
 
 
 def test_zero_means_one_process_per_usable_core() -> None:
@@ -35,26 +36,48 @@ def test_specs_are_the_batch_workers_on_both_queues_and_one_race_only_worker() -
     assert [s.name for s in no_race] == ["batcher-1", "batcher-2"]
 
 
+def _run_apart(code: str) -> dict[str, object]:
+    """Run a supervisor in a process of its own, as ``batcher worker`` does: the test process's threads and
+    signal handlers (left by other tests) must not take its children's SIGCHLDs or reap them."""
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
 def test_a_child_that_keeps_crashing_at_start_makes_it_give_up_and_stop_the_others(tmp_path: Path) -> None:
     starts = tmp_path / "starts"
-    crash = f"open({str(starts)!r}, 'a').write('x'); raise SystemExit(3)"
-    healthy = "import time; time.sleep(600)"
-    supervisor = Supervisor(
-        [ChildSpec("bad", [sys.executable, "-c", crash]), ChildSpec("good", [sys.executable, "-c", healthy])],
-        backoff_initial_s=0.01,
-        backoff_max_s=0.05,
-        max_fast_crashes=4,
+    out = _run_apart(
+        f"""
+        import json, sys
+        from batcher._supervisor import ChildSpec, Supervisor
+        crash = "open({str(starts)!r}, 'a').write('x'); raise SystemExit(3)"
+        healthy = "import time; time.sleep(600)"
+        supervisor = Supervisor(
+            [ChildSpec("bad", [sys.executable, "-c", crash]), ChildSpec("good", [sys.executable, "-c", healthy])],
+            backoff_initial_s=0.01,
+            backoff_max_s=0.05,
+            max_fast_crashes=4,
+        )
+        code = supervisor.run()
+        print(json.dumps({{"code": code, "good": supervisor.children[1].exit_codes}}))
+        """
     )
-    assert supervisor.run() == EXIT_GAVE_UP
+    assert out["code"] == EXIT_GAVE_UP
     assert starts.read_text() == "xxxx"  # started, then restarted three times
-    good = supervisor.children[1]
-    assert good.exit_codes == [-signal.SIGTERM]  # stopped by the supervisor, not left running
+    assert out["good"] == [-signal.SIGTERM]  # stopped by the supervisor, not left running
 
 
-def test_a_child_exiting_0_on_its_own_is_not_restarted(tmp_path: Path) -> None:
-    supervisor = Supervisor([ChildSpec("done", [sys.executable, "-c", "pass"])], backoff_initial_s=0.01)
-    assert supervisor.run() == EXIT_OK
-    assert supervisor.children[0].exit_codes == [0]
+def test_a_child_exiting_0_on_its_own_is_not_restarted() -> None:
+    out = _run_apart(
+        """
+        import json, sys
+        from batcher._supervisor import ChildSpec, Supervisor
+        supervisor = Supervisor([ChildSpec("done", [sys.executable, "-c", "pass"])], backoff_initial_s=0.01)
+        code = supervisor.run()
+        print(json.dumps({"code": code, "codes": supervisor.children[0].exit_codes}))
+        """
+    )
+    assert out == {"code": EXIT_OK, "codes": [0]}
 
 
 SUPERVISE = textwrap.dedent(
