@@ -88,35 +88,47 @@ def batch(params: dict[str, Any]) -> Callable[[], dict[str, Any]]:
     return body
 
 
+def _racer(client: Any, models: list[str], label: str) -> Callable[[int], tuple[float, str, str]]:
+    """One fastest-of-``models`` race: its time to the first answer, the winning model and the job's id."""
+
+    def one(i: int) -> tuple[float, str, str]:
+        started = time.perf_counter()
+        job = client.submit_fastest(models=models, messages=[{"role": "user", "content": f"{label} {i}: hi"}])
+        response = job.first_response(timeout=30)
+        return time.perf_counter() - started, str(response.model), str(job.id)
+
+    return one
+
+
+def _races(one: Callable[[int], tuple[float, str, str]], calls: int) -> dict[str, Any]:
+    """``calls`` races one after another, and what the report reads of them."""
+    times, winners, job_ids = [], [], []
+    for i in range(calls):
+        elapsed, winner, job_id = one(i)
+        times.append(elapsed)
+        winners.append(winner)
+        job_ids.append(job_id)
+    return {
+        "calls": calls,
+        "times_s": times,
+        "median_s": statistics.median(times),
+        "winners": sorted(set(winners)),
+        "all_winners": winners,
+        "job_ids": job_ids,
+    }
+
+
 def race(params: dict[str, Any]) -> Callable[[], dict[str, Any]]:
     """``batch_completion_models``: fastest of several models, ``calls`` times one after another."""
     client = _client()
     models = list(params["models"])
     calls = int(params["calls"])
 
-    def one(i: int) -> tuple[float, str, str]:
-        started = time.perf_counter()
-        job = client.submit_fastest(models=models, messages=[{"role": "user", "content": f"Race {i}: hi"}])
-        response = job.first_response(timeout=30)
-        return time.perf_counter() - started, str(response.model), str(job.id)
-
+    one = _racer(client, models, "Race")
     one(-1)  # warm-up: first use of the race queue and the wake-up keys
 
     def body() -> dict[str, Any]:
-        times, winners, job_ids = [], [], []
-        for i in range(calls):
-            elapsed, winner, job_id = one(i)
-            times.append(elapsed)
-            winners.append(winner)
-            job_ids.append(job_id)
-        return {
-            "calls": calls,
-            "times_s": times,
-            "median_s": statistics.median(times),
-            "winners": sorted(set(winners)),
-            "all_winners": winners,
-            "job_ids": job_ids,
-        }
+        return _races(one, calls)
 
     return body
 
@@ -271,12 +283,7 @@ def race_during_batch(params: dict[str, Any]) -> Callable[[], dict[str, Any]]:
     n, model = int(params["prompts"]), str(params["model"])
     conversations = [[{"role": "user", "content": f"Busy {i}: what is {i} + {i}?"}] for i in range(n)]
 
-    def one(i: int) -> tuple[float, str, str]:
-        started = time.perf_counter()
-        job = client.submit_fastest(models=models, messages=[{"role": "user", "content": f"Busy race {i}: hi"}])
-        response = job.first_response(timeout=30)
-        return time.perf_counter() - started, str(response.model), str(job.id)
-
+    one = _racer(client, models, "Busy race")
     one(-1)  # warm-up, as in ``race``
 
     def body() -> dict[str, Any]:
@@ -285,22 +292,12 @@ def race_during_batch(params: dict[str, Any]) -> Callable[[], dict[str, Any]]:
         while batch.status().succeeded == 0:  # every batch thread busy from here on
             time.sleep(0.05)
         before = batch.status().succeeded
-        times, winners, job_ids = [], [], []
-        for i in range(calls):
-            elapsed, winner, job_id = one(i)
-            times.append(elapsed)
-            winners.append(winner)
-            job_ids.append(job_id)
+        races = _races(one, calls)
         after = batch.status().succeeded
         status = batch.wait(timeout=float(params.get("timeout_s", 3_600)))
         ok = sum(1 for result in batch.results() if result.ok)
         return {
-            "calls": calls,
-            "times_s": times,
-            "median_s": statistics.median(times),
-            "winners": sorted(set(winners)),
-            "all_winners": winners,
-            "job_ids": job_ids,
+            **races,
             "job_id": str(batch.id),
             "prompts": n,
             "ok": ok,
