@@ -20,6 +20,8 @@ EXPERIMENTS = {
     "claim-one-by-one": "each claim in a round trip of its own (no grouped claims, as before issue #16)",
     "ack-one-by-one": "each broker acknowledgement in a round trip of its own (kombu's way, as before issue #16)",
     "limiter-one-by-one": "each adaptive-limiter script (take, release) in a round trip of its own (as before #16)",
+    "http-client-path": "the provider call as before issue #16's H1: through an httpx.Client around the thread's "
+    "transport, the answer rebuilt as a new Response, the price and the public base URL worked out per answer",
 }
 _chosen = {e for e in os.environ.get("BATCHER_BENCH_EXPERIMENTS", "").split(",") if e}
 
@@ -65,6 +67,54 @@ def _loop_http() -> None:
     _execute._providers = Providers()  # type: ignore[assignment]
 
 
+def _http_client_path() -> None:
+    """Restore the provider call's old path: ``Client.send`` (auth, redirects, cookie jar, hooks, a log
+    record) around the thread's transport, the answer rebuilt as a new ``httpx.Response``, genai-prices'
+    whole ``calc_price`` per answer (cached per token counts and day, as it was) and ``public_base_url``
+    parsed per answer."""
+    import functools
+    import threading
+    from datetime import UTC, datetime
+
+    import httpx
+
+    from batcher import _cost, _providers
+    from batcher._providers import _http
+
+    clients = threading.local()
+
+    def send(via: Any, request: httpx.Request, **kwargs: Any) -> httpx.Response:
+        if not isinstance(via, httpx.Client):  # the thread's transport: a client around it, once
+            if getattr(clients, "transport", None) is not via:
+                clients.transport, clients.client = via, httpx.Client(transport=via, follow_redirects=False)
+            via = clients.client
+        response = _http.send(via, request, **kwargs)
+        return httpx.Response(  # the old send's last step: a new Response around the decoded body
+            response.status_code,
+            headers=list(response.headers.multi_items()),
+            content=response.content,
+            request=request,
+            extensions=response.extensions,
+        )
+
+    @functools.lru_cache(maxsize=65_536)
+    def price(provider: str, models: tuple[str, ...], counts: tuple[int, int, int, int], day: int) -> float | None:
+        for model in models:
+            found = _cost._priced_model(provider, model) if model else None
+            if found is not None:
+                return _cost._calc_price(found[0], found[1], counts, datetime.now(UTC))
+        return None
+
+    def response_cost(provider: str, models: tuple[str, ...], **counts: int) -> float | None:
+        keys = ("prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens")
+        day = datetime.now(UTC).date().toordinal()
+        return price(provider, models, tuple(counts.get(k, 0) for k in keys), day)  # type: ignore[arg-type]
+
+    _providers.send = send  # type: ignore[assignment]
+    _providers.response_cost = response_cost  # type: ignore[attr-defined,assignment]
+    _providers.public_base_url = _providers.public_base_url.__wrapped__  # type: ignore[assignment]
+
+
 if _chosen:
     from workers.celery_app import app
 
@@ -88,6 +138,8 @@ if _chosen:
         from workers import _execute
 
         _execute.GROUP_CLAIMS = False
+    if "http-client-path" in _chosen:
+        _http_client_path()
     if "limiter-one-by-one" in _chosen:
         from batcher._ratelimit import RateLimiter
 

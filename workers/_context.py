@@ -1,11 +1,11 @@
 """Per-process resources of a worker, created on first use and shared by its threads.
 
 One SQLAlchemy engine sized to the concurrency, one Redis client, and one small
-``httpx.Client`` per worker thread (keep-alive connections reused across that thread's
-tasks). ``worker_process_init`` is not sent by the threads pool, so these are created
+HTTP transport (``EgressTransport``, an httpcore pool) per worker thread (keep-alive connections
+reused across that thread's tasks). ``worker_process_init`` is not sent by the threads pool, so these are created
 lazily under a lock rather than in a signal.
 
-Why a client per thread rather than one shared pool: every request through a shared
+Why a transport per thread rather than one shared pool: every request through a shared
 httpcore pool takes the pool's lock and scans its connections, so with 100 threads on one
 pool the lock is contended and the scan grows with the pool (encode/httpcore#1035).
 Measured here (100 threads, 100 ms fake provider): one shared client 7.1 CPU-ms per
@@ -39,7 +39,6 @@ from batcher._group import GroupRunner
 from batcher._ratelimit import RateLimiter
 from batcher._retry import RetryPolicy
 
-CONNECT_TIMEOUT_S = 10.0
 CONNECTIONS_PER_THREAD = 4
 """Keep-alive connections each thread keeps (one per provider host it talks to, typically)."""
 
@@ -168,41 +167,40 @@ class WorkerContext:
         return EgressPolicy.from_settings(self.settings)
 
     @property
-    def http(self) -> httpx.Client:
-        """This thread's HTTP client (one thread makes one call at a time, so its pool stays tiny).
+    def http(self) -> EgressTransport:
+        """This thread's HTTP transport (one thread makes one call at a time, so its pool stays tiny).
 
-        Its transport applies the egress policy (``batcher._egress.EgressTransport``): configured and
-        allowed bases go out as before; any other URL gets no worker key and is connected only to a
-        public address checked at connect time. Redirects are never followed (they would carry the key).
+        It applies the egress policy (``batcher._egress.EgressTransport``): configured and allowed bases
+        go out as before; any other URL gets no worker key and is connected only to a public address
+        checked at connect time. ``_providers.send`` hands it each request as is: no ``httpx.Client``
+        around it, so no cookie jar (a cookie from one tenant's answer is never sent with another
+        tenant's request), no auth or event hooks, and redirects are never followed (they would carry
+        the key). The timeout is set on each request (``send``).
         """
-        client: httpx.Client | None = getattr(self._threads, "http", None)
-        if client is None:
-            client = httpx.Client(
-                transport=EgressTransport(
-                    self.egress,
-                    verify=self._ssl_context,  # built once: loading CA certificates per client costs ~20 ms
-                    limits=httpx.Limits(
-                        max_connections=CONNECTIONS_PER_THREAD, max_keepalive_connections=CONNECTIONS_PER_THREAD
-                    ),
+        transport: EgressTransport | None = getattr(self._threads, "http", None)
+        if transport is None:
+            transport = EgressTransport(
+                self.egress,
+                verify=self._ssl_context,  # built once: loading CA certificates per transport costs ~20 ms
+                limits=httpx.Limits(
+                    max_connections=CONNECTIONS_PER_THREAD, max_keepalive_connections=CONNECTIONS_PER_THREAD
                 ),
-                timeout=httpx.Timeout(self.settings.request_timeout_s, connect=CONNECT_TIMEOUT_S),
-                follow_redirects=False,
             )
-            self._threads.http = client
+            self._threads.http = transport
             with _lock:
-                self._http_clients.append(client)
-        return client
+                self._http_transports.append(transport)
+        return transport
 
     @cached_property
-    def _http_clients(self) -> list[httpx.Client]:
+    def _http_transports(self) -> list[EgressTransport]:
         return []
 
     def close(self) -> None:
-        """Close every thread's HTTP client (at worker shutdown): no socket is left to the GC."""
+        """Close every thread's HTTP transport (at worker shutdown): no socket is left to the GC."""
         with _lock:
-            clients, self._http_clients[:] = list(self._http_clients), []
-        for client in clients:
-            client.close()
+            transports, self._http_transports[:] = list(self._http_transports), []
+        for transport in transports:
+            transport.close()
 
     @cached_property
     def _ssl_context(self) -> ssl.SSLContext:
@@ -246,14 +244,14 @@ def get_context(app: Celery) -> WorkerContext:
                 ctx = WorkerContext(settings=app.conf.batcher_settings, app=app)
                 # Touch the cached properties now, under the lock, so threads never race to build them.
                 _ = (ctx.engine, ctx.store, ctx.db, ctx.redis, ctx.limiter, ctx.retry_policy, ctx.egress)
-                _ = (ctx._ssl_context, ctx._threads, ctx._http_clients)
+                _ = (ctx._ssl_context, ctx._threads, ctx._http_transports)
                 _ = (ctx.worker_id, ctx._in_flight, ctx._idle, ctx.success_writer, ctx.claimer)
                 _contexts[id(app)] = ctx
     return ctx
 
 
 def close_context(app: Celery) -> None:
-    """Forget ``app``'s context and close its HTTP clients (a worker's shutdown, embedded mode's stop)."""
+    """Forget ``app``'s context and close its HTTP transports (a worker's shutdown, embedded mode's stop)."""
     ctx = _contexts.pop(id(app), None)
     if ctx is not None:
         ctx.close()
@@ -266,5 +264,5 @@ def _close_on_shutdown(sender: object = None, **_: object) -> None:
 
 
 def install_celery_hooks() -> None:
-    """Close every thread's HTTP client at worker shutdown (connected by ``workers.celery_app``)."""
+    """Close every thread's HTTP transport at worker shutdown (connected by ``workers.celery_app``)."""
     worker_shutdown.connect(_close_on_shutdown, weak=False, dispatch_uid="batcher.context.close")

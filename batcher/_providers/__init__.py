@@ -4,11 +4,12 @@
     params = check_params(route.provider, params, drop_params=False)   # before submitting
     api_key = resolve_api_key(route.provider, api_key, os.environ)
     api_base = resolve_api_base(route.provider, api_base, os.environ)
-    response = complete(client, route, messages, params,
+    response = complete(transport, route, messages, params,
                         api_key=api_key, api_base=api_base, timeout_s=60)
 
 ``build_request`` and ``parse_response`` are pure, so each provider's wire format can be
-tested without a network; ``send`` does the I/O.
+tested without a network; ``send`` does the I/O, through a transport handed the request as is (a
+worker's ``EgressTransport``) or an ``httpx.Client`` (``_http.Sender``).
 
 A provider is one module that declares everything about itself (``_adapter.ProviderAdapter``):
 ``_openai`` (Chat Completions), ``_anthropic`` (Messages API), ``_cohere`` (Chat v2), each
@@ -60,7 +61,7 @@ from batcher._cost import response_cost
 from batcher._providers._adapter import ProviderAdapter
 from batcher._providers._anthropic import ANTHROPIC_VERSION, DEFAULT_MAX_TOKENS
 from batcher._providers._errors import parse_http_response, request_secrets
-from batcher._providers._http import send
+from batcher._providers._http import Sender, send
 from batcher._providers._params import check_params_for
 from batcher._providers._registry import (
     PROVIDERS,
@@ -84,6 +85,7 @@ __all__ = [
     "ProviderAdapter",
     "RateLimitInfo",
     "Route",
+    "Sender",
     "build_request",
     "check_params",
     "complete",
@@ -140,7 +142,7 @@ def parse_response(route: Route, response: httpx.Response) -> ModelResponse:
 
 
 def complete(
-    client: httpx.Client,
+    via: Sender,
     route: Route,
     messages: Sequence[Mapping[str, Any]],
     params: Mapping[str, Any],
@@ -158,7 +160,7 @@ def complete(
     request = adapter.build_request(route.model, messages, params, api_key=api_key, api_base=api_base)
     started = time.perf_counter()
     response = send(
-        client,
+        via,
         request,
         timeout_s=timeout_s,
         provider=adapter.name,

@@ -309,13 +309,17 @@ def parse_http_response(
         sent: httpx.Request | None = response.request
     except RuntimeError:  # a Response built by hand, without its request
         sent = None
-    secrets = [*secrets, *request_secrets(sent)]
+    given = list(secrets)
+
+    def hidden() -> list[str | None]:  # only a failure needs them: the request's own are found then
+        return [*given, *request_secrets(sent)]
+
     provider = adapter.name
     try:
         response.read()
     except httpx.HTTPError as exc:
         raise ProviderConnectionError(
-            redact(f"{provider}: the response body could not be read: {exc}", secrets),
+            redact(f"{provider}: the response body could not be read: {exc}", hidden()),
             model=model,
             llm_provider=provider,
             status_code=response.status_code,
@@ -323,17 +327,17 @@ def parse_http_response(
         ) from None
 
     if not 200 <= response.status_code < 300:
-        raise error_from_response(provider, model, response, secrets=secrets)
+        raise error_from_response(provider, model, response, secrets=hidden())
 
     try:
         body = response.json()
     except ValueError:
-        raise malformed(provider, model, response, "a body that is not JSON", secrets=secrets) from None
+        raise malformed(provider, model, response, "a body that is not JSON", secrets=hidden()) from None
     if not isinstance(body, Mapping):
-        raise malformed(provider, model, response, "JSON that is not an object", secrets=secrets)
+        raise malformed(provider, model, response, "JSON that is not an object", secrets=hidden())
     if not adapter.is_success_body(body):
         status = _status_hint(body)
-        raise error_from_response(provider, model, response, secrets=secrets, body=body, status_for_class=status)
+        raise error_from_response(provider, model, response, secrets=hidden(), body=body, status_for_class=status)
     try:
         result = adapter.parse_body(model, body)
     except ProviderError as exc:  # the adapter judged the answer a failure (Cohere ERROR)
@@ -346,6 +350,6 @@ def parse_http_response(
         raise
     except (KeyError, TypeError, ValueError, AttributeError, pydantic.ValidationError) as exc:
         what = f"missing key {exc}" if isinstance(exc, KeyError) else f"unexpected JSON ({exc})"
-        raise malformed(provider, model, response, truncate(what, 200), secrets=secrets) from None
+        raise malformed(provider, model, response, truncate(what, 200), secrets=hidden()) from None
     result.provider = provider
     return result

@@ -1,4 +1,7 @@
-"""HTTP statuses, bodies and transport failures mapped to batcher's errors, over MockTransport."""
+"""HTTP statuses, bodies and transport failures mapped to batcher's errors, over MockTransport.
+
+Every test runs twice: the MockTransport handed the request as is (as a worker's transport is), and
+wrapped in an ``httpx.Client`` (what a caller of ``complete`` may pass)."""
 
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ from batcher._exceptions import (
     UnprocessableEntityError,
 )
 from batcher._providers import PROVIDERS, Route, complete, parse_response, redact, retry_after_seconds
+from batcher._providers._http import send
 from batcher._providers._retry_after import parse_duration
 from batcher.testing import Failure, get_format
 
@@ -54,6 +58,22 @@ HTML_502 = (
 )
 
 
+_VIA = ["transport"]
+"""How ``call`` sends: "transport" or "client" (set by the ``_via`` fixture)."""
+
+
+@pytest.fixture(autouse=True, params=["transport", "client"])
+def _via(request: pytest.FixtureRequest) -> Iterator[None]:
+    _VIA[0] = request.param
+    yield
+    _VIA[0] = "transport"
+
+
+def sender(handler: Callable[[httpx.Request], httpx.Response]) -> httpx.BaseTransport | httpx.Client:
+    transport = httpx.MockTransport(handler)
+    return httpx.Client(transport=transport) if _VIA[0] == "client" else transport
+
+
 def call(
     provider: str,
     handler: Callable[[httpx.Request], httpx.Response],
@@ -61,9 +81,10 @@ def call(
     timeout_s: float = 5,
 ) -> Any:
     route, base = ROUTES[provider]
-    with httpx.Client(transport=httpx.MockTransport(handler)) as client:
+    via = sender(handler)
+    try:
         return complete(
-            client,
+            via,
             route,
             [{"role": "user", "content": "hi"}],
             {},
@@ -71,6 +92,8 @@ def call(
             api_base=base,
             timeout_s=timeout_s,
         )
+    finally:
+        via.close()
 
 
 def fail(provider: str, handler: Callable[[httpx.Request], httpx.Response], **kw: Any) -> ProviderError:
@@ -425,6 +448,44 @@ def test_gzip_bodies_are_decoded_and_bad_gzip_is_malformed() -> None:
         lambda r: httpx.Response(200, headers={"content-encoding": "gzip"}, content=iter([b"not gzip"])),
     )
     assert type(err) is MalformedResponseError
+
+
+def test_send_returns_the_decoded_body_with_headers_that_describe_it() -> None:
+    plain = b'{"choices": []}' * 100
+    zipped = gzip.compress(plain)
+    headers = {"content-encoding": "gzip", "content-length": str(len(zipped)), "x-request-id": "req_1"}
+    via = sender(lambda r: httpx.Response(200, headers=headers, content=iter([zipped[:10], zipped[10:]])))
+    response = send(via, httpx.Request("POST", "https://api.openai.com/v1/chat/completions"), timeout_s=5)
+    assert response.content == response.read() == plain
+    assert "content-encoding" not in response.headers
+    assert response.headers["content-length"] == str(len(plain))
+    assert response.headers["x-request-id"] == "req_1"
+    assert response.text == plain.decode()
+    chunked = sender(
+        lambda r: httpx.Response(200, headers={"transfer-encoding": "chunked"}, content=iter([b"ab", b"c"]))
+    )
+    response = send(chunked, httpx.Request("GET", "https://api.openai.com/v1/x"), timeout_s=5)
+    assert (response.content, "transfer-encoding" in response.headers, response.headers["content-length"]) == (
+        b"abc",
+        False,
+        "3",
+    )
+
+
+def test_a_cookie_from_one_answer_is_never_sent_with_the_next_request() -> None:
+    # One tenant's provider sets a cookie; the next request through the same worker thread may be
+    # another tenant's. A worker's transport has no cookie jar; a Client's jar keeps the cookie but
+    # adds it only to requests the client builds itself, never to one handed to it built.
+    seen: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("cookie"))
+        return httpx.Response(200, headers={"set-cookie": "tenant=a; Path=/"}, json={"choices": []})
+
+    via = sender(handler)
+    for _ in range(2):
+        send(via, httpx.Request("POST", "https://api.openai.com/v1/chat/completions"), timeout_s=5)
+    assert seen == [None, None]
 
 
 # --- secrets never leak ------------------------------------------------------------------

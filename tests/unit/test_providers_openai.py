@@ -48,9 +48,9 @@ def completion(**overrides: Any) -> dict[str, Any]:
 
 
 def run(handler: Callable[[httpx.Request], httpx.Response], params: dict[str, Any] | None = None) -> Any:
-    with httpx.Client(transport=httpx.MockTransport(handler)) as client:
+    with httpx.MockTransport(handler) as transport:  # handed each request as is, as a worker's transport is
         return complete(
-            client,
+            transport,
             ROUTE,
             MESSAGES,
             params or {},
