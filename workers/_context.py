@@ -1,9 +1,9 @@
 """Per-process resources of a worker, created on first use and shared by its threads.
 
 One SQLAlchemy engine sized to the concurrency, one Redis client, and one small
-HTTP transport (``EgressTransport``, an httpcore pool) per worker thread (keep-alive connections
-reused across that thread's tasks). ``worker_process_init`` is not sent by the threads pool, so these are created
-lazily under a lock rather than in a signal.
+HTTP transport (``EgressTransport``, an httpcore pool) per worker thread (keep-alive
+connections reused across that thread's tasks). ``worker_process_init`` is not sent by the
+threads pool, so these are created lazily under a lock rather than in a signal.
 
 Why a transport per thread rather than one shared pool: every request through a shared
 httpcore pool takes the pool's lock and scans its connections, so with 100 threads on one
@@ -173,7 +173,7 @@ class WorkerContext:
         It applies the egress policy (``batcher._egress.EgressTransport``): configured and allowed bases
         go out as before; any other URL gets no worker key and is connected only to a public address
         checked at connect time. ``_providers.send`` hands it each request as is: no ``httpx.Client``
-        around it, so no cookie jar (a cookie from one tenant's answer is never sent with another
+        around it, so no cookie jar (nothing one tenant's base sets is kept, let alone sent with another
         tenant's request), no auth or event hooks, and redirects are never followed (they would carry
         the key). The timeout is set on each request (``send``).
         """

@@ -12,10 +12,9 @@ refusals (``batcher._egress.EgressDeniedError``) pass through as they are.
 
 ``send`` takes a transport (a worker's ``EgressTransport``, an ``httpx.MockTransport``) or an
 ``httpx.Client``. A transport is handed the request as is (``handle_request``): none of a client's
-machinery runs (auth flow, redirect handling, cookie jar, event hooks, a log line per request), which
-is ~1.7 of the ~7 CPU-ms a W1 worker spent in ``Client.send`` per completion under the profiler, and
-no cookie of one answer can ride along with a later request. A client is used through
-``Client.send``, with whatever it is configured to do.
+machinery runs (auth flow, redirect handling, cookie jar, event hooks, a log record per request):
+~1.7 of the 7.2 seconds a profiled W1 worker spent in ``Client.send``, and no cookie jar keeps what
+one tenant's base set. A client is used through ``Client.send``, with whatever it is configured to do.
 """
 
 from __future__ import annotations
