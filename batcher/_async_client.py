@@ -131,7 +131,7 @@ class AsyncJob(JobHandle[AsyncClient]):
             while (wait_s := waiting.next_slice(status)) is not None:
                 await self._check_workers(watch, status.done)
                 poll = partial(self._transport.poll, self.id, wait_s, "final")
-                status = (await outage.aride(poll, waiting.deadline)).status
+                status = (await outage.aride(poll, waiting.deadline)).job_status
             return status
 
     async def results(self) -> AsyncIterator[Result]:
@@ -158,9 +158,9 @@ class AsyncJob(JobHandle[AsyncClient]):
             polled = await self._transport.poll(self.id, race.next_slice(), "first_response")
             if polled.response is not None:
                 return polled.response
-            if polled.status.is_final:
+            if polled.job_status.is_final:
                 raise all_models_failed([result async for result in self.results()])
-            await self._check_workers(watch, polled.status.done)
+            await self._check_workers(watch, polled.job_status.done)
 
     def _worker_watch(self, outage: Outage | None) -> WorkerWatch:
         return WorkerWatch(self.id, outage, heartbeat_s=self.client.settings.heartbeat_interval_s)

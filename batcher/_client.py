@@ -217,7 +217,9 @@ class Job(JobHandle[Client]):
             status: JobStatus = outage.ride(self.status, waiting.deadline)
             while (wait_s := waiting.next_slice(status)) is not None:
                 self._check_workers(watch, status.done)
-                status = outage.ride(partial(self._transport.poll, self.id, wait_s, "final"), waiting.deadline).status
+                status = outage.ride(
+                    partial(self._transport.poll, self.id, wait_s, "final"), waiting.deadline
+                ).job_status
             return status
 
     def results(self) -> Iterator[Result]:
@@ -243,9 +245,9 @@ class Job(JobHandle[Client]):
             polled = self._transport.poll(self.id, race.next_slice(), "first_response")
             if polled.response is not None:
                 return polled.response
-            if polled.status.is_final:
+            if polled.job_status.is_final:
                 raise all_models_failed(self.results())
-            self._check_workers(watch, polled.status.done)
+            self._check_workers(watch, polled.job_status.done)
 
     def _worker_watch(self, outage: Outage | None) -> WorkerWatch:
         return WorkerWatch(self.id, outage, heartbeat_s=self.client.settings.heartbeat_interval_s)

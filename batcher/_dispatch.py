@@ -99,13 +99,18 @@ def release_job(
     provider: str | None = None,
     model: str | None = None,
     front: bool = False,
+    mark_enqueued: bool = False,
 ) -> list[Released]:
     """Release up to ``limit`` backlog requests of a job and publish their messages, in one transaction
-    that commits only after the publish: a refused publish raises and rolls the release back."""
+    that commits only after the publish: a refused publish raises and rolls the release back.
+    ``mark_enqueued``: stamp the job's ``enqueued_at`` in the same transaction (a race's submitter: one
+    commit, not two, on the path to its first answer)."""
     with engine.begin() as conn:
         released = store.release(conn, job_id, limit, provider=provider, model=model)
         if released:
             publish(job_id, [r.idx for r in released], queue, front=front)
+        if mark_enqueued:
+            store.mark_enqueued(conn, job_id)
     return released
 
 

@@ -4,7 +4,8 @@ Order matters for "nothing lost, nothing half-accepted":
 1. requests are validated while they are streamed into Postgres with ``COPY`` inside one
    transaction (each with its estimated tokens, ``dispatched_at`` NULL: in the backlog); the first
    bad one raises and the transaction rolls back, so a rejected submission leaves nothing stored;
-2. after the commit the job is marked ``enqueued_at`` (accepted into the backlog) and the dispatcher
+2. after the commit the job is marked ``enqueued_at`` (accepted into the backlog; a race's in the
+   transaction that releases it, step 3) and the dispatcher
    is woken (``batcher._dispatch``, best effort: it ticks every ``BATCHER_DISPATCH_INTERVAL_S``
    anyway), which releases the requests to the broker a window at a time. Nothing is published
    here for a batch, so a stored submission never fails because Redis is away or full;
@@ -270,6 +271,7 @@ def enqueue(engine: Engine, app: Celery, settings: Settings, job_id: uuid.UUID, 
                 job_id,
                 total,
                 queue=queue_for(kind, settings),
+                mark_enqueued=True,  # with the release: one commit less before the first answer
             )
         except (redis.RedisError, *kombu_errors()) as exc:  # type: ignore[misc]
             raise EnqueueError(
@@ -278,13 +280,13 @@ def enqueue(engine: Engine, app: Celery, settings: Settings, job_id: uuid.UUID, 
                 f"releases it): follow it with Client().job('{job_id}')",
                 job_id=str(job_id),
             ) from None
+        return
     try:
         with engine.begin() as conn:
             store_for(conn).mark_enqueued(conn, job_id)
-    except OperationalError:  # stored (and a race released): the stamp is only informative
+    except OperationalError:  # stored: the stamp is only informative
         log.warning("job %s is stored but could not be marked enqueued", job_id)
-    if JobKind(kind) is not JobKind.FASTEST:
-        wake(publisher.redis)
+    wake(publisher.redis)
 
 
 def withdraw(app: Celery, settings: Settings, job_id: uuid.UUID, queue: str | None = None) -> int:

@@ -31,10 +31,21 @@ Until = Literal["final", "first_response"]
 
 @dataclass(frozen=True, slots=True)
 class Poll:
-    """What one bounded wait saw: the job's status, and the winning answer once a race has one."""
+    """What one bounded wait saw: the job's status, and the winning answer once a race has one.
 
-    status: JobStatus
+    ``status`` is None only when the race's answer came with the wake-up itself: its caller returns the
+    answer at once, so no status is read for it (a Postgres read less on the path to a race's answer).
+    """
+
+    status: JobStatus | None
     response: ModelResponse | None = None
+
+    @property
+    def job_status(self) -> JobStatus:
+        """The status this wait read: there is one whenever it did not end with the race's answer."""
+        if self.status is None:
+            raise RuntimeError("this wait ended with the race's answer and read no status")
+        return self.status
 
 
 @dataclass(frozen=True, slots=True)

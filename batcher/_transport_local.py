@@ -184,8 +184,8 @@ class LocalTransport(Transport):
     def polled(self, job_id: uuid.UUID, until: Until, event: _wakeup.Event | None) -> Poll:
         """What a wait that woke with ``event`` (or timed out: ``None``) returns: the job read afresh,
         and the race's answer once there is one (from the wake-up, else from the store)."""
-        if event is not None and event.get("event") == "win":
-            return Poll(self.status(job_id), ModelResponse.model_validate(event["response"]))
+        if event is not None and event.get("event") == "win":  # the answer itself: no status needed
+            return Poll(None, ModelResponse.model_validate(event["response"]))
         status = self.status(job_id)
         if until == "first_response" and status.winner_index is not None:
             return Poll(status, self._response_at(job_id, status.winner_index))

@@ -7,6 +7,8 @@ the HTTP service that wait):
   ``batcher:race:win:<job>``), whose expiry is (re)armed with every push;
 * a waiter ``BLPOP``s the lists it cares about and **pushes the event back** (expiry re-armed: the
   pop may have deleted the list and its TTL), so every other waiter of the same job sees it too;
+* a race's winner takes the race's first-result key and pushes its answer in one script
+  (``win_race``), before its answer is durably stored;
 * Redis may lose an event at any moment: waiters wake at least every ``WAIT_SLICE_S`` to re-read
   Postgres, which always knows the truth. A lost wake-up costs latency, never correctness.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+import weakref
 from typing import Any
 
 from batcher import _keys
@@ -30,9 +33,32 @@ def announce_done(client: Any, job_id: str, state: str) -> None:
     _push(client, _keys.job_done_key(job_id), {"event": "done", "state": state, "at": time.time()})
 
 
-def announce_win(client: Any, job_id: str, idx: int, response: dict[str, Any]) -> None:
-    """A race's winner hands its answer to the waiting caller, before it is durably stored."""
-    _push(client, _keys.race_win_key(job_id), {"event": "win", "idx": idx, "response": response})
+# KEYS: the race's first-result key, its win list.  ARGV: the request's index, the win event, the TTL.
+# First success wins (SET NX), or this request won already (an earlier attempt that died before storing):
+# either way the event is (re)pushed and its list's expiry re-armed; another request's win pushes nothing.
+_WIN_LUA = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[3]) then
+    if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+        return 0
+    end
+end
+redis.call('RPUSH', KEYS[2], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return 1
+"""
+_win_scripts: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def win_race(client: Any, job_id: str, idx: int, response: dict[str, Any]) -> bool:
+    """Take a race's first-result key for request ``idx`` and hand its answer to the waiting caller, in one
+    round trip (a script): True when ``idx`` is the winner (now, or by an earlier attempt of its own),
+    False when another request won (nothing is pushed then)."""
+    script = _win_scripts.get(client)
+    if script is None:
+        script = _win_scripts[client] = client.register_script(_WIN_LUA)
+    event = json.dumps({"event": "win", "idx": idx, "response": response})
+    keys = [_keys.race_first_key(job_id), _keys.race_win_key(job_id)]
+    return bool(script(keys=keys, args=[idx, event, _keys.WAKE_TTL_S]))
 
 
 def done_keys(job_id: str, *, first_response: bool = False) -> list[str]:

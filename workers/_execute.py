@@ -127,6 +127,7 @@ def _run_claimed(ctx: WorkerContext, job: uuid.UUID, claimed: ClaimedRequest) ->
 
     options = claimed.job_params
     call: _Call | None = None
+    grant: Grant | None = None
     if (mock_error := options.get("mock_error")) is not None:
         # LiteLLM's mocked failure: the error it names, at once (retrying a mock cannot change it).
         error_type = str(mock_error.get("type") or "ProviderError")
@@ -157,7 +158,6 @@ def _run_claimed(ctx: WorkerContext, job: uuid.UUID, claimed: ClaimedRequest) ->
             except BaseException as err:  # whatever ended the call (a request it could not send too): the lease back
                 _release(ctx, grant, err)
                 raise
-            _release(ctx, grant, None)
     except RequestError as err:
         return _failed(ctx, claimed, err, call.api_key if call else None, extra)
     except (ConfigurationError, InvalidRequestError) as err:
@@ -167,13 +167,16 @@ def _run_claimed(ctx: WorkerContext, job: uuid.UUID, claimed: ClaimedRequest) ->
         log.warning("request failed: %s", text, extra=extra)
         return "failed"
 
-    body = response.stored_body()  # OpenAI's object plus the reserved keys of _hidden_params, _response_ms
+    try:
+        body = response.stored_body()  # OpenAI's object plus the reserved keys of _hidden_params, _response_ms
+        # A race's caller is woken first, with the answer in hand; the limiter's lease and the durable
+        # write follow (a few ms it need not wait for). Should this worker die in between, the request's
+        # lease expires and the re-run finds the race key naming it, so it runs again and stores its answer.
+        won = claimed.kind == JobKind.FASTEST.value and _wake_race_caller(ctx, claimed, body)
+    finally:
+        _release(ctx, grant, None)  # the lease back (never fails)
     usage = body.get("usage")
     latency_ms = float(response.latency_ms or 0.0)
-    # A race's caller is woken first, with the answer in hand; the durable write follows (a few
-    # ms it need not wait for). Should this worker die in between, the request's lease expires
-    # and the re-run finds the race key naming it, so it runs again and stores its answer.
-    won = claimed.kind == JobKind.FASTEST.value and _wake_race_caller(ctx, claimed, body)
     answer = Answer(body, claimed.provider, response.model or claimed.model, usage, latency_ms)
     progress = _store_answer(ctx, claimed, answer)
     if won:
@@ -444,14 +447,10 @@ def _wake_race_caller(ctx: WorkerContext, claimed: ClaimedRequest, body: dict[st
     True when this request is the winner as far as Redis knows, or when Redis cannot be asked:
     then Postgres decides (the first ``set_race_winner`` wins) and the caller finds it there.
     """
-    job_id = str(claimed.job_id)
-    key = _keys.race_first_key(job_id)
     try:
-        won = ctx.redis.set(key, claimed.idx, nx=True, ex=_keys.WAKE_TTL_S)
-        if not won and not _names(ctx.redis.get(key), claimed.idx):
-            return False
         # Won now, or by this request's earlier attempt that died before storing: (re)wake either way.
-        _wakeup.announce_win(ctx.redis, job_id, claimed.idx, body)
+        if not _wakeup.win_race(ctx.redis, str(claimed.job_id), claimed.idx, body):
+            return False
     except Exception:  # the answer is paid for: store it whatever Redis does
         log.warning("race key unavailable; Postgres decides the winner", exc_info=True)
     return True

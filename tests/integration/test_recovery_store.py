@@ -285,3 +285,33 @@ def test_a_batch_is_stored_and_accepted_with_the_broker_away_and_a_race_names_it
     finally:
         engine.dispose()
         app.close()
+
+
+def test_a_released_race_is_stamped_enqueued_in_the_transaction_that_released_it(
+    database_url: str, redis_url: str
+) -> None:
+    """A race's submitter publishes its requests and stamps ``enqueued_at`` in one transaction: after the
+    submit, every request is released and the job is marked accepted."""
+    settings = Settings(database_url=database_url, redis_url=redis_url, race_queue=f"race-stamp-{uuid.uuid4().hex}")
+    app = make_celery_app(settings)
+    engine = create_engine(database_url)
+    spec = RequestSpec(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    try:
+        job_id = submit(
+            engine,
+            app,
+            settings,
+            kind=JobKind.FASTEST,
+            specs=[spec, RequestSpec(model="claude-3-5-haiku", messages=spec.messages)],
+            options=CallOptions(mock_response="ok"),
+        )
+        with engine.connect() as conn:
+            row = store_for(conn).job_row(conn, job_id)
+            released = conn.execute(
+                select(Request.__table__.c.dispatched_at).where(Request.__table__.c.job_id == job_id)
+            ).scalars()
+            assert all(stamp is not None for stamp in released)
+        assert row is not None and row["enqueued_at"] is not None
+    finally:
+        engine.dispose()
+        app.close()
