@@ -19,6 +19,9 @@ EXPERIMENTS = {
     "store-one-by-one": "each answer stored in a round trip of its own (no group commit, as before issue #16)",
     "claim-one-by-one": "each claim in a round trip of its own (no grouped claims, as before issue #16)",
     "ack-one-by-one": "each broker acknowledgement in a round trip of its own (kombu's way, as before issue #16)",
+    "delivery-two-trips": (
+        "each delivery recorded in a round trip of its own after its BRPOP, acks apart (kombu's way, before H2 of #16)"
+    ),
     "limiter-one-by-one": "each adaptive-limiter script (take, release) in a round trip of its own (as before #16)",
 }
 _chosen = {e for e in os.environ.get("BATCHER_BENCH_EXPERIMENTS", "").split(",") if e}
@@ -84,6 +87,10 @@ if _chosen:
         from workers import _broker
 
         _broker.GROUP_ACKS = False
+    if "delivery-two-trips" in _chosen:
+        from workers import _broker
+
+        _broker.DELIVERY_ONE_TRIP = False
     if "claim-one-by-one" in _chosen:
         from workers import _execute
 
