@@ -19,6 +19,9 @@ EXPERIMENTS = {
     "store-one-by-one": "each answer stored in a round trip of its own (no group commit, as before issue #16)",
     "claim-one-by-one": "each claim in a round trip of its own (no grouped claims, as before issue #16)",
     "ack-one-by-one": "each broker acknowledgement in a round trip of its own (kombu's way, as before issue #16)",
+    "delivery-two-trips": (
+        "each delivery recorded in a round trip of its own after its BRPOP, acks apart (kombu's way, before H2 of #16)"
+    ),
     "limiter-one-by-one": "each adaptive-limiter script (take, release) in a round trip of its own (as before #16)",
     "http-client-path": "the provider call as before issue #16's H1: through an httpx.Client around the thread's "
     "transport, the answer rebuilt as a new Response, the price and the public base URL worked out per answer",
@@ -134,6 +137,10 @@ if _chosen:
         from workers import _broker
 
         _broker.GROUP_ACKS = False
+    if "delivery-two-trips" in _chosen:
+        from workers import _broker
+
+        _broker.DELIVERY_ONE_TRIP = False
     if "claim-one-by-one" in _chosen:
         from workers import _execute
 

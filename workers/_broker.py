@@ -21,6 +21,16 @@ of ZREM + HDEL, refused although it frees memory: the cluster then never gets be
 ``Transport`` below keeps the worker up and draining: the periodic restore is skipped (it is only
 an optimisation), a delivery that cannot be recorded is still processed (its request is in
 Postgres; recovery re-sends it if its worker dies), and acknowledgements go without MULTI.
+
+One round trip per delivered message (issue #16). kombu makes three on the consumer thread: the
+``BRPOP``, then the delivery record (ZADD ``unacked_index`` + HSET ``unacked``), then the ack (ZREM +
+HDEL). Here a delivery record and the acknowledgements wait, on the worker's event loop, for the next
+``BRPOP`` and leave in the same write, in front of it on its connection (records before acks); their
+replies are read before the ``BRPOP``'s. A message acknowledged before its record left leaves nothing
+(both dropped). What finds no ``BRPOP`` to ride on within ``PENDING_WRITES_WAIT_MAX_S`` (every slot
+busy: no ``BRPOP`` is sent; or one is in flight on an empty queue) leaves in a pipeline of its own.
+A message popped but not yet recorded when its worker dies is recovered from Postgres, as an
+unrecordable one is under a full Redis.
 """
 
 from __future__ import annotations
@@ -33,13 +43,19 @@ import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from queue import Empty
+from time import monotonic
 from typing import Any
 
 import redis
 from kombu.asynchronous import get_event_loop
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
-from redis.exceptions import OutOfMemoryError  # type: ignore[attr-defined]  # types-redis lags redis-py
+from kombu.utils.json import dumps
+from redis.exceptions import (  # type: ignore[attr-defined]  # types-redis lags redis-py (OutOfMemoryError)
+    OutOfMemoryError,
+    ResponseError,
+)
 
 from batcher._publish import parse_task_id
 
@@ -89,6 +105,25 @@ GROUP_ACKS = True
 benchmark's what-if ``ack-one-by-one`` turns it off."""
 _acks_lock = threading.Lock()
 
+DELIVERY_ONE_TRIP = True
+"""Delivery records and acknowledgements ride in front of the next ``BRPOP`` on its connection (one
+round trip per delivered message); the benchmark's what-if ``delivery-two-trips`` turns it off (kombu's
+record in a round trip of its own after each ``BRPOP``, acks grouped on the next pass of the loop)."""
+PENDING_WRITES_WAIT_MAX_S = 0.005
+"""How long a delivery record or an acknowledgement waits for a ``BRPOP`` to ride on before it leaves in
+a pipeline of its own (the window in which a killed worker leaves a popped message unrecorded)."""
+
+
+@dataclass(slots=True)
+class _PendingWrites:
+    """Delivery records and acknowledgements not yet sent (guarded by ``_acks_lock``)."""
+
+    records: dict[Any, tuple[float, str]]
+    """delivery tag -> (delivery time, ``[message, exchange, routing_key]`` as kombu stores it)"""
+    acks: list[Any]
+    batch: int = 0
+    """Counts the batches taken: a wait-limit timer flushes only the batch it was set for."""
+
 
 class OomTolerantQoS(kombu_redis.QoS):  # type: ignore[misc]
     """kombu's QoS, minus the ways a full Redis kills a worker or stops it from freeing memory."""
@@ -104,6 +139,19 @@ class OomTolerantQoS(kombu_redis.QoS):  # type: ignore[misc]
                 yield acquired.pipeline(transaction=False)
 
     def append(self, message: Any, delivery_tag: Any) -> None:
+        loop = get_event_loop() if DELIVERY_ONE_TRIP else None
+        if loop is not None and not self._detached():
+            delivery = message.delivery_info
+            record = dumps([message._raw, delivery["exchange"], delivery["routing_key"]])  # type: ignore[no-untyped-call]
+            with _acks_lock:
+                pending = self._pending()
+                first = not pending.records and not pending.acks
+                pending.records[delivery_tag] = (time.time(), record)
+                batch = pending.batch
+            virtual.QoS.append(self, message, delivery_tag)  # type: ignore[no-untyped-call]
+            if first:
+                loop.call_later(PENDING_WRITES_WAIT_MAX_S, self._flush_pending, batch)  # type: ignore[no-untyped-call]
+            return
         try:
             super().append(message, delivery_tag)  # type: ignore[no-untyped-call]
         except OutOfMemoryError:
@@ -130,6 +178,7 @@ class OomTolerantQoS(kombu_redis.QoS):  # type: ignore[misc]
             log.warning("broker connection lost: its unacknowledged messages stay in the broker for recovery")
             self._delivered.clear()
             return
+        self._flush_pending()  # restoring reads the records: the pending ones first
         super().restore_unacked(client)  # type: ignore[no-untyped-call]
 
     def ack(self, delivery_tag: Any) -> None:
@@ -143,8 +192,23 @@ class OomTolerantQoS(kombu_redis.QoS):  # type: ignore[misc]
             virtual.QoS.ack(self, delivery_tag)  # type: ignore[no-untyped-call]
             return
         loop = get_event_loop()
+        if DELIVERY_ONE_TRIP and self._drop_pending_record(delivery_tag):
+            # Acknowledged before its delivery record left: neither goes (a record sent after its ack
+            # would stay in the set until recovery or the visibility timeout moved it back).
+            virtual.QoS.ack(self, delivery_tag)  # type: ignore[no-untyped-call]
+            return
         if loop is None or not GROUP_ACKS:
             super().ack(delivery_tag)  # type: ignore[no-untyped-call]
+            return
+        if DELIVERY_ONE_TRIP:
+            with _acks_lock:
+                pending = self._pending()
+                first = not pending.records and not pending.acks
+                pending.acks.append(delivery_tag)
+                batch = pending.batch
+            virtual.QoS.ack(self, delivery_tag)  # type: ignore[no-untyped-call]  # the slot is free now
+            if first:
+                loop.call_later(PENDING_WRITES_WAIT_MAX_S, self._flush_pending, batch)  # type: ignore[no-untyped-call]
             return
         with _acks_lock:
             pending = self.__dict__.setdefault("_pending_acks", [])
@@ -173,7 +237,68 @@ class OomTolerantQoS(kombu_redis.QoS):  # type: ignore[misc]
         if self._detached():
             virtual.QoS.ack(self, delivery_tag)  # type: ignore[no-untyped-call]
             return
+        self._flush_pending()  # a requeue reads the record back: it must be there
         super().reject(delivery_tag, requeue=requeue)  # type: ignore[no-untyped-call]
+
+    # --- records and acks riding on the next BRPOP (DELIVERY_ONE_TRIP) -----------------------------
+
+    def _pending(self) -> _PendingWrites:
+        pending: _PendingWrites | None = self.__dict__.get("_pending_writes")
+        if pending is None:
+            pending = self._pending_writes = _PendingWrites(records={}, acks=[])
+        return pending
+
+    def has_pending_writes(self) -> bool:
+        pending: _PendingWrites | None = self.__dict__.get("_pending_writes")
+        return pending is not None and bool(pending.records or pending.acks)
+
+    def _drop_pending_record(self, delivery_tag: Any) -> bool:
+        with _acks_lock:
+            pending: _PendingWrites | None = self.__dict__.get("_pending_writes")
+            return pending is not None and pending.records.pop(delivery_tag, None) is not None
+
+    def take_pending_writes(self) -> tuple[list[tuple[Any, ...]], list[tuple[str, int]]]:
+        """The pending records and acks as commands (records first), and what each reply is for:
+        (``record``/``ack``, how many messages)."""
+        with _acks_lock:
+            pending = self._pending()
+            records, acks = pending.records, pending.acks
+            pending.records, pending.acks = {}, []
+            pending.batch += 1
+        commands: list[tuple[Any, ...]] = []
+        meaning: list[tuple[str, int]] = []
+        if records:
+            index: list[Any] = []
+            fields: list[Any] = []
+            for tag, (delivered_at, record) in records.items():
+                index += [delivered_at, tag]
+                fields += [tag, record]
+            commands += [("ZADD", self.unacked_index_key, *index), ("HSET", self.unacked_key, *fields)]
+            meaning += [("record", len(records))] * 2
+        if acks:
+            commands += [("ZREM", self.unacked_index_key, *acks), ("HDEL", self.unacked_key, *acks)]
+            meaning += [("ack", len(acks))] * 2
+        return commands, meaning
+
+    def _flush_pending(self, batch: int | None = None) -> None:
+        """Send what found no ``BRPOP`` to ride on (``batch``: only if that batch is still waiting)."""
+        with _acks_lock:
+            pending: _PendingWrites | None = self.__dict__.get("_pending_writes")
+            if pending is None or (batch is not None and pending.batch != batch):
+                return
+        if self._detached():
+            with _acks_lock:
+                self._pending_writes = _PendingWrites(records={}, acks=[], batch=pending.batch + 1)
+            return
+        commands, meaning = self.take_pending_writes()
+        if not commands:
+            return
+        with self.pipe_or_acquire() as pipe:
+            for command in commands:
+                pipe.execute_command(*command)
+            replies = pipe.execute(raise_on_error=False)
+        for reply, what in zip(replies, meaning, strict=True):
+            pending_reply_error(reply, what)
 
     def restore_visible(self, *args: Any, **kwargs: Any) -> None:
         try:
@@ -182,8 +307,84 @@ class OomTolerantQoS(kombu_redis.QoS):  # type: ignore[misc]
             log.warning("Redis is at its memory limit: skipping kombu's restore of old unacked messages")
 
 
+def pending_reply_error(reply: Any, what: tuple[str, int]) -> None:
+    """Log a refused record or ack (a Redis at its memory limit refuses the records)."""
+    if not isinstance(reply, ResponseError):
+        return
+    kind, count = what
+    if kind == "record" and isinstance(reply, OutOfMemoryError):
+        log.warning(
+            "Redis is at its memory limit: %d messages run without a broker-side copy "
+            "(recovery re-sends them if this worker dies)",
+            count,
+        )
+    else:
+        log.warning("Redis refused the %s of %d messages: %s", kind, count, reply)
+
+
 class Channel(kombu_redis.Channel):  # type: ignore[misc]
+    """kombu's channel, whose ``BRPOP`` carries the pending delivery records and acks in front of it."""
+
     QoS = OomTolerantQoS
+    _riders: tuple[Any, list[tuple[str, int]]] | None = None
+    """(connection, what each reply is for) of the commands sent in front of the ``BRPOP`` in flight."""
+
+    def _brpop_start(self, timeout: Any = None) -> None:
+        qos = self.qos
+        if not DELIVERY_ONE_TRIP or not qos.has_pending_writes() or qos._detached():
+            super()._brpop_start(timeout)  # type: ignore[no-untyped-call]
+            return
+        if timeout is None:
+            timeout = self.brpop_timeout
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        if not queues:
+            return
+        keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]  # type: ignore[no-untyped-call]
+        commands, meaning = qos.take_pending_writes()
+        commands.append(("BRPOP", *keys, timeout or 0))
+        if self.global_keyprefix:
+            commands = [tuple(self.client._prefix_args(command)) for command in commands]
+        connection = self.client.connection
+        self._in_poll = connection
+        self._brpop_sent_at = monotonic()  # type: ignore[assignment]
+        self._riders = (connection, meaning)
+        connection.send_packed_command(connection.pack_commands(commands))
+
+    def _read_riders(self) -> bool:
+        """Read the replies of the commands sent in front of the ``BRPOP``; whether its reply is here too."""
+        riders, self._riders = self._riders, None
+        if riders is None:
+            return True
+        connection, meaning = riders
+        if connection is not self.client.connection:
+            return True
+        try:
+            for what in meaning:
+                try:
+                    reply = connection.read_response()
+                except ResponseError as refused:
+                    reply = refused
+                pending_reply_error(reply, what)
+            return bool(connection.can_read(timeout=0))
+        except self.connection_errors:
+            self._in_poll = None  # type: ignore[assignment]
+            connection.disconnect()
+            raise
+
+    def _brpop_read(self, **options: Any) -> Any:
+        if not self._read_riders():
+            raise Empty()  # the BRPOP still waits (an empty queue): the loop polls its socket again
+        return super()._brpop_read(**options)  # type: ignore[no-untyped-call]
+
+    def _poll_error(self, type: Any, **options: Any) -> Any:
+        if type == "BRPOP":
+            self._read_riders()
+        return super()._poll_error(type, **options)  # type: ignore[no-untyped-call]
+
+    def _on_connection_disconnect(self, connection: Any) -> None:
+        if self._riders is not None and self._riders[0] is connection:
+            self._riders = None
+        super()._on_connection_disconnect(connection)  # type: ignore[no-untyped-call]
 
 
 class Transport(kombu_redis.Transport):  # type: ignore[misc]

@@ -7,12 +7,17 @@ its memory limit refuses the restore mutex. Both must leave the worker running.
 
 from __future__ import annotations
 
+import json
+import uuid
 from pathlib import Path
 
-from kombu import Connection
+import pytest
+import redis as redis_py
+from kombu import Connection, Message, Queue
+from kombu.asynchronous import Hub, set_event_loop
 
 from batcher.testing.servers import RedisServer
-from workers._broker import OomTolerantQoS, Transport
+from workers._broker import UNACKED_INDEX_KEY, UNACKED_KEY, OomTolerantQoS, Transport
 
 
 def test_a_lost_connection_is_closed_and_acknowledged_on_without_crashing(redis_url: str) -> None:
@@ -41,12 +46,10 @@ def test_a_full_redis_does_not_stop_a_consumer_from_connecting(tmp_path: Path) -
             conn.release()
 
 
-def test_acknowledgements_ready_together_leave_redis_together(redis_url: str) -> None:
-    """On the worker's event loop, the acks of one pass are removed from the unacknowledged set by one
-    flush on the next pass; until then Redis still holds them (a worker killed meanwhile: recovery's)."""
-    import redis as redis_py
-    from kombu.asynchronous import Hub, set_event_loop
-
+def test_acknowledgements_wait_for_the_loop_and_leave_redis_together(redis_url: str) -> None:
+    """On the worker's event loop, acks are not sent one by one: they wait (for a BRPOP to ride on, at
+    most ``PENDING_WRITES_WAIT_MAX_S``) and leave together; until then Redis still holds them (a worker
+    killed meanwhile: recovery's)."""
     conn = Connection(redis_url, transport=Transport)
     hub = Hub()
     set_event_loop(hub)
@@ -61,16 +64,120 @@ def test_acknowledgements_ready_together_leave_redis_together(redis_url: str) ->
             qos._delivered[tag] = object()
         for tag in tags[:2]:
             qos.ack(tag)
-        assert client.hlen(qos.unacked_key) == 3  # not yet: the flush waits for the loop's next pass
-        ready = hub._pop_ready()
-        assert len(ready) == 1  # one flush for both
-        for callback in ready:
-            callback()
+        assert client.hlen(qos.unacked_key) == 3  # not yet: no BRPOP went, the wait limit is not over
+        assert not qos.can_consume() or set(tags[:2]) <= qos._dirty  # their slots are free already
+        waiting = _fire_timers(hub)
+        assert waiting == 1  # one flush for both
         assert client.hkeys(qos.unacked_key) == [b"tag-c"]
         assert client.zrange(qos.unacked_index_key, 0, -1) == [b"tag-c"]
-        assert set(tags[:2]) <= qos._dirty
         client.delete(qos.unacked_key, qos.unacked_index_key)
+        qos._delivered.clear()
         client.close()
     finally:
         set_event_loop(None)
         conn.release()
+
+
+def _fire_timers(hub: Hub) -> int:
+    """Run the hub's timers now (what its loop does once their time is up); how many there were."""
+    entries = list(hub.timer.queue)
+    for entry in entries:
+        entry.entry()
+    return len(entries)
+
+
+@pytest.mark.parametrize("prefix", ["", "h2-prefix:"])
+def test_a_delivery_is_recorded_by_the_next_brpop_and_an_ack_before_its_record_leaves_nothing(
+    redis_url: str, prefix: str
+) -> None:
+    """One round trip per delivered message: a message's delivery record (kombu's ZADD + HSET) goes in
+    front of the next BRPOP on its connection, with the acks ready; a message acked before its record
+    left leaves neither behind."""
+    options = {"global_keyprefix": prefix} if prefix else {}
+    conn = Connection(redis_url, transport=Transport, transport_options=options)
+    hub = Hub()
+    set_event_loop(hub)
+    client = redis_py.Redis.from_url(redis_url)
+    queue = Queue(f"h2-{uuid.uuid4().hex[:8]}")
+    try:
+        channel = conn.channel()
+        qos = channel.qos
+        unacked, index = prefix + qos.unacked_key, prefix + qos.unacked_index_key
+        producer = conn.Producer(channel)
+        for i in range(4):
+            producer.publish({"n": i}, routing_key=queue.name, declare=[queue])
+        received: list[Message] = []
+        channel.basic_consume(queue.name, no_ack=False, consumer_tag="h2", callback=received.append)
+        cycle = conn.transport.cycle
+        cycle._register_BRPOP(channel)  # the first BRPOP: nothing to carry
+        channel._brpop_read()
+        first = received[0].delivery_tag
+        assert client.hkeys(unacked) == []  # its record waits for the next BRPOP
+
+        channel._brpop_start()
+        channel._brpop_read()  # the record's replies first, then the second message
+        assert client.hkeys(unacked) == [first.encode()]
+        assert client.zscore(index, first) is not None
+        assert json.loads(client.hget(unacked, first) or b"")[0]["body"] == received[0]._raw["body"]
+
+        second = received[1].delivery_tag
+        received[1].ack()  # before its record left: neither goes
+        received[0].ack()
+        channel._brpop_start()  # carries the first's ack
+        channel._brpop_read()
+        third = received[2].delivery_tag
+        assert client.hkeys(unacked) == [] and client.zrange(index, 0, -1) == []
+
+        channel._brpop_start()  # carries the third's record
+        channel._brpop_read()
+        assert client.hkeys(unacked) == [third.encode()]
+        assert second not in qos._delivered
+        # Every slot busy: no BRPOP goes, and the fourth's record leaves at the wait limit on its own.
+        qos.prefetch_count = 2
+        assert not qos.can_consume()
+        _fire_timers(hub)  # those of batches a BRPOP took do nothing
+        fourth = received[3].delivery_tag
+        assert sorted(client.hkeys(unacked)) == sorted([third.encode(), fourth.encode()])
+        assert [m.payload["n"] for m in received] == [0, 1, 2, 3]
+    finally:
+        client.delete(prefix + queue.name, prefix + UNACKED_KEY, prefix + UNACKED_INDEX_KEY)
+        client.close()
+        set_event_loop(None)
+        conn.release()
+
+
+def test_a_full_redis_refuses_the_records_riding_on_a_brpop_and_the_consumer_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At the memory limit Redis refuses the ZADD + HSET in front of a BRPOP but still pops: the
+    messages are delivered (processed without a broker-side copy) and the connection stays usable."""
+    with RedisServer(tmp_path, maxmemory="4mb") as server:
+        client = server.client()
+        conn = Connection(server.url, transport=Transport)
+        hub = Hub()
+        set_event_loop(hub)
+        try:
+            channel = conn.channel()
+            queue = Queue("h2-full")
+            producer = conn.Producer(channel)
+            for i in range(3):
+                producer.publish({"n": i}, routing_key=queue.name, declare=[queue])
+            client.eval("for i = 1, 8000 do redis.call('RPUSH', 'ballast', string.rep('x', 1000)) end", 0)
+            received: list[Message] = []
+            channel.basic_consume(queue.name, no_ack=False, consumer_tag="h2", callback=received.append)
+            conn.transport.cycle._register_BRPOP(channel)
+            channel._brpop_read()
+            for _ in range(2):
+                channel._brpop_start()  # the previous record rides in front and is refused
+                channel._brpop_read()
+            assert [m.payload["n"] for m in received] == [0, 1, 2]
+            assert client.hlen(channel.qos.unacked_key) == 0
+            assert "memory limit: 1 messages run without a broker-side copy" in caplog.text
+            for message in received:
+                message.ack()  # ZREM + HDEL free memory: never refused
+            _fire_timers(hub)
+            assert channel.qos._delivered == {} or set(channel.qos._delivered) <= channel.qos._dirty
+        finally:
+            set_event_loop(None)
+            conn.release()
+            client.close()

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import redis
 from sqlalchemy import text
 
 from batcher import JobState, RequestState, WorkerLostError
@@ -19,6 +20,7 @@ from batcher.evals.schedules import add_schedule
 from batcher.testing import FakeProvider, ModelBehaviour
 from tests.integration.helpers import exactly_one_response_each, rows, sends_per_prompt, until
 from tests.support.workers import IsolatedCluster
+from workers._broker import BrokerMessages, HeldMessage
 
 FAST = {
     "BATCHER_HEARTBEAT_INTERVAL_S": "0.5",
@@ -59,6 +61,38 @@ def test_kill_9_of_one_of_two_workers_at_30_percent_completes_within_60_s_withou
         sent = sends_per_prompt(fake_provider, model)
         assert len(sent) == n and sum(c - 1 for c in sent.values()) <= cluster.concurrency
         print(f"completed {took:.1f} s after the kill")
+
+
+def test_deliveries_recorded_in_front_of_brpops_are_taken_back_from_a_worker_killed_9(
+    cluster_env: dict[str, str], fake_provider: FakeProvider, tmp_path: Path
+) -> None:
+    """A worker's delivery records ride in front of its next BRPOP (``workers/_broker.py``): they reach its
+    own unacknowledged set all the same, so a worker killed -9 while holding messages has every one of
+    them found, taken back and answered once by the next leader."""
+    model = "gpt-live-held-kill9"
+    fake_provider.set_behaviour(model, ModelBehaviour(latency_ms=120_000))  # held until the kill
+    n = 6
+    with (
+        IsolatedCluster(cluster_env, tmp_path, FAST, n_workers=1, own_database=True, concurrency=n) as cluster,
+        cluster.client() as client,
+    ):
+        broker = BrokerMessages(redis.Redis.from_url(cluster.env["BATCHER_REDIS_URL"]))
+        job = client.submit(model=model, messages=[[{"role": "user", "content": f"h{i}"}] for i in range(n)])
+
+        def held_by_the_worker() -> list[HeldMessage]:
+            return [m for m in broker.held() if m.job_id == job.id and m.holder is not None]
+
+        held = until(lambda: len(held_by_the_worker()) == n and held_by_the_worker(), 30, "every delivery recorded")
+        (victim_id,) = {m.holder for m in held}
+        assert sorted(m.idx for m in held) == list(range(n))
+        cluster.workers[0].kill()
+        fake_provider.set_behaviour(model, ModelBehaviour(latency_ms=0))
+        cluster.add_worker()
+        status = job.wait(timeout=60)
+        assert (status.state, status.succeeded) == (JobState.COMPLETED, n), status
+        exactly_one_response_each(client, job.id, n)
+        assert list(broker.held([victim_id])) == []  # nothing left behind in the dead worker's set
+        broker.client.close()
 
 
 def test_a_poison_request_fails_once_its_budget_of_lost_workers_is_spent(
