@@ -21,7 +21,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, delete, insert, make_url, select, update
+from sqlalchemy import Engine, create_engine, delete, insert, make_url, select, text, update
 
 from batcher._config import Settings
 from batcher._db.contract import FINAL_STATE_COUNTER, JobStore, store_for
@@ -33,6 +33,7 @@ from batcher._db.sqlite import SqliteStore
 from batcher._exceptions import ConfigurationError
 from batcher._migrate import upgrade
 from batcher._states import RequestState
+from tests.conftest import PG_ADMIN_URL
 
 J = Job.__table__.c
 R = Request.__table__.c
@@ -42,10 +43,24 @@ BOOM = Failure("ProviderError", "boom", 500, error_body={"message": "boom", "cod
 TIMEOUT_S, MARGIN_S = 600.0, 30.0
 
 
+@pytest.fixture(scope="module")
+def contract_database_url() -> Iterator[str]:
+    """A Postgres database of this module's own (created, migrated, dropped): the session's database has a
+    live worker leading it, whose dispatcher may release a backlog these tests set up and then read."""
+    name = f"batcher_contract_{uuid.uuid4().hex[:8]}"
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    upgrade(Settings(database_url=url))
+    yield url
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
 @pytest.fixture(scope="module", params=["postgres", "sqlite"])
 def engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     if request.param == "postgres":
-        eng = create_engine(request.getfixturevalue("database_url"))
+        eng = create_engine(request.getfixturevalue("contract_database_url"))
     else:
         url = f"sqlite:///{tmp_path_factory.mktemp('store') / 'contract.db'}"
         upgrade(Settings(database_url=url))
