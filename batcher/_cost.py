@@ -96,19 +96,11 @@ def uncached_response_cost(
 ) -> float | None:
     """``response_cost`` as genai-prices alone computes it (no plan, no cache): the reference the
     tests hold ``response_cost`` to."""
-    from genai_prices import data_snapshot
-
-    snapshot = data_snapshot.get_snapshot()
+    counts = (prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens)
     for model in models:
-        if not model:
-            continue
-        bare = model.split("/", 1)[1] if model.startswith(f"{provider}/") else model
-        try:
-            priced_provider, priced_model = snapshot.find_provider_model(bare, None, provider, None)
-        except LookupError:
-            continue
-        counts = (prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens)
-        return _calc_price(priced_provider, priced_model, counts, now or datetime.now(UTC))
+        found = _priced_model.__wrapped__(provider, model) if model else None  # the lookup, uncached
+        if found is not None:
+            return _calc_price(*found, counts, now or datetime.now(UTC))
     return None
 
 
