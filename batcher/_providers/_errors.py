@@ -15,7 +15,7 @@ from __future__ import annotations
 import html
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import httpx
@@ -84,6 +84,13 @@ def request_secrets(request: httpx.Request | None) -> list[str]:
         if value:
             found.append(value)
     return found
+
+
+def secrets_when_needed(given: Iterable[str | None], request: httpx.Request | None) -> Callable[[], list[str | None]]:
+    """What an error about ``request`` must redact: ``given`` and the request's own credentials, looked
+    up only when called (only a failure needs them; a success never pays for the lookup)."""
+    known = list(given)
+    return lambda: [*known, *request_secrets(request)]
 
 
 def truncate(text: str, limit: int = MAX_ERROR_CHARS) -> str:
@@ -309,10 +316,7 @@ def parse_http_response(
         sent: httpx.Request | None = response.request
     except RuntimeError:  # a Response built by hand, without its request
         sent = None
-    given = list(secrets)
-
-    def hidden() -> list[str | None]:  # only a failure needs them: the request's own are found then
-        return [*given, *request_secrets(sent)]
+    hidden = secrets_when_needed(secrets, sent)
 
     provider = adapter.name
     try:

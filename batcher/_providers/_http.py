@@ -32,7 +32,7 @@ from batcher._exceptions import (
     ProviderError,
     ProviderTimeoutError,
 )
-from batcher._providers._errors import request_secrets
+from batcher._providers._errors import secrets_when_needed
 from batcher._secrets import redact
 
 __all__ = ["Sender", "send"]
@@ -62,10 +62,7 @@ def send(
 
     The response's body is read and decoded; the headers that described its encoding and framing
     (``content-encoding``, ``transfer-encoding``) go and ``content-length`` is the decoded length."""
-    given = list(secrets)
-
-    def hidden() -> list[str | None]:  # only a failure needs them: the request's own are found then
-        return [*given, *request_secrets(request)]
+    hidden = secrets_when_needed(secrets, request)
 
     deadline = time.monotonic() + timeout_s
     request.extensions["timeout"] = httpx.Timeout(timeout_s).as_dict()
