@@ -40,7 +40,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from queue import Empty
@@ -143,14 +143,8 @@ class OomTolerantQoS(kombu_redis.QoS):  # type: ignore[misc]
         if loop is not None and not self._detached():
             delivery = message.delivery_info
             record = dumps([message._raw, delivery["exchange"], delivery["routing_key"]])  # type: ignore[no-untyped-call]
-            with _acks_lock:
-                pending = self._pending()
-                first = not pending.records and not pending.acks
-                pending.records[delivery_tag] = (time.time(), record)
-                batch = pending.batch
+            self._hold(loop, lambda pending: pending.records.__setitem__(delivery_tag, (time.time(), record)))
             virtual.QoS.append(self, message, delivery_tag)  # type: ignore[no-untyped-call]
-            if first:
-                loop.call_later(PENDING_WRITES_WAIT_MAX_S, self._flush_pending, batch)  # type: ignore[no-untyped-call]
             return
         try:
             super().append(message, delivery_tag)  # type: ignore[no-untyped-call]
@@ -201,14 +195,8 @@ class OomTolerantQoS(kombu_redis.QoS):  # type: ignore[misc]
             super().ack(delivery_tag)  # type: ignore[no-untyped-call]
             return
         if DELIVERY_ONE_TRIP:
-            with _acks_lock:
-                pending = self._pending()
-                first = not pending.records and not pending.acks
-                pending.acks.append(delivery_tag)
-                batch = pending.batch
+            self._hold(loop, lambda pending: pending.acks.append(delivery_tag))
             virtual.QoS.ack(self, delivery_tag)  # type: ignore[no-untyped-call]  # the slot is free now
-            if first:
-                loop.call_later(PENDING_WRITES_WAIT_MAX_S, self._flush_pending, batch)  # type: ignore[no-untyped-call]
             return
         with _acks_lock:
             pending = self.__dict__.setdefault("_pending_acks", [])
@@ -241,6 +229,17 @@ class OomTolerantQoS(kombu_redis.QoS):  # type: ignore[misc]
         super().reject(delivery_tag, requeue=requeue)  # type: ignore[no-untyped-call]
 
     # --- records and acks riding on the next BRPOP (DELIVERY_ONE_TRIP) -----------------------------
+
+    def _hold(self, loop: Any, add: Callable[[_PendingWrites], None]) -> None:
+        """Keep a record or an ack (``add`` puts it in) for the next ``BRPOP``; the first of a batch sets
+        the timer that sends the batch alone if no ``BRPOP`` has taken it within the wait limit."""
+        with _acks_lock:
+            pending = self._pending()
+            first = not pending.records and not pending.acks
+            add(pending)
+            batch = pending.batch
+        if first:
+            loop.call_later(PENDING_WRITES_WAIT_MAX_S, self._flush_pending, batch)
 
     def _pending(self) -> _PendingWrites:
         pending: _PendingWrites | None = self.__dict__.get("_pending_writes")
