@@ -13,9 +13,11 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
+from celery import Celery
 from sqlalchemy import Engine, create_engine, select, update
 
 from batcher._celery import make_celery_app
@@ -265,22 +267,11 @@ def test_a_batch_is_stored_and_accepted_with_the_broker_away_and_a_race_names_it
             row = store_for(conn).job_row(conn, batch)
         assert row is not None and row["total"] == 1 and row["enqueued_at"] is not None
         with pytest.raises(EnqueueError) as refused:
-            submit(
-                engine,
-                app,
-                settings,
-                kind=JobKind.FASTEST,
-                specs=[spec, RequestSpec(model="claude-3-5-haiku", messages=spec.messages)],
-                options=CallOptions(mock_response="ok"),
-            )
+            _submit_race(engine, app, settings, spec)
         job_id = uuid.UUID(refused.value.job_id)
         assert str(job_id) in str(refused.value)
-        with engine.connect() as conn:
-            row = store_for(conn).job_row(conn, job_id)
-            released = conn.execute(
-                select(Request.__table__.c.dispatched_at).where(Request.__table__.c.job_id == job_id)
-            ).scalars()
-            assert list(released) == [None, None]
+        row, released = _job_and_release_stamps(engine, job_id)
+        assert released == [None, None]
         assert row is not None and row["total"] == 2 and row["enqueued_at"] is None
     finally:
         engine.dispose()
@@ -297,21 +288,32 @@ def test_a_released_race_is_stamped_enqueued_in_the_transaction_that_released_it
     engine = create_engine(database_url)
     spec = RequestSpec(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
     try:
-        job_id = submit(
-            engine,
-            app,
-            settings,
-            kind=JobKind.FASTEST,
-            specs=[spec, RequestSpec(model="claude-3-5-haiku", messages=spec.messages)],
-            options=CallOptions(mock_response="ok"),
-        )
-        with engine.connect() as conn:
-            row = store_for(conn).job_row(conn, job_id)
-            released = conn.execute(
-                select(Request.__table__.c.dispatched_at).where(Request.__table__.c.job_id == job_id)
-            ).scalars()
-            assert all(stamp is not None for stamp in released)
+        job_id = _submit_race(engine, app, settings, spec)
+        row, released = _job_and_release_stamps(engine, job_id)
+        assert len(released) == 2 and all(stamp is not None for stamp in released)
         assert row is not None and row["enqueued_at"] is not None
     finally:
         engine.dispose()
         app.close()
+
+
+def _submit_race(engine: Engine, app: Celery, settings: Settings, spec: RequestSpec) -> uuid.UUID:
+    """A race of ``spec``'s prompt to two models, mocked."""
+    return submit(
+        engine,
+        app,
+        settings,
+        kind=JobKind.FASTEST,
+        specs=[spec, RequestSpec(model="claude-3-5-haiku", messages=spec.messages)],
+        options=CallOptions(mock_response="ok"),
+    )
+
+
+def _job_and_release_stamps(engine: Engine, job_id: uuid.UUID) -> tuple[dict[str, Any] | None, list[Any]]:
+    """The job's row and its requests' ``dispatched_at`` (None: still in the backlog)."""
+    with engine.connect() as conn:
+        row = store_for(conn).job_row(conn, job_id)
+        released = conn.execute(
+            select(Request.__table__.c.dispatched_at).where(Request.__table__.c.job_id == job_id)
+        ).scalars()
+        return row, list(released)
