@@ -18,7 +18,22 @@ orders the shard's statements and ``RETURNING`` gives the new values) decrements
 ``open_shards``; the one that takes it to 0 counted the job's last open request (``Progress.complete``).
 So the job row is written only ``min(total, 16)`` times in a job's life, and two last stores in two
 shards still report completion once.
-"""
+
+Lock order. Every writer takes a job's rows in one order: **requests** (in ``idx`` order), then its
+**counter shards** (in ``(job, shard)`` order), then the **job row**. Two writers then never each hold what
+the other waits for (Postgres would abort one, ``deadlock detected``, a second later).
+
+- A store or an end (one request): its request, its shard, the job row.
+- A group of stores (``record_successes``): every request first (``_RECORD_SUCCESS_IN_GROUP``, in index
+  order), then all their shards in one statement (``_COUNT_GROUP``), then the job rows it settles.
+- A bulk end (cancel, expiry, skip): its requests locked in index order before any is written (``picked``:
+  ``ORDER BY ... FOR UPDATE``), then ``_COUNT_ENDS``.
+- A group of claims: requests in index order (and the job row, when a claim starts the job).
+
+Locking in index order matters even for rows a statement does not end: a concurrent ``UPDATE`` that finds
+a row changed since its snapshot locks the row's newest version to recheck it, and keeps that lock when
+the recheck fails (CI found the cycle: a cancel held a request a worker had just claimed, while the
+worker's group held a shard the cancel needed)."""
 
 from __future__ import annotations
 
@@ -209,38 +224,6 @@ by the statement that settles a shard (its count reaches its total): ``min(total
 rolling upgrade, so no shards were made for it) is counted on its row, as before, and is complete when
 the row's count reaches its total (exact: the row lock orders those stores)."""
 
-_COUNT_IN_GROUP = """
-    , counted AS (
-        UPDATE job_counters AS c SET {counter} = c.{counter} + 1
-         WHERE c.job_id = (SELECT job_id FROM upd) AND c.shard = (SELECT mod(idx, {shards}) FROM upd)
-        RETURNING c.job_id
-    ), unsharded AS (
-        UPDATE jobs AS j SET {counter} = j.{counter} + 1
-         WHERE j.id = (SELECT job_id FROM upd) AND NOT EXISTS (SELECT 1 FROM counted)
-        RETURNING j.open_shards = 0 AND {row_done} >= j.total AS complete
-    )
-    SELECT COALESCE((SELECT complete FROM unsharded), false) AS complete FROM upd
-""".replace("{shards}", str(JOB_COUNTER_SHARDS)).replace("{row_done}", _ROW_DONE)
-"""``_COUNT_AND_REPORT`` for a store in a group (``record_successes``): the shard is counted, but the job row
-is left to ``_SETTLE_GROUP``, which the group runs after every store. A group is one transaction that holds
-its shard rows' locks to its commit; settling a job in the middle of it would lock the job row between two
-shard locks, and two groups could then wait on each other (the job row and a shard, each held by the other).
-With every shard taken in (job, shard) order first and every job row after them, in job order, no cycle
-can form."""
-
-_SETTLE_GROUP = """
-    UPDATE jobs AS j SET open_shards = j.open_shards - s.n
-      FROM (SELECT count(*) AS n FROM job_counters AS c
-             WHERE c.job_id = %(job_id)s AND c.xmin = pg_current_xact_id()::xid
-               AND c.succeeded + c.failed + c.cancelled + c.expired = c.total) AS s
-     WHERE j.id = %(job_id)s AND s.n > 0
-    RETURNING j.open_shards = 0 AS complete
-"""
-"""After a group's stores (same transaction): the job's shards this transaction brought to their total
-(the row versions it wrote, ``xmin``, that are full) are settled. Exactly one transaction brings a shard to
-its total (the shard's row lock orders them), so each shard is settled once, and the one ``UPDATE`` that
-takes ``open_shards`` to 0 completes the job."""
-
 _COUNT_ENDS = """
     , ends AS (
         SELECT job_id, mod(idx, {shards}) AS shard, count(*) AS n FROM upd GROUP BY 1, 2
@@ -265,22 +248,29 @@ _COUNT_ENDS = """
 is, per job, how many shards this statement settled and how many requests had no shard row to count in
 (``unsharded``: counted on the job row instead), for the caller's one ``UPDATE`` of the job row (a
 statement may not update a row twice). ``locked`` takes the shard rows in (job, shard) order before any is
-written, as a group of stores does (``_COUNT_IN_GROUP``), and the job row after them: a cancel, an expiry or
-a skip counting many shards at once cannot hold one shard while waiting for another that a group holds."""
+written, and the job row after them: the lock order every writer keeps (see the module's documentation)."""
 
 _CLOSING_COMPLETE = f"j.open_shards = 0 AND (closing.settled > 0 OR (closing.unsharded > 0 AND {_ROW_DONE} >= j.total))"
 """In the ``RETURNING`` of an ``UPDATE jobs AS j ... FROM closing``: this statement counted the job's last open
 request."""
 
 _SETTLE = """
-    , settled AS (
+    , jobs_locked AS MATERIALIZED (
+        SELECT j.id FROM jobs AS j JOIN closing ON closing.job_id = j.id
+         WHERE closing.settled > 0 OR closing.unsharded > 0
+         ORDER BY j.id
+           FOR UPDATE OF j
+    ), settled AS (
         UPDATE jobs AS j SET open_shards = j.open_shards - closing.settled,
                              {counter} = j.{counter} + closing.unsharded
-          FROM closing
+          FROM closing JOIN jobs_locked ON jobs_locked.id = closing.job_id
          WHERE j.id = closing.job_id
         RETURNING j.id, {complete} AS complete
     )
 """.replace("{complete}", _CLOSING_COMPLETE)
+"""After ``_COUNT_ENDS``: each job whose shards the statement settled, or whose requests it counted on the
+job row, gets its one ``UPDATE``; the job rows are locked first, in id order (``jobs_locked``), so two
+statements settling the same jobs take them in the same order. A job with nothing to write is not touched."""
 
 _RECORD_SUCCESS_HEAD = """
     WITH upd AS (
@@ -307,8 +297,27 @@ then finds it ``succeeded`` and is dropped). The row lock taken by the ``UPDATE`
 attempts, so exactly one response is stored and counted. No row if nothing was stored, else
 ``complete`` (``_COUNT_AND_REPORT``)."""
 
-_RECORD_SUCCESS_IN_GROUP = _RECORD_SUCCESS_HEAD + _COUNT_IN_GROUP.format(counter="succeeded")
-"""``_RECORD_SUCCESS`` in a group (``record_successes``), settled by ``_SETTLE_GROUP``."""
+_RECORD_SUCCESS_IN_GROUP = _RECORD_SUCCESS_HEAD + "SELECT job_id FROM upd"
+"""``_RECORD_SUCCESS`` in a group (``record_successes``) without the counting: the group counts all its
+stores after the last of them (``_COUNT_GROUP``). A row if the answer was stored."""
+
+_COUNT_GROUP = (
+    """
+    WITH upd AS (
+        SELECT job_id, idx FROM requests
+         WHERE id = ANY(CAST(%(ids)s AS bigint[])) AND state = 'succeeded' AND xmin = pg_current_xact_id()::xid
+    )
+    """
+    + _COUNT_ENDS.format(counter="succeeded")
+    + _SETTLE.format(counter="succeeded")
+    + """
+    SELECT COALESCE(array_agg(id) FILTER (WHERE complete), '{}') AS completed FROM settled
+    """
+)
+"""After a group's stores, in its transaction: the requests it moved to ``succeeded`` (the row versions this
+transaction wrote, ``xmin``) are counted in their shards, and the jobs whose shards it settled are settled,
+as a cancel counts what it ends. ``completed``: the jobs whose last open request this group stored."""
+
 
 _RECORD_END = {
     state: text(
@@ -418,11 +427,14 @@ _SET_RACE_WINNER = text("UPDATE jobs SET winner_index = :idx WHERE id = :id AND 
 
 _SKIP_UNSENT = text(
     """
-    WITH upd AS (
-        UPDATE requests SET state = 'skipped', finished_at = now(),
-                            error_type = 'RequestCancelledError', error = :error
-         WHERE job_id = :id AND state IN ('queued', 'retrying')
-        RETURNING job_id, idx
+    WITH picked AS (
+        SELECT id FROM requests WHERE job_id = :id AND state IN ('queued', 'retrying') ORDER BY idx FOR UPDATE
+    ), upd AS (
+        UPDATE requests AS r SET state = 'skipped', finished_at = now(),
+                                 error_type = 'RequestCancelledError', error = :error
+          FROM picked
+         WHERE r.id = picked.id AND r.state IN ('queued', 'retrying')
+        RETURNING r.job_id, r.idx
     )
     """
     + _COUNT_ENDS.format(counter="cancelled")
@@ -463,12 +475,18 @@ lock, finds the job final and changes nothing."""
 
 _CANCEL_JOB = text(
     f"""
-    WITH upd AS (
-        UPDATE requests SET state = 'cancelled', finished_at = now(), lease_until = NULL,
-                            error_type = 'RequestCancelledError', error = :error
+    WITH picked AS (
+        SELECT id FROM requests
          WHERE job_id = :id AND state IN ('queued', 'retrying')
            AND EXISTS (SELECT 1 FROM jobs WHERE id = :id AND state IN ({_ACTIVE}))
-        RETURNING job_id, idx
+         ORDER BY idx
+           FOR UPDATE OF requests
+    ), upd AS (
+        UPDATE requests AS r SET state = 'cancelled', finished_at = now(), lease_until = NULL,
+                                 error_type = 'RequestCancelledError', error = :error
+          FROM picked
+         WHERE r.id = picked.id AND r.state IN ('queued', 'retrying')
+        RETURNING r.job_id, r.idx
     )
     {_COUNT_ENDS.format(counter="cancelled")}
     UPDATE jobs SET state = 'cancelling',
@@ -526,11 +544,17 @@ _EXPIRE_OVERDUE = text(
     f"""
     WITH overdue AS (
         SELECT id FROM jobs WHERE state IN ({_ACTIVE}) AND deadline_at < now()
+    ), picked AS (
+        SELECT r.id FROM requests AS r
+         WHERE r.job_id IN (SELECT id FROM overdue) AND r.state IN ('queued', 'retrying')
+         ORDER BY r.job_id, r.idx
+           FOR UPDATE OF r
     ), upd AS (
-        UPDATE requests SET state = 'expired', finished_at = now(),
-                            error_type = 'RequestExpiredError', error = :error
-         WHERE job_id IN (SELECT id FROM overdue) AND state IN ('queued', 'retrying')
-        RETURNING job_id, idx
+        UPDATE requests AS r SET state = 'expired', finished_at = now(),
+                                 error_type = 'RequestExpiredError', error = :error
+          FROM picked
+         WHERE r.id = picked.id AND r.state IN ('queued', 'retrying')
+        RETURNING r.job_id, r.idx
     )
     {_COUNT_ENDS.format(counter="expired")}
     {_SETTLE.format(counter="expired")}
@@ -721,33 +745,25 @@ class PostgresStore(JobStore):
         return Progress(row["complete"]) if row else None
 
     def record_successes(self, conn: Connection, items: list[tuple[ClaimedRequest, Answer]]) -> list[Progress | None]:
-        """The stores of many threads in one round trip (``_hot_many``) and one transaction: every store in
-        (job, shard, index) order, then each job's settling (``_SETTLE_GROUP``) in job order, so two groups
-        take the rows they share in the same order (see ``_COUNT_IN_GROUP``)."""
+        """The stores of many threads in one round trip (``_hot_many``) and one transaction, in the module's lock
+        order: every store in (job, index) order, then one statement counting them all (``_COUNT_GROUP``)."""
         if len(items) == 1:  # alone: a plain statement (no pipeline to enter and leave)
             return [self.record_success(conn, *items[0])]
-
-        def key(i: int) -> tuple[str, int, int]:
-            idx = items[i][0].idx
-            return str(items[i][0].job_id), idx % JOB_COUNTER_SHARDS, idx
-
-        order = sorted(range(len(items)), key=key)
-        jobs = sorted({str(claimed.job_id) for claimed, _ in items})
+        order = sorted(range(len(items)), key=lambda i: (str(items[i][0].job_id), items[i][0].idx))
         rows = _hot_many(
             conn,
             [(_RECORD_SUCCESS_IN_GROUP, _success_params(*items[i])) for i in order]
-            + [(_SETTLE_GROUP, {"job_id": job}) for job in jobs],
+            + [(_COUNT_GROUP, {"ids": [claimed.request_id for claimed, _ in items]})],
         )
-        stored, settled = rows[: len(order)], rows[len(order) :]
-        completed = {job for job, row in zip(jobs, settled, strict=True) if row is not None and row["complete"]}
+        stored, counted = rows[: len(order)], rows[-1]
+        completed = set(counted["completed"]) if counted else set()
         progress: list[Progress | None] = [None] * len(items)
         for i, row in zip(order, stored, strict=True):
             if row is None:
                 continue  # nothing stored: an answer that came too late
-            job = str(items[i][0].job_id)
-            complete = bool(row["complete"]) or job in completed
+            job = items[i][0].job_id
+            progress[i] = Progress(job in completed)
             completed.discard(job)  # one item per job carries the job's completion
-            progress[i] = Progress(complete)
         return progress
 
     def record_end(

@@ -179,6 +179,7 @@ def release_held(conn: Connection, worker_id: str) -> list[RequestRef]:
         select(R.c.id, R.c.job_id, R.c.idx, J.c.kind, J.c.queue)
         .select_from(R.join(J, J.c.id == R.c.job_id))
         .where(R.c.worker_id == worker_id, R.c.state == RequestState.RUNNING.value)
+        .order_by(R.c.job_id, R.c.idx)  # the lock order of every writer (``batcher._db.postgres``)
         .with_for_update(of=R)
     ).all()
     if not rows:

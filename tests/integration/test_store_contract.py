@@ -13,6 +13,7 @@ import io
 import json
 import random
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -703,6 +704,71 @@ def test_concurrent_groups_of_stores_count_exactly_and_one_completes_the_job(eng
     assert sum(progress.complete for progress in results if progress is not None) == 1
     assert _counters(engine, store, job_id) == (n, n, 0, 0, 0)
     assert _finalize(engine, store, job_id) == "completed"
+
+
+def _backend_pid(conn: Any) -> int:
+    return int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+
+
+def _wait_until_blocked(engine: Engine, pid: int, timeout_s: float = 30.0) -> None:
+    """Until backend ``pid`` waits on a lock another transaction holds (polled: Postgres has no event for it)."""
+    deadline = time.monotonic() + timeout_s
+    with engine.connect() as conn:
+        while time.monotonic() < deadline:
+            wait = conn.execute(
+                text("SELECT wait_event_type FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid}
+            ).scalar()
+            conn.rollback()  # a fresh snapshot of pg_stat_activity on the next read
+            if wait == "Lock":
+                return
+            time.sleep(0.01)
+    raise AssertionError(f"backend {pid} never waited on a lock")
+
+
+def test_a_cancel_and_a_group_of_stores_of_the_same_job_never_deadlock(engine: Engine, store: JobStore) -> None:
+    """Found by CI (a cancel during a running batch failed with ``DeadlockDetected``): a group of stores took
+    a counter shard and then the next store's request row, while a cancel held that request and waited for
+    the shard. Every writer now takes a job's request rows first (in index order), its shards after them (in
+    shard order), its job row last. The worst interleaving is forced here: the cancel holds request 1 and
+    is held up before the shards (a third transaction holds request 2) while the group of stores starts."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("row locks: SQLite has one writer at a time")
+    job_id = _job(engine, store, 20)
+    first = _claimed(engine, store, job_id, 0)  # shard 0, which the cancel needs too (for request 16)
+    late = _claimed(engine, store, job_id, 1, "presumed-dead")
+    with engine.begin() as conn:  # queued again (as the reaper would), its paid answer still may land
+        assert store.record_retry(conn, late.request_id, attempt=late.attempts, delay_s=60, failure=BOOM)
+    usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+    items = [(c, Answer({"i": c.idx}, c.provider, c.model, usage, 1.0)) for c in (first, late)]
+    pids: dict[str, int] = {}
+    started = {name: threading.Event() for name in ("cancel", "stores")}
+
+    def cancel() -> int:
+        with engine.begin() as conn:
+            pids["cancel"] = _backend_pid(conn)
+            started["cancel"].set()
+            return store.cancel_job(conn, job_id)
+
+    def stores() -> list[Progress | None]:
+        with engine.begin() as conn:
+            pids["stores"] = _backend_pid(conn)
+            started["stores"].set()
+            return store.record_successes(conn, items)
+
+    with engine.connect() as holder, ThreadPoolExecutor(2) as pool:
+        holder.execute(select(R.id).where(R.job_id == job_id, R.idx == 2).with_for_update())
+        cancelled = pool.submit(cancel)
+        assert started["cancel"].wait(30)
+        _wait_until_blocked(engine, pids["cancel"])  # it holds request 1 and waits for request 2
+        stored = pool.submit(stores)
+        assert started["stores"].wait(30)
+        _wait_until_blocked(engine, pids["stores"])  # request 1 is the cancel's
+        holder.rollback()
+        assert cancelled.result(timeout=60) == 19
+        # Request 1 was cancelled first; request 0 was the job's last open request.
+        assert stored.result(timeout=60) == [Progress(complete=True), None]
+    assert _counters(engine, store, job_id) == (20, 1, 0, 19, 0)
+    assert _finalize(engine, store, job_id) == "cancelled"
 
 
 def test_a_job_stored_without_counter_shards_counts_on_its_row(engine: Engine, store: JobStore) -> None:
