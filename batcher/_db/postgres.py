@@ -27,8 +27,12 @@ the other waits for (Postgres would abort one, ``deadlock detected``, a second l
 - A group of stores (``record_successes``): every request first (``_RECORD_SUCCESS_IN_GROUP``, in index
   order), then all their shards in one statement (``_COUNT_GROUP``), then the job rows it settles.
 - A bulk end (cancel, expiry, skip): its requests locked in index order before any is written (``picked``:
-  ``ORDER BY ... FOR UPDATE``), then ``_COUNT_ENDS``.
+  ``ORDER BY ... FOR NO KEY UPDATE``), then ``_COUNT_ENDS``.
 - A group of claims: requests in index order (and the job row, when a claim starts the job).
+
+Every explicit lock is ``FOR NO KEY UPDATE``, the lock an ``UPDATE`` of non-key columns takes: ``FOR
+UPDATE`` would also wait for the ``KEY SHARE`` lock a response's insert takes on its job row and request
+row (their foreign keys), and a group storing answers would then hold what a settling group waits for.
 
 Locking in index order matters even for rows a statement does not end: a concurrent ``UPDATE`` that finds
 a row changed since its snapshot locks the row's newest version to recheck it, and keeps that lock when
@@ -230,7 +234,7 @@ _COUNT_ENDS = """
     ), locked AS MATERIALIZED (
         SELECT c.job_id, c.shard FROM job_counters AS c JOIN ends AS e ON c.job_id = e.job_id AND c.shard = e.shard
          ORDER BY c.job_id, c.shard
-           FOR UPDATE OF c
+           FOR NO KEY UPDATE OF c
     ), counted AS (
         UPDATE job_counters AS c SET {counter} = c.{counter} + ends.n
           FROM ends JOIN locked ON locked.job_id = ends.job_id AND locked.shard = ends.shard
@@ -259,7 +263,7 @@ _SETTLE = """
         SELECT j.id FROM jobs AS j JOIN closing ON closing.job_id = j.id
          WHERE closing.settled > 0 OR closing.unsharded > 0
          ORDER BY j.id
-           FOR UPDATE OF j
+           FOR NO KEY UPDATE OF j
     ), settled AS (
         UPDATE jobs AS j SET open_shards = j.open_shards - closing.settled,
                              {counter} = j.{counter} + closing.unsharded
@@ -428,7 +432,7 @@ _SET_RACE_WINNER = text("UPDATE jobs SET winner_index = :idx WHERE id = :id AND 
 _SKIP_UNSENT = text(
     """
     WITH picked AS (
-        SELECT id FROM requests WHERE job_id = :id AND state IN ('queued', 'retrying') ORDER BY idx FOR UPDATE
+        SELECT id FROM requests WHERE job_id = :id AND state IN ('queued', 'retrying') ORDER BY idx FOR NO KEY UPDATE
     ), upd AS (
         UPDATE requests AS r SET state = 'skipped', finished_at = now(),
                                  error_type = 'RequestCancelledError', error = :error
@@ -480,7 +484,7 @@ _CANCEL_JOB = text(
          WHERE job_id = :id AND state IN ('queued', 'retrying')
            AND EXISTS (SELECT 1 FROM jobs WHERE id = :id AND state IN ({_ACTIVE}))
          ORDER BY idx
-           FOR UPDATE OF requests
+           FOR NO KEY UPDATE OF requests
     ), upd AS (
         UPDATE requests AS r SET state = 'cancelled', finished_at = now(), lease_until = NULL,
                                  error_type = 'RequestCancelledError', error = :error
@@ -548,7 +552,7 @@ _EXPIRE_OVERDUE = text(
         SELECT r.id FROM requests AS r
          WHERE r.job_id IN (SELECT id FROM overdue) AND r.state IN ('queued', 'retrying')
          ORDER BY r.job_id, r.idx
-           FOR UPDATE OF r
+           FOR NO KEY UPDATE OF r
     ), upd AS (
         UPDATE requests AS r SET state = 'expired', finished_at = now(),
                                  error_type = 'RequestExpiredError', error = :error

@@ -180,7 +180,7 @@ def release_held(conn: Connection, worker_id: str) -> list[RequestRef]:
         .select_from(R.join(J, J.c.id == R.c.job_id))
         .where(R.c.worker_id == worker_id, R.c.state == RequestState.RUNNING.value)
         .order_by(R.c.job_id, R.c.idx)  # the lock order of every writer (``batcher._db.postgres``)
-        .with_for_update(of=R)
+        .with_for_update(of=R, key_share=True)  # FOR NO KEY UPDATE, as the UPDATE below
     ).all()
     if not rows:
         return []
