@@ -26,8 +26,8 @@ the other waits for (Postgres would abort one, ``deadlock detected``, a second l
 - A store or an end (one request): its request, its shard, the job row.
 - A group of stores (``record_successes``): every request first (``_RECORD_SUCCESS_IN_GROUP``, in index
   order), then all their shards in one statement (``_COUNT_GROUP``), then the job rows it settles.
-- A bulk end (cancel, expiry, skip): its requests locked in index order before any is written (``picked``:
-  ``ORDER BY ... FOR NO KEY UPDATE``), then ``_COUNT_ENDS``.
+- A bulk end (cancel, expiry, skip: ``_end_unsent``): its requests locked in index order before any is
+  written, then ``_COUNT_ENDS``.
 - A group of claims: requests in index order (and the job row, when a claim starts the job).
 
 Every explicit lock is ``FOR NO KEY UPDATE``, the lock an ``UPDATE`` of non-key columns takes: ``FOR
@@ -429,18 +429,30 @@ _RECORD_DEFERRAL = text(
 
 _SET_RACE_WINNER = text("UPDATE jobs SET winner_index = :idx WHERE id = :id AND winner_index IS NULL")
 
-_SKIP_UNSENT = text(
-    """
-    WITH picked AS (
-        SELECT id FROM requests WHERE job_id = :id AND state IN ('queued', 'retrying') ORDER BY idx FOR NO KEY UPDATE
+
+def _end_unsent(state: str, error_type: str, jobs: str) -> str:
+    """``picked`` and ``upd`` (``job_id``, ``idx``) of a bulk end: the unsent requests (``queued``, ``retrying``)
+    of the jobs ``jobs`` selects, locked in (job, index) order before any is written (the module's lock
+    order), then moved to ``state`` with ``error_type`` and the statement's ``:error``."""
+    return f"""
+    picked AS (
+        SELECT r.id FROM requests AS r
+         WHERE r.job_id IN ({jobs}) AND r.state IN ('queued', 'retrying')
+         ORDER BY r.job_id, r.idx
+           FOR NO KEY UPDATE OF r
     ), upd AS (
-        UPDATE requests AS r SET state = 'skipped', finished_at = now(),
-                                 error_type = 'RequestCancelledError', error = :error
+        UPDATE requests AS r SET state = '{state}', finished_at = now(), lease_until = NULL,
+                                 error_type = '{error_type}', error = :error
           FROM picked
          WHERE r.id = picked.id AND r.state IN ('queued', 'retrying')
         RETURNING r.job_id, r.idx
     )
     """
+
+
+_SKIP_UNSENT = text(
+    "WITH"
+    + _end_unsent("skipped", "RequestCancelledError", ":id")
     + _COUNT_ENDS.format(counter="cancelled")
     + _SETTLE.format(counter="cancelled")
     + """
@@ -477,21 +489,11 @@ _FINALIZE_JOB = text(
 request is counted no statement writes a shard again, and a second finalizer, queued on the job row's
 lock, finds the job final and changes nothing."""
 
+_ACTIVE_JOB = f"SELECT id FROM jobs WHERE id = :id AND state IN ({_ACTIVE})"
+
 _CANCEL_JOB = text(
     f"""
-    WITH picked AS (
-        SELECT id FROM requests
-         WHERE job_id = :id AND state IN ('queued', 'retrying')
-           AND EXISTS (SELECT 1 FROM jobs WHERE id = :id AND state IN ({_ACTIVE}))
-         ORDER BY idx
-           FOR NO KEY UPDATE OF requests
-    ), upd AS (
-        UPDATE requests AS r SET state = 'cancelled', finished_at = now(), lease_until = NULL,
-                                 error_type = 'RequestCancelledError', error = :error
-          FROM picked
-         WHERE r.id = picked.id AND r.state IN ('queued', 'retrying')
-        RETURNING r.job_id, r.idx
-    )
+    WITH {_end_unsent("cancelled", "RequestCancelledError", _ACTIVE_JOB)}
     {_COUNT_ENDS.format(counter="cancelled")}
     UPDATE jobs SET state = 'cancelling',
                     open_shards = open_shards - COALESCE((SELECT sum(settled) FROM closing), 0),
@@ -548,18 +550,7 @@ _EXPIRE_OVERDUE = text(
     f"""
     WITH overdue AS (
         SELECT id FROM jobs WHERE state IN ({_ACTIVE}) AND deadline_at < now()
-    ), picked AS (
-        SELECT r.id FROM requests AS r
-         WHERE r.job_id IN (SELECT id FROM overdue) AND r.state IN ('queued', 'retrying')
-         ORDER BY r.job_id, r.idx
-           FOR NO KEY UPDATE OF r
-    ), upd AS (
-        UPDATE requests AS r SET state = 'expired', finished_at = now(),
-                                 error_type = 'RequestExpiredError', error = :error
-          FROM picked
-         WHERE r.id = picked.id AND r.state IN ('queued', 'retrying')
-        RETURNING r.job_id, r.idx
-    )
+    ), {_end_unsent("expired", "RequestExpiredError", "SELECT id FROM overdue")}
     {_COUNT_ENDS.format(counter="expired")}
     {_SETTLE.format(counter="expired")}
     SELECT DISTINCT job_id AS id FROM upd
