@@ -19,12 +19,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, make_url, text
+from sqlalchemy import Engine, create_engine, text
 
-from batcher._config import Settings
 from batcher._db.contract import store_for
 from batcher._db.rows import Answer, Claim, ClaimedRequest, NewJob, NewRequest
-from batcher._migrate import upgrade
+from bench._services import BenchDatabase
 
 DEFAULT_PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 MESSAGES = [{"role": "user", "content": "hello there " * 5}]
@@ -90,12 +89,10 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--pg-admin-url", default=os.environ.get("BATCHER_BENCH_PG_ADMIN_URL", DEFAULT_PG_ADMIN_URL))
     args = p.parse_args()
-    db = f"batcher_bench_groups_{uuid.uuid4().hex[:8]}"
-    url = make_url(args.pg_admin_url).set(database=db).render_as_string(hide_password=False)
-    admin = create_engine(args.pg_admin_url, isolation_level="AUTOCOMMIT")
-    upgrade(Settings(database_url=url))
+    database = BenchDatabase(args.pg_admin_url, f"groups_{uuid.uuid4().hex[:8]}")
+    database.create()
     # One connection, autocommit between groups, as a worker's runners use ``WorkerContext.db``.
-    engine = create_engine(url, pool_size=1, max_overflow=0).execution_options(isolation_level="AUTOCOMMIT")
+    engine = create_engine(database.url, pool_size=1, max_overflow=0).execution_options(isolation_level="AUTOCOMMIT")
     try:
         for group in args.group or [8, 16]:
             reps = [_rep(engine, args.prompts, group) for _ in range(args.reps)]
@@ -107,9 +104,7 @@ def main() -> None:
                 )
     finally:
         engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
-        admin.dispose()
+        database.drop()
 
 
 if __name__ == "__main__":
