@@ -128,6 +128,11 @@ class _PendingWrites:
 class OomTolerantQoS(kombu_redis.QoS):  # type: ignore[misc]
     """kombu's QoS, minus the ways a full Redis kills a worker or stops it from freeing memory."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        self._pending_acks: list[Any] = []  # GROUP_ACKS without DELIVERY_ONE_TRIP (guarded by _acks_lock)
+        self._pending_writes = _PendingWrites(records={}, acks=[])
+
     @contextmanager
     def pipe_or_acquire(self, pipe: Any = None, client: Any = None) -> Iterator[Any]:
         # Without MULTI: a Redis over its limit refuses every command queued in a transaction, even
@@ -199,16 +204,14 @@ class OomTolerantQoS(kombu_redis.QoS):  # type: ignore[misc]
             virtual.QoS.ack(self, delivery_tag)  # type: ignore[no-untyped-call]  # the slot is free now
             return
         with _acks_lock:
-            pending = self.__dict__.setdefault("_pending_acks", [])
-            pending.append(delivery_tag)
-            first = len(pending) == 1
+            self._pending_acks.append(delivery_tag)
+            first = len(self._pending_acks) == 1
         if first:
             loop.call_soon(self._flush_acks)  # type: ignore[no-untyped-call]
 
     def _flush_acks(self) -> None:
         with _acks_lock:
-            tags: list[Any] = self.__dict__.get("_pending_acks", [])
-            self._pending_acks: list[Any] = []
+            tags, self._pending_acks = self._pending_acks, []
         if not tags:
             return
         if self._detached():
@@ -234,33 +237,26 @@ class OomTolerantQoS(kombu_redis.QoS):  # type: ignore[misc]
         """Keep a record or an ack (``add`` puts it in) for the next ``BRPOP``; the first of a batch sets
         the timer that sends the batch alone if no ``BRPOP`` has taken it within the wait limit."""
         with _acks_lock:
-            pending = self._pending()
+            pending = self._pending_writes
             first = not pending.records and not pending.acks
             add(pending)
             batch = pending.batch
         if first:
             loop.call_later(PENDING_WRITES_WAIT_MAX_S, self._flush_pending, batch)
 
-    def _pending(self) -> _PendingWrites:
-        pending: _PendingWrites | None = self.__dict__.get("_pending_writes")
-        if pending is None:
-            pending = self._pending_writes = _PendingWrites(records={}, acks=[])
-        return pending
-
     def has_pending_writes(self) -> bool:
-        pending: _PendingWrites | None = self.__dict__.get("_pending_writes")
-        return pending is not None and bool(pending.records or pending.acks)
+        pending = self._pending_writes
+        return bool(pending.records or pending.acks)
 
     def _drop_pending_record(self, delivery_tag: Any) -> bool:
         with _acks_lock:
-            pending: _PendingWrites | None = self.__dict__.get("_pending_writes")
-            return pending is not None and pending.records.pop(delivery_tag, None) is not None
+            return self._pending_writes.records.pop(delivery_tag, None) is not None
 
     def take_pending_writes(self) -> tuple[list[tuple[Any, ...]], list[tuple[str, int]]]:
         """The pending records and acks as commands (records first), and what each reply is for:
         (``record``/``ack``, how many messages)."""
         with _acks_lock:
-            pending = self._pending()
+            pending = self._pending_writes
             records, acks = pending.records, pending.acks
             pending.records, pending.acks = {}, []
             pending.batch += 1
@@ -282,12 +278,11 @@ class OomTolerantQoS(kombu_redis.QoS):  # type: ignore[misc]
     def _flush_pending(self, batch: int | None = None) -> None:
         """Send what found no ``BRPOP`` to ride on (``batch``: only if that batch is still waiting)."""
         with _acks_lock:
-            pending: _PendingWrites | None = self.__dict__.get("_pending_writes")
-            if pending is None or (batch is not None and pending.batch != batch):
+            if batch is not None and self._pending_writes.batch != batch:
                 return
         if self._detached():
             with _acks_lock:
-                self._pending_writes = _PendingWrites(records={}, acks=[], batch=pending.batch + 1)
+                self._pending_writes = _PendingWrites(records={}, acks=[], batch=self._pending_writes.batch + 1)
             return
         commands, meaning = self.take_pending_writes()
         if not commands:
