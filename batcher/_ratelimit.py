@@ -60,7 +60,7 @@ import hashlib
 import random
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -545,11 +545,23 @@ class RateLimiter:
             return Grant(wait + DEFER_JITTER_S * (1 + random.random()), why, slot, windowed)
         return Grant(0.0, "", slot, windowed, member, at, time.perf_counter(), float(_text(answer[1])), int(answer[2]))
 
-    def release(self, grant: Grant, err: BaseException | None, *, now: float | None = None) -> Released | None:
+    def release(
+        self,
+        grant: Grant,
+        err: BaseException | None,
+        *,
+        now: float | None = None,
+        then: Callable[[Released | BaseException], None] | None = None,
+    ) -> Released | None:
         """After a call (``err``: how it failed, None: it succeeded): one round trip that gives the lease
         back and reports how the call went (``outcome_of``, the limits its headers stated, how long it
         took). Without a slot (adaptive off), a 429 shrinks the configured windows instead
-        (``penalize``), and nothing else is sent."""
+        (``penalize``), and nothing else is sent.
+
+        With ``then`` on a grouped limiter (a worker's threads), the release is posted: queued for the
+        next round trip and this returns None at once; ``then`` gets the slot's state after it (or the
+        exception) on the limiter's thread. The calling thread has nothing to wait for: a lease the
+        release never reaches Redis for (the process died first) expires by itself."""
         from batcher._exceptions import RateLimitError
 
         slot = grant.slot
@@ -574,7 +586,7 @@ class RateLimiter:
             tpm = info.tokens_limit or 0
         latency = time.perf_counter() - grant.started if outcome == "ok" and grant.started else -1.0
         key = slot.key
-        answer = self._call(
+        call: _ScriptCall = (
             self._release,
             [f"{key}:s", f"{key}:l", _published_hash(slot), adaptive_key(slot.provider, slot.published_model)],
             [
@@ -596,7 +608,17 @@ class RateLimiter:
                 grant.in_flight,
             ],
         )
-        return Released(float(_text(answer[0])), int(answer[1]), bool(int(answer[2])))
+        if then is not None and self._group is not None:
+            done = then
+            self._group.post(
+                call, lambda answer: done(answer if isinstance(answer, BaseException) else _released(answer))
+            )
+            return None
+        return _released(self._call(*call))
+
+    def drain(self, timeout_s: float) -> bool:
+        """Send the posted releases still queued (a worker's graceful shutdown); False if ``timeout_s`` passed."""
+        return self._group.drain(timeout_s) if self._group is not None else True
 
     def state(self, slot: Slot) -> dict[str, str]:
         """A slot's adaptive state as stored (tests, diagnostics)."""
@@ -636,6 +658,10 @@ def outcome_of(err: BaseException | None) -> Outcome:
     if isinstance(err, RateLimitError | ProviderServerError | ProviderTimeoutError):
         return "loss"
     return "none"
+
+
+def _released(answer: Any) -> Released:
+    return Released(float(_text(answer[0])), int(answer[1]), bool(int(answer[2])))
 
 
 def _published_hash(slot: Slot) -> str:

@@ -14,6 +14,7 @@ request, a client per thread 3.7 CPU-ms, and 50 % more requests per second.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import socket
@@ -39,8 +40,12 @@ from batcher._group import GroupRunner
 from batcher._ratelimit import RateLimiter
 from batcher._retry import RetryPolicy
 
+log = logging.getLogger("batcher.worker")
+
 CONNECTIONS_PER_THREAD = 4
 """Keep-alive connections each thread keeps (one per provider host it talks to, typically)."""
+LIMITER_DRAIN_S = 5.0
+"""At shutdown, the posted lease releases still queued get this long to reach Redis."""
 
 
 @dataclass
@@ -196,7 +201,10 @@ class WorkerContext:
         return []
 
     def close(self) -> None:
-        """Close every thread's HTTP transport (at worker shutdown): no socket is left to the GC."""
+        """At worker shutdown: send the rate-limit leases still queued to go back (``_release`` posts them),
+        then close every thread's HTTP transport: no socket is left to the GC."""
+        if "limiter" in self.__dict__ and not self.limiter.drain(LIMITER_DRAIN_S):
+            log.warning("rate-limit leases still queued at shutdown; they expire by themselves")
         with _lock:
             transports, self._http_transports[:] = list(self._http_transports), []
         for transport in transports:

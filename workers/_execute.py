@@ -34,7 +34,7 @@ from batcher._exceptions import (
     RequestError,
 )
 from batcher._publish import RUN_REQUEST_TASK, publish_finalize, task_id
-from batcher._ratelimit import Bucket, Grant, Slot, deployment_id, estimate_tokens
+from batcher._ratelimit import Bucket, Grant, Released, Slot, deployment_id, estimate_tokens
 from batcher._response import ModelResponse, mock_model_response
 from batcher._retry import RetryPolicy
 from batcher._secrets import redact, redact_json, unseal
@@ -295,19 +295,29 @@ def _take(ctx: WorkerContext, call: _Call) -> Grant | None:
 
 def _release(ctx: WorkerContext, grant: Grant | None, err: BaseException | None) -> None:
     """The call's lease back, and its outcome as the adaptive limit's feedback. Never fails the request:
-    its answer is paid for, and a lease Redis could not take back expires by itself."""
+    its answer is paid for, and a lease Redis could not take back expires by itself.
+
+    Posted (``RateLimiter.release(then=...)``): the thread goes on to store its answer while the release
+    waits for the limiter's next round trip; the metrics follow on the limiter's thread."""
     if grant is None:
         return
+    slot = grant.slot
+
+    def observed(released: Released | BaseException) -> None:
+        if isinstance(released, BaseException):  # Redis is coordination only
+            log.warning("could not release a rate-limit lease (%s); it expires by itself", type(released).__name__)
+        elif slot is not None:
+            _metrics.observe_adaptive(
+                slot.provider, slot.model, slot.short_id, released.limit, released.in_flight, released.learned_changed
+            )
+
     try:
-        released = ctx.limiter.release(grant, err)
-    except Exception:  # Redis is coordination only
-        log.warning("could not release a rate-limit lease; it expires by itself", exc_info=True)
+        released = ctx.limiter.release(grant, err, then=observed)
+    except Exception as exc:  # a limiter running its scripts alone (embedded mode) fails here
+        observed(exc)
         return
-    if released is not None and grant.slot is not None:
-        slot = grant.slot
-        _metrics.observe_adaptive(
-            slot.provider, slot.model, slot.short_id, released.limit, released.in_flight, released.learned_changed
-        )
+    if released is not None:
+        observed(released)
 
 
 def _api_key(ctx: WorkerContext, claimed: ClaimedRequest, api_base: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 
@@ -12,6 +13,7 @@ from batcher._ratelimit import (
     WINDOW_SAFETY_MARGIN_S,
     RateLimiter,
     RateLimitSpec,
+    Released,
     buckets_for,
     deployment_id,
     estimate_tokens,
@@ -81,8 +83,6 @@ def test_token_estimate_counts_prompt_and_budget() -> None:
 def test_a_workers_threads_take_and_release_together_each_with_its_own_answer(r: redis.Redis) -> None:  # type: ignore[type-arg]
     """``grouped``: the threads' scripts share pipelined round trips; each call gets its own answer, the
     slot counts every lease exactly once, and a script Redis lost (restarted empty) is loaded again."""
-    import threading
-
     limiter = RateLimiter(r, {}, adaptive=True, initial_concurrency=8, grouped=True)
     slot = limiter.slot("openai", f"grp-{uuid.uuid4().hex[:6]}", deployment_id("http://h/v1", "k"), "m", [])
     r.script_flush()
@@ -107,3 +107,28 @@ def test_a_workers_threads_take_and_release_together_each_with_its_own_answer(r:
     released = [limiter.release(g, None) for g in taken]
     assert all(rel is not None for rel in released)
     assert r.zcard(f"{slot.key}:l") == 0
+
+
+def test_a_posted_release_gives_the_lease_back_without_the_caller_waiting(r: redis.Redis) -> None:  # type: ignore[type-arg]
+    """A worker's thread posts its release and goes on to store its answer: the lease is back in Redis once
+    the limiter's thread has run it, the callback gets the slot's state, and a drain (shutdown) sends what
+    is still queued."""
+    limiter = RateLimiter(r, {}, adaptive=True, initial_concurrency=2, grouped=True)
+    slot = limiter.slot("openai", f"posted-{uuid.uuid4().hex[:6]}", deployment_id("http://h/v1", "k"), "m", [])
+    first, second = limiter.take(slot, [], 1, lease_s=60), limiter.take(slot, [], 1, lease_s=60)
+    assert first.wait_s == 0 and second.wait_s == 0
+    assert limiter.take(slot, [], 1, lease_s=60).wait_s > 0  # both slots held
+    outcomes: list[object] = []
+    done = threading.Event()
+
+    def then(outcome: object) -> None:
+        outcomes.append(outcome)
+        if len(outcomes) == 2:
+            done.set()
+
+    assert limiter.release(first, None, then=then) is None  # posted: nothing to wait for here
+    assert limiter.release(second, None, then=then) is None
+    assert limiter.drain(30) and done.wait(30)
+    assert r.zcard(f"{slot.key}:l") == 0
+    assert all(isinstance(o, Released) for o in outcomes)
+    assert limiter.take(slot, [], 1, lease_s=60).wait_s == 0  # the slots are free again

@@ -101,3 +101,61 @@ def test_a_batch_holds_at_most_the_maximum() -> None:
     for t in [blocker, *threads]:
         t.join(30)
     assert sizes == [1, GROUP_MAX_ITEMS, 5]
+
+
+def test_a_posted_item_runs_with_the_batch_and_its_outcome_goes_to_its_callback() -> None:
+    """``post``: the caller goes on at once; the item runs in the next batch, with the items others wait on,
+    and its outcome (result or exception) reaches the callback; a callback that raises harms nobody."""
+    gate = threading.Event()
+    started = threading.Event()
+    batches: list[list[int]] = []
+
+    def run(items: Sequence[int]) -> list[int | BaseException]:
+        batches.append(list(items))
+        if items == [-1]:
+            started.set()
+            gate.wait(30)
+        return [KeyError(i) if i == 2 else i * 2 for i in items]
+
+    runner: GroupRunner[int, int] = GroupRunner(run, name="test-group")
+    blocker = threading.Thread(target=runner.submit, args=(-1,))
+    blocker.start()
+    assert started.wait(30)
+    seen: list[object] = []
+    runner.post(1, seen.append)  # returns while the runner is still busy with the blocker
+    runner.post(2, seen.append)
+
+    def raising(_: object) -> None:
+        raise RuntimeError("a bug in a callback")
+
+    runner.post(3, raising)
+    waiter: list[int] = []
+    submitter = threading.Thread(target=lambda: waiter.append(runner.submit(4)))
+    submitter.start()
+    while len(runner._queue) < 4:
+        threading.Event().wait(0.001)
+    assert seen == []
+    gate.set()
+    for t in (blocker, submitter):
+        t.join(30)
+    assert runner.drain(30)
+    assert batches == [[-1], [1, 2, 3, 4]]
+    assert seen[0] == 2 and isinstance(seen[1], KeyError) and waiter == [8]
+
+
+def test_drain_waits_for_the_running_batch_and_gives_up_after_its_timeout() -> None:
+    gate = threading.Event()
+    started = threading.Event()
+    seen: list[object] = []
+
+    def run(items: Sequence[int]) -> list[int | BaseException]:
+        started.set()
+        gate.wait(30)
+        return list(items)
+
+    runner: GroupRunner[int, int] = GroupRunner(run, name="test-group")
+    runner.post(7, seen.append)
+    assert started.wait(30)
+    assert runner.drain(0.05) is False  # the batch is still running
+    gate.set()
+    assert runner.drain(30) is True and seen == [7]
