@@ -24,6 +24,12 @@ The supervisor itself does no work and holds no connection. It
   when none is left;
 * asks the kernel to SIGTERM the children if it dies itself (Linux ``PR_SET_PDEATHSIG``).
 
+Two ``batcher worker`` commands on one host (as a cluster of one machine may be started, one per core
+by hand) must not share Celery node names: remote control and monitoring address a worker by it.
+``claim_name`` holds a lock file per name for the command's life: the default name, ``batcher``, moves
+on to ``batcher2``, ``batcher3``... when another command on the host holds it; a name given with
+``--name`` that another holds is refused in one line.
+
 ``batcher worker -p 1`` does not come here: it ``exec``s the single worker of old.
 """
 
@@ -32,15 +38,20 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import fcntl
 import functools
+import hashlib
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 log = logging.getLogger("batcher.supervisor")
 
@@ -60,6 +71,62 @@ SUPERVISOR_POLL_S = 1.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _WATCHED = {signal.SIGCHLD, *STOP_SIGNALS}
 _PR_SET_PDEATHSIG = 1
+
+
+DEFAULT_WORKER_NAME = "batcher"
+MAX_DEFAULT_NAMES = 64
+"""``batcher``, ``batcher2``... ``batcher64``: the default names one host hands out."""
+
+
+class NameTakenError(Exception):
+    """Another ``batcher worker`` on this host holds the name."""
+
+
+@dataclass
+class ClaimedName:
+    """A worker name held on this host: its lock file stays locked while ``fd`` is open (the command's life;
+    ``-p 1`` runs Celery in the same process)."""
+
+    name: str
+    fd: int
+    moved_from: str | None = None
+    """The default name this one replaces, because another command holds it."""
+
+
+def claim_name(requested: str | None, *, lock_dir: Path | None = None) -> ClaimedName:
+    """Hold ``requested`` (or the first free default name) on this host for this process's life; raises
+    ``NameTakenError`` naming the holder when a requested name is taken."""
+    directory = lock_dir or Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
+    candidates = (
+        [requested]
+        if requested
+        else [DEFAULT_WORKER_NAME, *(f"{DEFAULT_WORKER_NAME}{i}" for i in range(2, MAX_DEFAULT_NAMES + 1))]
+    )
+    holder = ""
+    for name in candidates:
+        path = directory / f"batcher-worker-{os.getuid()}-{_file_safe(name)}.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            continue
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return ClaimedName(
+            name, fd, moved_from=None if requested or name == DEFAULT_WORKER_NAME else DEFAULT_WORKER_NAME
+        )
+    if requested:
+        raise NameTakenError(
+            f"another `batcher worker` on this host (pid {holder or '?'}) runs as {requested}: "
+            "give this one another --name"
+        )
+    raise NameTakenError(f"{MAX_DEFAULT_NAMES} `batcher worker` commands on this host already: give this one --name")
+
+
+def _file_safe(name: str) -> str:
+    return name if re.fullmatch(r"[A-Za-z0-9._-]{1,64}", name) else hashlib.sha256(name.encode()).hexdigest()[:32]
 
 
 def processes_for(setting: int) -> int:

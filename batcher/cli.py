@@ -338,7 +338,8 @@ def recover() -> None:
 @click.option(
     "--name",
     default=None,
-    help="Worker names: NAME-1@host, NAME-2@host, ... and NAME-race@host (default batcher; NAME@host with -p 1).",
+    help="Worker names: NAME-1@host, NAME-2@host, ... and NAME-race@host (NAME@host with -p 1). Default batcher, "
+    "or batcher2, batcher3... when another `batcher worker` on this host runs as batcher.",
 )
 @click.pass_context
 def worker(ctx: click.Context, processes: int | None, concurrency: int | None, loglevel: str, name: str | None) -> None:
@@ -351,7 +352,18 @@ def worker(ctx: click.Context, processes: int | None, concurrency: int | None, l
     refuse_embedded_worker(settings)  # one line, before Celery joins a queue nobody sends to
 
     from batcher._migrate import ensure_schema
-    from batcher._supervisor import processes_for
+    from batcher._supervisor import NameTakenError, claim_name, processes_for
+
+    try:
+        claimed = claim_name(name)  # held while this command (or the Celery it execs into) runs
+    except NameTakenError as exc:
+        raise click.UsageError(str(exc)) from None
+    if claimed.moved_from:
+        click.echo(
+            f"batcher worker: another `batcher worker` on this host runs as {claimed.moved_from}; "
+            f"this one runs as {claimed.name}",
+            err=True,
+        )
 
     ensure_schema(settings)  # creates and migrates the database if it may (BATCHER_AUTO_MIGRATE), else one line
     count = processes_for(settings.worker_processes if processes is None else processes)
@@ -364,7 +376,7 @@ def worker(ctx: click.Context, processes: int | None, concurrency: int | None, l
             concurrency=threads,
             queues=[settings.queue, settings.race_queue],
             loglevel=loglevel,
-            hostname=f"{name}@%h" if name else None,
+            hostname=f"{claimed.name}@%h" if name or claimed.moved_from else None,
         )
         app.worker_main([*argv, *ctx.args])
         return
@@ -377,7 +389,7 @@ def worker(ctx: click.Context, processes: int | None, concurrency: int | None, l
         queue=settings.queue,
         race_queue=settings.race_queue,
         loglevel=loglevel,
-        name=name or "batcher",
+        name=claimed.name,
         extra=ctx.args,
         batch_nice=settings.worker_batch_nice,
     )

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 from batcher import JobState
@@ -45,6 +47,17 @@ def test_by_default_one_worker_per_core_and_one_for_races(cluster_env: dict[str,
             assert sorted((r["queues"], r["concurrency"]) for r in registered) == sorted(
                 [(both, 4)] * cores + [(race_queue, 2)]
             )
+            # A second command on this host under the same name is refused before it starts anything.
+            again = subprocess.run(
+                [sys.executable, "-c", "from batcher.cli import main; main()", "worker", f"--name={workers.name}"],
+                env=cluster.env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert again.returncode == 2
+            assert f"runs as {workers.name}: give this one another --name" in again.stderr
+            assert set(workers.children()) == set(children)
         finally:
             workers.stop()
         assert workers.proc.returncode == 0

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from batcher._supervisor import EXIT_GAVE_UP, EXIT_OK, processes_for, worker_specs
+from batcher._supervisor import EXIT_GAVE_UP, EXIT_OK, NameTakenError, claim_name, processes_for, worker_specs
 
 
 def test_zero_means_one_process_per_usable_core() -> None:
@@ -134,3 +134,23 @@ def _until(condition: object, proc: subprocess.Popen[bytes]) -> None:
         assert proc.poll() is None, "the supervisor exited"
         time.sleep(0.02)
     raise AssertionError("not within 30 s")
+
+
+def test_a_hosts_worker_commands_get_names_of_their_own(tmp_path: Path) -> None:
+    """The default name moves on when another `batcher worker` holds it; a name asked for is refused in one
+    line naming the holder; a name is free again once its holder ended."""
+    first = claim_name(None, lock_dir=tmp_path)
+    second = claim_name(None, lock_dir=tmp_path)
+    assert (first.name, first.moved_from) == ("batcher", None)
+    assert (second.name, second.moved_from) == ("batcher2", "batcher")
+    with pytest.raises(NameTakenError, match=rf"pid {os.getpid()}\) runs as batcher: give this one another --name"):
+        claim_name("batcher", lock_dir=tmp_path)
+    odd = claim_name("team/a b", lock_dir=tmp_path)  # any Celery node name, whatever a file name allows
+    assert odd.name == "team/a b"
+    with pytest.raises(NameTakenError):
+        claim_name("team/a b", lock_dir=tmp_path)
+    os.close(first.fd)
+    again = claim_name(None, lock_dir=tmp_path)
+    assert again.name == "batcher"
+    for claimed in (second, odd, again):
+        os.close(claimed.fd)
