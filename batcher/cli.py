@@ -356,8 +356,8 @@ def worker(ctx: click.Context, processes: int | None, concurrency: int | None, l
 
     try:
         claimed = claim_name(name)  # held while this command (or the Celery it execs into) runs
-    except NameTakenError as exc:
-        raise click.UsageError(str(exc)) from None
+    except NameTakenError as exc:  # one line, before anything starts
+        raise click.ClickException(str(exc)) from None
     if claimed.moved_from:
         click.echo(
             f"batcher worker: another `batcher worker` on this host runs as {claimed.moved_from}; "

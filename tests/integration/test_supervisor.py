@@ -55,8 +55,11 @@ def test_by_default_one_worker_per_core_and_one_for_races(cluster_env: dict[str,
                 text=True,
                 timeout=120,
             )
-            assert again.returncode == 2
-            assert f"runs as {workers.name}: give this one another --name" in again.stderr
+            assert again.returncode == 1
+            assert again.stderr.strip().splitlines() == [
+                f"Error: another `batcher worker` on this host (pid {workers.proc.pid}) runs as {workers.name}: "
+                "give this one another --name"
+            ]
             assert set(workers.children()) == set(children)
         finally:
             workers.stop()
