@@ -89,6 +89,7 @@ class ClaimedName:
 
     name: str
     fd: int
+    """-1: no lock could be taken (the lock directory is not writable); the name is used unchecked."""
     moved_from: str | None = None
     """The default name this one replaces, because another command holds it."""
 
@@ -105,7 +106,11 @@ def claim_name(requested: str | None, *, lock_dir: Path | None = None) -> Claime
     holder = ""
     for name in candidates:
         path = directory / f"batcher-worker-{os.getuid()}-{_file_safe(name)}.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:  # a read-only file system (a container's): start as before, unchecked
+            log.warning("cannot hold the worker name %s on this host (%s: %s); not checked", name, path, exc.strerror)
+            return ClaimedName(requested or DEFAULT_WORKER_NAME, -1)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -13,7 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from batcher._supervisor import EXIT_GAVE_UP, EXIT_OK, NameTakenError, claim_name, processes_for, worker_specs
+from batcher._supervisor import (
+    EXIT_GAVE_UP,
+    EXIT_OK,
+    ClaimedName,
+    NameTakenError,
+    claim_name,
+    processes_for,
+    worker_specs,
+)
 
 
 def test_zero_means_one_process_per_usable_core() -> None:
@@ -154,3 +162,10 @@ def test_a_hosts_worker_commands_get_names_of_their_own(tmp_path: Path) -> None:
     assert again.name == "batcher"
     for claimed in (second, odd, again):
         os.close(claimed.fd)
+
+
+def test_a_lock_directory_that_cannot_be_written_leaves_the_name_unchecked(tmp_path: Path) -> None:
+    """A read-only file system (a container's) must not stop a worker from starting: its name is used as before."""
+    missing = tmp_path / "not-there"
+    assert claim_name(None, lock_dir=missing) == ClaimedName("batcher", -1)
+    assert claim_name("team-a", lock_dir=missing) == ClaimedName("team-a", -1)
