@@ -6,10 +6,15 @@ batcher's request task, so batcher's own ``Publisher`` publishes its messages ex
 does. The task does only what every completion must: the job-counter statement, one autocommit
 ``UPDATE jobs SET succeeded = succeeded + 1``. No claim, no provider call, no store, no hooks (heartbeats,
 logging context, metrics): what is left is Celery's own cost per message plus one statement.
+
+``BATCHER_BENCH_CEILING_SLEEP_MS`` (W2's ceiling): the task first sleeps that long, as a provider call of
+that latency would hold its thread, with no CPU spent on it.
 """
 
 from __future__ import annotations
 
+import os
+import time
 from typing import Any
 
 from sqlalchemy import create_engine, text
@@ -27,10 +32,13 @@ _engine = create_engine(
     pool_size=_settings.db_pool_size,
     max_overflow=_settings.db_max_overflow,
 )
+_SLEEP_S = float(os.environ.get("BATCHER_BENCH_CEILING_SLEEP_MS", "0")) / 1000
 _BUMP = text("UPDATE jobs SET succeeded = succeeded + 1 WHERE id = :job")
 
 
 @app.task(name=RUN_REQUEST_TASK, ignore_result=True)
 def run_request(job_id: str, index: int, *_: Any, **__: Any) -> None:
+    if _SLEEP_S:
+        time.sleep(_SLEEP_S)
     with _engine.connect() as conn:
         conn.execute(_BUMP, {"job": job_id})

@@ -187,6 +187,14 @@ def _summary(bench: Bench, limiter_wired: bool) -> list[str]:
             f"({s.litellm_w2_workers} threads; ≤ {peak} in flight) | {_ratio(bw, lw)} | ≤ 1.1{X} ideal | "
             f"{_met(bw.median <= 1.1 * ideal)} |"
         )
+        c = _runs(bench, "W2", "ceiling")
+        if c:
+            cw = stat(c, lambda r: r.wall_s)
+            rows.append(
+                f"| | bare-Celery ceiling, same processes and threads (its task sleeps {cfg.W2_LATENCY_MS / 1000:g} s, "
+                f"then bumps the counter) | {cw.fmt('.1f')} = {cw.median / ideal:.2f}{X} ideal | | "
+                f"batcher {_ratio(bw, cw)} | reported | |"
+            )
     b, lt = _runs(bench, "W3", "batcher"), _runs(bench, "W3", "litellm")
     if b:
         bm, lm = stat(b, lambda r: r.extra["median_ms"]), stat(lt, lambda r: r.extra["median_ms"])
@@ -477,7 +485,7 @@ def summary_lines(bench: Bench) -> list[str]:
     """A short text summary for the terminal."""
     lines: list[str] = []
     for workload in ("W1", "W2", "W3", "W4", "W5", "scale", "RL"):
-        for system in ("batcher", "litellm"):
+        for system in ("batcher", "ceiling", "litellm"):
             runs = _runs(bench, workload, system)
             if runs:
                 med = statistics.median(r.wall_s for r in runs)

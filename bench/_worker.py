@@ -22,6 +22,7 @@ EXPERIMENTS = {
     "delivery-two-trips": (
         "each delivery recorded in a round trip of its own after its BRPOP, acks apart (kombu's way, before H2 of #16)"
     ),
+    "fetch-one-by-one": "one BRPOP per message, kombu's way, instead of one BLMPOP for the free slots (#16)",
     "limiter-one-by-one": "each adaptive-limiter script (take, release) in a round trip of its own (as before #16)",
     "http-client-path": "the provider call as before issue #16's H1: through an httpx.Client around the thread's "
     "transport, the answer rebuilt as a new Response, the price and the public base URL worked out per answer",
@@ -133,6 +134,10 @@ if _chosen:
         from workers import _execute
 
         _execute.GROUP_STORES = False
+    if "fetch-one-by-one" in _chosen:
+        from workers import _broker
+
+        _broker.MULTI_FETCH = False
     if "ack-one-by-one" in _chosen:
         from workers import _broker
 

@@ -331,13 +331,35 @@ class Bench:
                 self.say(f"W1 litellm #{rep + 1}: {lrun.rate:.0f} completions/s ({lrun.wall_s:.1f} s)")
 
     def w2(self) -> None:
+        """W2 on batcher, then (each repetition) on the bare-Celery ceiling with the same processes and
+        threads, its task holding its thread for the provider's latency (a sleep: no CPU), then LiteLLM."""
         s = self.sizes
+        threads = s.w2_slots // s.workers
+        ceiling: CeilingWorkers | None = None
+        ceiling_queue = f"{self.queue}.ceiling"
+        ceiling_env = {
+            **self.env,
+            "BATCHER_QUEUE": ceiling_queue,
+            "BATCHER_BENCH_CEILING_SLEEP_MS": str(cfg.W2_LATENCY_MS),
+        }
         for rep in range(s.reps):
-            run = self.batch("W2", cfg.W2_MODEL, s.w2_prompts, s.w2_slots // s.workers)
+            run = self.batch("W2", cfg.W2_MODEL, s.w2_prompts, threads)
             self.say(f"W2 batcher #{rep + 1}: {run.wall_s:.1f} s {_timeline(run)}")
+            if ceiling is None:
+                self.say(f"starting the W2 ceiling: {s.workers} x {threads} threads of bench/_ceiling.py")
+                ceiling = CeilingWorkers(ceiling_env, self.workdir, count=s.workers, concurrency=threads)
+                self.fleets.append(ceiling)
+                ceiling.start()
+                if s.warm_up:  # its threads and pools, as batcher's workers were warmed
+                    self._ceiling_run(s.w2_slots, ceiling_env, ceiling, ceiling_queue, workload="W2:warm-up")
+                    self.runs = [r for r in self.runs if r.workload != "W2:warm-up"]
+            crun = self._ceiling_run(s.w2_prompts, ceiling_env, ceiling, ceiling_queue, workload="W2")
+            self.say(f"W2 ceiling #{rep + 1}: {crun.wall_s:.1f} s")
             if self.litellm:
                 lrun = self.litellm_batch("W2", cfg.W2_MODEL, s.w2_prompts, s.litellm_w2_workers)
                 self.say(f"W2 litellm #{rep + 1}: {lrun.wall_s:.1f} s")
+        if ceiling is not None:
+            ceiling.stop()
 
     def scale(self) -> None:
         s = self.sizes
@@ -470,7 +492,7 @@ class Bench:
             timeout=max(600.0, n * 0.2),
             worker_pids=ceiling.pids,
         )
-        check(result["ok"] == n, f"D:W1 ceiling: the counter reached {result['ok']} of {n}")
+        check(result["ok"] == n, f"{workload} ceiling: the counter reached {result['ok']} of {n}")
         run = Run(workload, "ceiling", n, result["wall_s"], result, usage)
         self.runs.append(run)
         return run

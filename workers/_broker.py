@@ -31,6 +31,13 @@ replies are read before the ``BRPOP``'s. A message acknowledged before its recor
 busy: no ``BRPOP`` is sent; or one is in flight on an empty queue) leaves in a pipeline of its own.
 A message popped but not yet recorded when its worker dies is recovered from Postgres, as an
 unrecordable one is under a full Redis.
+
+Several messages per round trip when several slots are free (issue #16). kombu pops one message per
+``BRPOP``, so a process whose threads free up together (a wave of answers, a race's three requests)
+refills them one round trip, and one pass of its event loop, at a time. On Redis 7 and later the fetch is
+``BLMPOP ... RIGHT COUNT n`` instead: the same queues in the same order (priorities first), the same end of
+the list, up to n messages, n being the consumer's free prefetch slots (never more than QoS allows, at most
+``FETCH_MAX_MESSAGES``). One free slot, no prefetch limit, or an older server: ``BRPOP``, as kombu does.
 """
 
 from __future__ import annotations
@@ -51,7 +58,7 @@ import redis
 from kombu.asynchronous import get_event_loop
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
-from kombu.utils.json import dumps
+from kombu.utils.json import dumps, loads
 from redis.exceptions import (  # type: ignore[attr-defined]  # types-redis lags redis-py (OutOfMemoryError)
     OutOfMemoryError,
     ResponseError,
@@ -112,6 +119,25 @@ record in a round trip of its own after each ``BRPOP``, acks grouped on the next
 PENDING_WRITES_WAIT_MAX_S = 0.005
 """How long a delivery record or an acknowledgement waits for a ``BRPOP`` to ride on before it leaves in
 a pipeline of its own (the window in which a killed worker leaves a popped message unrecorded)."""
+
+MULTI_FETCH = True
+"""Fetch as many messages as there are free slots in one ``BLMPOP`` (Redis 7+); the benchmark's what-if
+``fetch-one-by-one`` turns it off (a ``BRPOP`` per message, kombu's way)."""
+FETCH_MAX_MESSAGES = 64
+"""At most this many messages in one fetch, whatever the free slots (a bounded reply, a bounded pass of the
+event loop delivering it)."""
+BLMPOP_MIN_REDIS_VERSION = (7, 0)
+"""``BLMPOP`` came with Redis 7.0; an older server (or one that does not say) is fetched from by ``BRPOP``."""
+
+
+def redis_version(info: dict[str, Any]) -> tuple[int, ...]:
+    """``INFO server``'s ``redis_version`` as numbers (``()`` when missing or unreadable)."""
+    parts: list[int] = []
+    for part in str(info.get("redis_version", "")).split("."):
+        if not part.isdigit():
+            break
+        parts.append(int(part))
+    return tuple(parts)
 
 
 @dataclass(slots=True)
@@ -317,15 +343,48 @@ def pending_reply_error(reply: Any, what: tuple[str, int]) -> None:
 
 
 class Channel(kombu_redis.Channel):  # type: ignore[misc]
-    """kombu's channel, whose ``BRPOP`` carries the pending delivery records and acks in front of it."""
+    """kombu's channel, whose fetch carries the pending delivery records and acks in front of it, and
+    takes as many messages as there are free slots (``BLMPOP``, Redis 7+)."""
 
     QoS = OomTolerantQoS
     _riders: tuple[Any, list[tuple[str, int]]] | None = None
-    """(connection, what each reply is for) of the commands sent in front of the ``BRPOP`` in flight."""
+    """(connection, what each reply is for) of the commands sent in front of the fetch in flight."""
+    _multi_fetch: bool = False
+    """The fetch in flight is a ``BLMPOP`` (its reply: the queue's key and a list of messages)."""
+    _blmpop: bool | None = None
+    """Whether the server has ``BLMPOP`` (asked once per channel)."""
+
+    def fetch_count(self) -> int:
+        """How many messages the next fetch may take: the free prefetch slots, at most
+        ``FETCH_MAX_MESSAGES``; 1 without a prefetch limit (kombu's way) or without ``BLMPOP``."""
+        if not MULTI_FETCH:
+            return 1
+        free = self.qos.can_consume_max_estimate()
+        if not free or free < 2:
+            return 1
+        if self._blmpop is None:
+            self._blmpop = self._server_has_blmpop()
+        return min(int(free), FETCH_MAX_MESSAGES) if self._blmpop else 1
+
+    def _server_has_blmpop(self) -> bool:
+        try:
+            with self.conn_or_acquire() as client:
+                version = redis_version(client.info("server"))
+        except self.connection_errors:
+            return False  # asked again on the next connection's channel; BRPOP meanwhile
+        except ResponseError:  # a server that does not answer INFO (a restricted proxy): BRPOP
+            version = ()
+        has = version >= BLMPOP_MIN_REDIS_VERSION
+        if not has:
+            log.info("the broker (Redis %s) has no BLMPOP: one message per fetch", ".".join(map(str, version)) or "?")
+        return has
 
     def _brpop_start(self, timeout: Any = None) -> None:
         qos = self.qos
-        if not DELIVERY_ONE_TRIP or not qos.has_pending_writes() or qos._detached():
+        riding = DELIVERY_ONE_TRIP and qos.has_pending_writes() and not qos._detached()
+        count = self.fetch_count()
+        self._multi_fetch = False
+        if not riding and count == 1:
             super()._brpop_start(timeout)  # type: ignore[no-untyped-call]
             return
         if timeout is None:
@@ -334,14 +393,19 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         if not queues:
             return
         keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]  # type: ignore[no-untyped-call]
-        commands, meaning = qos.take_pending_writes()
-        commands.append(("BRPOP", *keys, timeout or 0))
+        commands, meaning = qos.take_pending_writes() if riding else ([], [])
         if self.global_keyprefix:
             commands = [tuple(self.client._prefix_args(command)) for command in commands]
+            keys = [self.global_keyprefix + key for key in keys]
+        if count > 1:  # the same keys in the same order, the same end of each list, up to count messages
+            commands.append(("BLMPOP", timeout or 0, len(keys), *keys, "RIGHT", "COUNT", count))
+            self._multi_fetch = True
+        else:
+            commands.append(("BRPOP", *keys, timeout or 0))
         connection = self.client.connection
         self._in_poll = connection
         self._brpop_sent_at = monotonic()  # type: ignore[assignment]
-        self._riders = (connection, meaning)
+        self._riders = (connection, meaning) if meaning else None
         connection.send_packed_command(connection.pack_commands(commands))
 
     def _read_riders(self) -> bool:
@@ -367,8 +431,32 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
 
     def _brpop_read(self, **options: Any) -> Any:
         if not self._read_riders():
-            raise Empty()  # the BRPOP still waits (an empty queue): the loop polls its socket again
-        return super()._brpop_read(**options)  # type: ignore[no-untyped-call]
+            raise Empty()  # the fetch still waits (an empty queue): the loop polls its socket again
+        if not self._multi_fetch:
+            return super()._brpop_read(**options)  # type: ignore[no-untyped-call]
+        self._multi_fetch = False
+        try:
+            try:
+                reply = self.client.parse_response(self.client.connection, "BLMPOP", **options)
+            except self.connection_errors:
+                self.client.connection.disconnect()  # the next pass reconnects, as kombu's BRPOP does
+                raise
+            if not reply:
+                raise Empty()
+            key, items = reply
+            queue = key.decode() if isinstance(key, bytes) else str(key)
+            if self.global_keyprefix and queue.startswith(self.global_keyprefix):
+                queue = queue[len(self.global_keyprefix) :]
+            queue = queue.rsplit(self.sep, 1)[0]  # a priority step's list is the queue's
+            self._queue_cycle.rotate(queue)
+            for item in items:
+                self.connection._deliver(loads(item), queue)  # type: ignore[no-untyped-call]
+            return True
+        finally:
+            self._in_poll = None  # type: ignore[assignment]
+            reauth = getattr(self, "_flush_brpop_reauth", None)  # kombu >= 5.6: the connection is idle now
+            if reauth is not None:
+                reauth()
 
     def _poll_error(self, type: Any, **options: Any) -> Any:
         if type == "BRPOP":

@@ -24,6 +24,9 @@ pytestmark = pytest.mark.acceptance
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+WORKLOADS = "w1,w2,w4,w5"
+
+
 def test_quick_benchmark_runs_checks_and_cleans_up(tmp_path: Path, redis_url: str) -> None:
     output = tmp_path / "benchmarks.md"
     # A clean environment: the bench sets every BATCHER_* it needs; the test session's must not leak in.
@@ -31,12 +34,12 @@ def test_quick_benchmark_runs_checks_and_cleans_up(tmp_path: Path, redis_url: st
     env["BATCHER_BENCH_PG_ADMIN_URL"] = PG_ADMIN_URL
     env["BATCHER_BENCH_REDIS_URL"] = redis_url  # the session's own Redis, not the bench's default database
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--workloads", "w1,w4,w5", "--no-profile", "--output", str(output)],
+        [sys.executable, "-m", "bench", "--quick", "--workloads", WORKLOADS, "--no-profile", "--output", str(output)],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=300,
     )
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
@@ -45,6 +48,11 @@ def test_quick_benchmark_runs_checks_and_cleans_up(tmp_path: Path, redis_url: st
     assert "## Results against the targets" in report
     for row in ("| W1: 200 prompts", "| W4: submit 2,000 prompts", "| W5: read back 2,000 results"):
         assert row in report, report
+    # W2 beside bare Celery's own W2 (the same threads, the provider's latency as a sleep).
+    w2 = r"\| W2: 200 prompts, 2 s latency, 100 slots \| wall s \(ideal 4\.0 s\) \| [\d.]+ "
+    ceiling = r"\| \| bare-Celery ceiling, same processes and threads .*\| [\d.]+ \(1 run\) = [\d.]+\u00d7 ideal"
+    assert re.search(w2, report), report
+    assert re.search(ceiling, report), report
     assert "## CPU per completion by process (W1)" in report
 
     # Everything it created is gone: its database was dropped.

@@ -181,3 +181,76 @@ def test_a_full_redis_refuses_the_records_riding_on_a_brpop_and_the_consumer_goe
             set_event_loop(None)
             conn.release()
             client.close()
+
+
+@pytest.mark.parametrize("prefix", ["", "mf-prefix:"])
+def test_free_slots_are_filled_by_one_fetch_in_queue_order(redis_url: str, prefix: str) -> None:
+    """A consumer with several free prefetch slots takes that many messages in one round trip (``BLMPOP``),
+    oldest first, never more than its slots; with one slot free it takes one (``BRPOP``)."""
+    options = {"global_keyprefix": prefix} if prefix else {}
+    conn = Connection(redis_url, transport=Transport, transport_options=options)
+    hub = Hub()
+    set_event_loop(hub)
+    client = redis_py.Redis.from_url(redis_url)
+    queue = Queue(f"mf-{uuid.uuid4().hex[:8]}")
+    try:
+        channel = conn.channel()
+        channel.basic_qos(0, 3, False)  # three slots, as Celery sets for three threads
+        producer = conn.Producer(channel)
+        for i in range(5):
+            producer.publish({"n": i}, routing_key=queue.name, declare=[queue])
+        received: list[Message] = []
+        channel.basic_consume(queue.name, no_ack=False, consumer_tag="mf", callback=received.append)
+        assert channel.fetch_count() == 3
+        before = client.info("commandstats")
+        conn.transport.cycle._register_BRPOP(channel)
+        channel._brpop_read()
+        assert [m.payload["n"] for m in received] == [0, 1, 2]  # one fetch, in publish order
+        assert client.llen(prefix + queue.name) == 2
+        assert not channel.qos.can_consume()  # the slots are full: nothing more was taken
+        stats = client.info("commandstats")
+        assert stats["cmdstat_blmpop"]["calls"] - before.get("cmdstat_blmpop", {"calls": 0})["calls"] == 1
+
+        received[0].ack()  # one slot free: one message, kombu's BRPOP
+        assert channel.fetch_count() == 1
+        channel._brpop_start()
+        channel._brpop_read()
+        assert [m.payload["n"] for m in received] == [0, 1, 2, 3]
+        for message in received[1:]:
+            message.ack()
+        _fire_timers(hub)
+        assert client.hlen(prefix + channel.qos.unacked_key) == 0  # every record and ack reached Redis
+    finally:
+        client.delete(prefix + queue.name, prefix + UNACKED_KEY, prefix + UNACKED_INDEX_KEY)
+        client.close()
+        set_event_loop(None)
+        conn.release()
+
+
+def test_a_server_without_blmpop_is_fetched_from_one_message_at_a_time(redis_url: str) -> None:
+    conn = Connection(redis_url, transport=Transport)
+    hub = Hub()
+    set_event_loop(hub)
+    client = redis_py.Redis.from_url(redis_url)
+    queue = Queue(f"mf-{uuid.uuid4().hex[:8]}")
+    try:
+        channel = conn.channel()
+        channel.basic_qos(0, 3, False)
+        channel._blmpop = False  # what the version check finds on Redis 6
+        producer = conn.Producer(channel)
+        for i in range(3):
+            producer.publish({"n": i}, routing_key=queue.name, declare=[queue])
+        received: list[Message] = []
+        channel.basic_consume(queue.name, no_ack=False, consumer_tag="mf", callback=received.append)
+        assert channel.fetch_count() == 1
+        conn.transport.cycle._register_BRPOP(channel)
+        channel._brpop_read()
+        assert [m.payload["n"] for m in received] == [0]
+        for message in received:
+            message.ack()
+        _fire_timers(hub)
+    finally:
+        client.delete(queue.name, UNACKED_KEY, UNACKED_INDEX_KEY)
+        client.close()
+        set_event_loop(None)
+        conn.release()
