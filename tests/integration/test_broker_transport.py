@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis as redis_py
@@ -78,6 +82,44 @@ def test_acknowledgements_wait_for_the_loop_and_leave_redis_together(redis_url: 
         conn.release()
 
 
+@dataclass
+class _Consumer:
+    """A consumer on batcher's transport, as a worker's event loop runs it, with messages waiting."""
+
+    conn: Connection
+    channel: Any
+    hub: Hub
+    client: redis_py.Redis
+    queue: Queue
+    received: list[Message]
+
+
+@contextmanager
+def _consuming(redis_url: str, *, slots: int, messages: int, prefix: str = "") -> Iterator[_Consumer]:
+    """``messages`` published ({"n": 0}, {"n": 1}, ...) to a fresh queue, consumed with ``slots`` prefetch
+    slots (as Celery sets for that many threads); everything it wrote is removed afterwards."""
+    options = {"global_keyprefix": prefix} if prefix else {}
+    conn = Connection(redis_url, transport=Transport, transport_options=options)
+    hub = Hub()
+    set_event_loop(hub)
+    client = redis_py.Redis.from_url(redis_url)
+    queue = Queue(f"mf-{uuid.uuid4().hex[:8]}")
+    try:
+        channel = conn.channel()
+        channel.basic_qos(0, slots, False)
+        producer = conn.Producer(channel)
+        for i in range(messages):
+            producer.publish({"n": i}, routing_key=queue.name, declare=[queue])
+        received: list[Message] = []
+        channel.basic_consume(queue.name, no_ack=False, consumer_tag="mf", callback=received.append)
+        yield _Consumer(conn, channel, hub, client, queue, received)
+    finally:
+        client.delete(prefix + queue.name, prefix + UNACKED_KEY, prefix + UNACKED_INDEX_KEY)
+        client.close()
+        set_event_loop(None)
+        conn.release()
+
+
 def _fire_timers(hub: Hub) -> int:
     """Run the hub's timers now (what its loop does once their time is up); how many there were."""
     entries = list(hub.timer.queue)
@@ -93,21 +135,11 @@ def test_a_delivery_is_recorded_by_the_next_brpop_and_an_ack_before_its_record_l
     """One round trip per delivered message: a message's delivery record (kombu's ZADD + HSET) goes in
     front of the next BRPOP on its connection, with the acks ready; a message acked before its record
     left leaves neither behind."""
-    options = {"global_keyprefix": prefix} if prefix else {}
-    conn = Connection(redis_url, transport=Transport, transport_options=options)
-    hub = Hub()
-    set_event_loop(hub)
-    client = redis_py.Redis.from_url(redis_url)
-    queue = Queue(f"h2-{uuid.uuid4().hex[:8]}")
-    try:
-        channel = conn.channel()
+    # No prefetch limit (0): one message per fetch, as kombu takes it.
+    with _consuming(redis_url, slots=0, messages=4, prefix=prefix) as c:
+        conn, channel, hub, client, received = c.conn, c.channel, c.hub, c.client, c.received
         qos = channel.qos
         unacked, index = prefix + qos.unacked_key, prefix + qos.unacked_index_key
-        producer = conn.Producer(channel)
-        for i in range(4):
-            producer.publish({"n": i}, routing_key=queue.name, declare=[queue])
-        received: list[Message] = []
-        channel.basic_consume(queue.name, no_ack=False, consumer_tag="h2", callback=received.append)
         cycle = conn.transport.cycle
         cycle._register_BRPOP(channel)  # the first BRPOP: nothing to carry
         channel._brpop_read()
@@ -139,11 +171,6 @@ def test_a_delivery_is_recorded_by_the_next_brpop_and_an_ack_before_its_record_l
         fourth = received[3].delivery_tag
         assert sorted(client.hkeys(unacked)) == sorted([third.encode(), fourth.encode()])
         assert [m.payload["n"] for m in received] == [0, 1, 2, 3]
-    finally:
-        client.delete(prefix + queue.name, prefix + UNACKED_KEY, prefix + UNACKED_INDEX_KEY)
-        client.close()
-        set_event_loop(None)
-        conn.release()
 
 
 def test_a_full_redis_refuses_the_records_riding_on_a_brpop_and_the_consumer_goes_on(
@@ -187,70 +214,35 @@ def test_a_full_redis_refuses_the_records_riding_on_a_brpop_and_the_consumer_goe
 def test_free_slots_are_filled_by_one_fetch_in_queue_order(redis_url: str, prefix: str) -> None:
     """A consumer with several free prefetch slots takes that many messages in one round trip (``BLMPOP``),
     oldest first, never more than its slots; with one slot free it takes one (``BRPOP``)."""
-    options = {"global_keyprefix": prefix} if prefix else {}
-    conn = Connection(redis_url, transport=Transport, transport_options=options)
-    hub = Hub()
-    set_event_loop(hub)
-    client = redis_py.Redis.from_url(redis_url)
-    queue = Queue(f"mf-{uuid.uuid4().hex[:8]}")
-    try:
-        channel = conn.channel()
-        channel.basic_qos(0, 3, False)  # three slots, as Celery sets for three threads
-        producer = conn.Producer(channel)
-        for i in range(5):
-            producer.publish({"n": i}, routing_key=queue.name, declare=[queue])
-        received: list[Message] = []
-        channel.basic_consume(queue.name, no_ack=False, consumer_tag="mf", callback=received.append)
-        assert channel.fetch_count() == 3
-        before = client.info("commandstats")
-        conn.transport.cycle._register_BRPOP(channel)
-        channel._brpop_read()
-        assert [m.payload["n"] for m in received] == [0, 1, 2]  # one fetch, in publish order
-        assert client.llen(prefix + queue.name) == 2
-        assert not channel.qos.can_consume()  # the slots are full: nothing more was taken
-        stats = client.info("commandstats")
+    with _consuming(redis_url, slots=3, messages=5, prefix=prefix) as c:
+        assert c.channel.fetch_count() == 3
+        before = c.client.info("commandstats")
+        c.conn.transport.cycle._register_BRPOP(c.channel)
+        c.channel._brpop_read()
+        assert [m.payload["n"] for m in c.received] == [0, 1, 2]  # one fetch, in publish order
+        assert c.client.llen(prefix + c.queue.name) == 2
+        assert not c.channel.qos.can_consume()  # the slots are full: nothing more was taken
+        stats = c.client.info("commandstats")
         assert stats["cmdstat_blmpop"]["calls"] - before.get("cmdstat_blmpop", {"calls": 0})["calls"] == 1
 
-        received[0].ack()  # one slot free: one message, kombu's BRPOP
-        assert channel.fetch_count() == 1
-        channel._brpop_start()
-        channel._brpop_read()
-        assert [m.payload["n"] for m in received] == [0, 1, 2, 3]
-        for message in received[1:]:
+        c.received[0].ack()  # one slot free: one message, kombu's BRPOP
+        assert c.channel.fetch_count() == 1
+        c.channel._brpop_start()
+        c.channel._brpop_read()
+        assert [m.payload["n"] for m in c.received] == [0, 1, 2, 3]
+        for message in c.received[1:]:
             message.ack()
-        _fire_timers(hub)
-        assert client.hlen(prefix + channel.qos.unacked_key) == 0  # every record and ack reached Redis
-    finally:
-        client.delete(prefix + queue.name, prefix + UNACKED_KEY, prefix + UNACKED_INDEX_KEY)
-        client.close()
-        set_event_loop(None)
-        conn.release()
+        _fire_timers(c.hub)
+        assert c.client.hlen(prefix + c.channel.qos.unacked_key) == 0  # every record and ack reached Redis
 
 
 def test_a_server_without_blmpop_is_fetched_from_one_message_at_a_time(redis_url: str) -> None:
-    conn = Connection(redis_url, transport=Transport)
-    hub = Hub()
-    set_event_loop(hub)
-    client = redis_py.Redis.from_url(redis_url)
-    queue = Queue(f"mf-{uuid.uuid4().hex[:8]}")
-    try:
-        channel = conn.channel()
-        channel.basic_qos(0, 3, False)
-        channel._blmpop = False  # what the version check finds on Redis 6
-        producer = conn.Producer(channel)
-        for i in range(3):
-            producer.publish({"n": i}, routing_key=queue.name, declare=[queue])
-        received: list[Message] = []
-        channel.basic_consume(queue.name, no_ack=False, consumer_tag="mf", callback=received.append)
-        assert channel.fetch_count() == 1
-        conn.transport.cycle._register_BRPOP(channel)
-        channel._brpop_read()
-        assert [m.payload["n"] for m in received] == [0]
-        for message in received:
+    with _consuming(redis_url, slots=3, messages=3) as c:
+        c.channel._blmpop = False  # what the version check finds on Redis 6
+        assert c.channel.fetch_count() == 1
+        c.conn.transport.cycle._register_BRPOP(c.channel)
+        c.channel._brpop_read()
+        assert [m.payload["n"] for m in c.received] == [0]
+        for message in c.received:
             message.ack()
-        _fire_timers(hub)
-    finally:
-        client.delete(queue.name, UNACKED_KEY, UNACKED_INDEX_KEY)
-        client.close()
-        set_event_loop(None)
-        conn.release()
+        _fire_timers(c.hub)
