@@ -46,7 +46,10 @@ def test_quick_queue_benchmark_runs_reports_and_cleans_up(tmp_path: Path) -> Non
     assert re.search(r"^\| tenants \| 2 API keys, 300 prompts each", proc.stdout, re.MULTILINE), log
     data = json.loads(raw.read_text())
     assert data["failures"] == []
-    assert data["scenarios"]["memory"]["used_memory_after_submit"] > data["scenarios"]["memory"]["used_memory_before"]
+    # The job's messages and the workers' delivery records were in Redis while it ran (right after the
+    # submission the workers may already have taken more than the dispatcher put in: not a fixed point).
+    memory = data["scenarios"]["memory"]
+    assert memory["used_memory_peak_sampled"] > memory["used_memory_before"], memory
     assert set(data["scenarios"]["tenants"]["samples"]) == {"A", "B"}
 
     # Everything it created is gone: both databases dropped, both redis-servers stopped.
