@@ -78,7 +78,9 @@ class Settings(BaseSettings):
     worker_batch_nice: int = Field(DEFAULT_WORKER_BATCH_NICE, ge=0, le=19)
     """Niceness ``batcher worker`` adds to its batch processes (not the race process), so a race gets the CPU
     first when batches keep every core busy; they still take all the CPU nothing else wants, but also yield to
-    everything else on the host. 0 (the default) = same priority. Only with a race process."""
+    everything else on the host. 0 (the default) = same priority; 10 is the measured choice for a host that runs
+    races beside large batches (W3 during a batch ~20 % faster, W1 ~8 % slower; docs/benchmarks.md, "Fifth
+    round"). Only with a race process."""
     db_pool_size: int = Field(DEFAULT_DB_POOL_SIZE, ge=1, le=500)
     """Postgres connections a process keeps open. A thread holds one only for a statement (~1 ms),
     never across a provider call, so 100 threads share a few connections."""
