@@ -359,12 +359,12 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         ``FETCH_MAX_MESSAGES``; 1 without a prefetch limit (kombu's way) or without ``BLMPOP``."""
         if not MULTI_FETCH:
             return 1
-        free = self.qos.can_consume_max_estimate()
-        if not free or free < 2:
+        free: int | None = self.qos.can_consume_max_estimate()  # None: no prefetch limit
+        if free is None or free < 2:
             return 1
         if self._blmpop is None:
             self._blmpop = self._server_has_blmpop()
-        return min(int(free), FETCH_MAX_MESSAGES) if self._blmpop else 1
+        return min(free, FETCH_MAX_MESSAGES) if self._blmpop else 1
 
     def _server_has_blmpop(self) -> bool:
         try:
