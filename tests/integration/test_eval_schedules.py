@@ -129,8 +129,14 @@ def test_scheduled_run_completes_through_ticks_and_pause_stops_it(
     suite = small_suite(tmp_path, "evs-night", "gpt-evs-night")
     schedule = add_schedule(client.engine, suite, cron="0 2 * * *", timezone="Europe/Paris")
     runner = EvalRunner(client)
-    tomorrow = datetime.now(UTC).astimezone().date() + timedelta(days=1)
-    two_am_paris = datetime(tomorrow.year, tomorrow.month, tomorrow.day, 2, 0, tzinfo=ZoneInfo("Europe/Paris"))
+    # The first 2 am in Paris after the schedule started (its tick one minute before still after the start),
+    # so no other 2 am falls between: between midnight and 2 am in Paris that is today's, not tomorrow's.
+    paris = ZoneInfo("Europe/Paris")
+    since = schedule["active_since"].astimezone(paris)
+    two_am_paris = datetime(since.year, since.month, since.day, 2, 0, tzinfo=paris)
+    if two_am_paris - timedelta(minutes=1) <= since:
+        day = since.date() + timedelta(days=1)
+        two_am_paris = datetime(day.year, day.month, day.day, 2, 0, tzinfo=paris)
     tick(runner, now=two_am_paris - timedelta(minutes=1))
     assert runs_of(client, schedule["id"]) == []
 
